@@ -1,0 +1,33 @@
+# Two commands do all the set-up: `make quickstart` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install quickstart study-quickstart dycoke-quickstart test lint bench
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1 || $(BIN)/pip install -q torch torchvision
+	$(BIN)/pip install -q -e ".[video,ray,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+quickstart: $(STAMP)
+	WANDB_MODE=offline $(BIN)/lightning-prune fit --config configs/quickstart.yaml
+
+study-quickstart: $(STAMP)
+	WANDB_MODE=offline $(BIN)/lightning-prune study --config configs/study/quickstart.yaml
+
+dycoke-quickstart: $(STAMP)
+	WANDB_MODE=offline $(BIN)/lightning-prune predict --config configs/dycoke/tiny.yaml
+
+test: $(STAMP)
+	WANDB_MODE=offline $(BIN)/python -m pytest tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
