@@ -1,0 +1,142 @@
+"""`ImageClassifier`: a network from the model registry, cross-entropy, accuracy, and two training recipes.
+
+The two recipes are the pretrain and retrain phases of a prune pipeline. `configure_optimizers` builds a *fresh*
+optimizer and schedule over the module's current parameters every time it is called, because structured pruning
+replaces parameter objects: an optimizer built before pruning would silently train nothing of the pruned layers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+from typing_extensions import override
+
+from lightning_prune.models import build_model
+
+Phase = Literal["pretrain", "retrain"]
+
+def _sgd(params) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=0.01, momentum=0.9)
+
+
+class ImageClassifier(LightningModule):
+    """Image classification with separate pretrain and retrain recipes.
+
+    Args:
+        model: Name of a network in `lightning_prune.models` (see `available_models()`).
+        model_kwargs: Keyword arguments for the network builder, e.g. `{"num_classes": 100}`.
+        optimizer: Pretrain optimizer, called with the current parameters.
+        lr_scheduler: Pretrain learning-rate schedule (stepped once per epoch), or None for a constant rate.
+        retrain_optimizer: Retrain optimizer; None reuses `optimizer`.
+        retrain_lr_scheduler: Retrain schedule; None reuses `lr_scheduler` when `retrain_optimizer` is None too,
+            otherwise a constant rate.
+        label_smoothing: Label smoothing of the cross-entropy loss, in [0, 1).
+        input_shape: Shape of one input `[C, H, W]`; None takes the network's `input_shape` attribute if it has one.
+    """
+
+    def __init__(
+        self,
+        model: str = "lenet5_mini",
+        model_kwargs: dict[str, Any] | None = None,
+        optimizer: OptimizerCallable = _sgd,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        retrain_optimizer: OptimizerCallable | None = None,
+        retrain_lr_scheduler: LRSchedulerCallable | None = None,
+        label_smoothing: float = 0.0,
+        input_shape: list[int] | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"`label_smoothing` must be in [0, 1), got {label_smoothing}.")
+        model_kwargs = dict(model_kwargs or {})
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "retrain_optimizer", "retrain_lr_scheduler"])
+        self.model: nn.Module = build_model(model, **model_kwargs)
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.phase: Phase = "pretrain"
+        self._recipes = {
+            "pretrain": (optimizer, lr_scheduler),
+            "retrain": (retrain_optimizer, retrain_lr_scheduler)
+            if retrain_optimizer is not None
+            else (optimizer, lr_scheduler if retrain_lr_scheduler is None else retrain_lr_scheduler),
+        }
+        num_classes = self._num_classes()
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        shape = tuple(input_shape) if input_shape is not None else getattr(self.model, "input_shape", None)
+        if shape is not None:
+            self.example_input_array = torch.zeros(1, *shape)
+
+    def _num_classes(self) -> int:
+        last_linear = [m for m in self.model.modules() if isinstance(m, nn.Linear)]
+        if not last_linear:
+            raise ValueError(f"`model` {self.hparams.model!r} has no nn.Linear output layer to read num_classes from.")
+        return last_linear[-1].out_features
+
+    @override
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits `[B, num_classes]` of images `[B, C, H, W]`."""
+        return self.model(x)
+
+    def start_retrain(self) -> None:
+        """Switch to the retrain recipe; the caller rebuilds optimizers (`trainer.strategy.setup_optimizers`)."""
+        self.phase = "retrain"
+
+    @override
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer_fn, scheduler_fn = self._recipes[self.phase]
+        optimizer = optimizer_fn(self.parameters())
+        if scheduler_fn is None:
+            return {"optimizer": optimizer}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler_fn(optimizer), "interval": "epoch"}}
+
+    def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, accuracy: MulticlassAccuracy):
+        x, y = batch
+        logits = self(x)
+        loss = self.loss_fn(logits, y)
+        accuracy(logits, y)
+        # Epoch means only: per-step logging costs throughput and the study reads epoch values.
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=stage != "train")
+        return loss
+
+    @override
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train", self.train_acc)
+
+    @override
+    def on_train_epoch_end(self) -> None:
+        # 0 = pretrain, 1 = retrain: dashboards split the two phases of one fit on this value.
+        self.log("phase", float(self.phase == "retrain"), on_step=False, on_epoch=True)
+
+    @override
+    def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "val", self.val_acc)
+
+    @override
+    def test_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "test", self.test_acc)
+
+    @override
+    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(x).argmax(dim=-1)
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint.setdefault("lightning_prune", {})["phase"] = self.phase
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Runs before the state dict is loaded: give the network its pruned shape first.
+        record = checkpoint.get("lightning_prune", {})
+        self.phase = record.get("phase", "pretrain")
+        if "pruning" in record:
+            from lightning_prune.pruning import restore_pruning
+
+            restore_pruning(self, checkpoint)
