@@ -1,0 +1,46 @@
+"""Checks that a dataset is on disk, and downloads that never leave half-written files in place."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def require_files(root: Path, folder: Path, names: list[str], dataset: str) -> None:
+    """Raise one clear error if any of ``names`` is missing from ``folder`` (a folder under the user's ``root``).
+
+    Raises:
+        FileNotFoundError: Naming the folder, the files expected and the ones missing.
+    """
+    missing = [name for name in names if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{dataset} not found: the folder {folder} must hold {', '.join(names)} (missing: {', '.join(missing)}). "
+            f"Set `download: true` to fetch it, or set `root` to the folder that holds {folder.relative_to(root)}."
+        )
+
+
+def download_into_place(target: Path, fetch: Callable[[Path], Path]) -> None:
+    """Download into a temporary folder next to ``target`` and move the result into place only once complete.
+
+    A failure (network, checksum, interruption) leaves ``target`` as it was: never a partial folder that a later
+    run would take for a complete dataset. An incomplete ``target`` left by an earlier tool is replaced as a whole.
+
+    Args:
+        target: The folder the dataset lives in once complete (e.g. ``<root>/MNIST/raw``).
+        fetch: Downloads into the staging root it is given, checks integrity (raising on failure) and returns the
+            completed folder inside the staging root that becomes ``target``.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.download-", dir=target.parent))
+    try:
+        completed = fetch(staging)
+        if target.exists():
+            # Move the old folder aside first: the rename into place below is then a single atomic step.
+            os.replace(target, staging / "previous")
+        os.replace(completed, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
