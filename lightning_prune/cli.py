@@ -1,0 +1,96 @@
+"""`lightning-prune fit|validate|test|predict|study --config X.yaml`.
+
+Model and data are given in subclass mode (`class_path` + `init_args`), so any LightningModule and DataModule can be
+driven, not only ours. Every run logs to W&B (offline unless `WANDB_MODE=online` or the logger's `offline: false`) and
+to a local `metrics.csv`; the resolved config goes to both.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
+from typing_extensions import override
+
+_RUNS_DIR = "runs"
+_SHOW_TRACEBACK = "LIGHTNING_PRUNE_TRACEBACK"
+
+
+def default_loggers(name: str = "lightning-prune") -> list[dict[str, Any]]:
+    """CSV first (checkpoints land in its version folder), then W&B, offline unless asked to go online."""
+    offline = os.environ.get("WANDB_MODE", "offline") != "online"
+    return [
+        {
+            "class_path": "lightning.pytorch.loggers.CSVLogger",
+            "init_args": {"save_dir": _RUNS_DIR, "name": name},
+        },
+        {
+            "class_path": "lightning.pytorch.loggers.WandbLogger",
+            "init_args": {"save_dir": _RUNS_DIR, "project": "lightning-prune", "offline": offline},
+        },
+    ]
+
+
+class ConfigToLoggersCallback(SaveConfigCallback):
+    """Saves `config.yaml` to the log folder (overwriting) and sends the resolved config to W&B."""
+
+    @override
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        config = self.config.as_dict()
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.experiment.config.update({"cli": config}, allow_val_change=True)
+
+
+class LightningPruneCLI(LightningCLI):
+    """LightningCLI with this project's defaults: subclass mode, fresh optimizers, loggers, config overwrite."""
+
+    def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+        super().__init__(
+            model_class=None,
+            datamodule_class=None,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_callback=ConfigToLoggersCallback,
+            save_config_kwargs={"overwrite": True},
+            # Modules build their optimizers in `configure_optimizers` (pruning replaces parameters).
+            auto_configure_optimizers=False,
+            parser_kwargs={"description": __doc__.splitlines()[0]},
+            args=args,
+            run=run,
+        )
+
+    @override
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.set_defaults({"trainer.logger": default_loggers(), "trainer.default_root_dir": _RUNS_DIR})
+
+
+def _fail(error: BaseException) -> None:
+    if os.environ.get(_SHOW_TRACEBACK):
+        raise error
+    print(f"lightning-prune: error: {error}", file=sys.stderr)
+    print(f"(set {_SHOW_TRACEBACK}=1 for the full traceback)", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console entry point. `study` goes to the study runner; everything else to LightningCLI."""
+    argv = list(sys.argv[1:] if args is None else args)
+    try:
+        if argv[:1] == ["study"]:
+            from lightning_prune.study.cli import study_main
+
+            study_main(argv[1:])
+        else:
+            LightningPruneCLI(args=argv)
+    except (ValueError, FileNotFoundError, TypeError) as error:
+        # Our own validation raises these with a message naming the argument; one line beats a deep traceback.
+        _fail(error)
+
+
+if __name__ == "__main__":
+    main()
