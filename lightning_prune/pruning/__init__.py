@@ -1,0 +1,40 @@
+"""Pruning maths, no Lightning: criteria, Torch-Pruning structure, masks, measurement, checkpoint replay."""
+
+from lightning_prune.pruning.attention import HeadPrunedAttention
+from lightning_prune.pruning.checkpoint import restore_pruning
+from lightning_prune.pruning.importance import (
+    CRITERIA,
+    Criterion,
+    build_criterion,
+    explicit_scores,
+    l1_scores,
+    lowest_units,
+    random_scores,
+    taylor_scores,
+)
+from lightning_prune.pruning.masks import MaskGuard, apply_masks, parameter_masks
+from lightning_prune.pruning.metrics import count_params_and_macs, evaluate_classifier
+from lightning_prune.pruning.oracle import oracle_scores
+from lightning_prune.pruning.structure import PrunableLayer, PruningStructure, pruned_count
+
+__all__ = [
+    "CRITERIA",
+    "Criterion",
+    "HeadPrunedAttention",
+    "MaskGuard",
+    "PrunableLayer",
+    "PruningStructure",
+    "apply_masks",
+    "build_criterion",
+    "count_params_and_macs",
+    "evaluate_classifier",
+    "explicit_scores",
+    "l1_scores",
+    "lowest_units",
+    "oracle_scores",
+    "parameter_masks",
+    "pruned_count",
+    "random_scores",
+    "restore_pruning",
+    "taylor_scores",
+]

@@ -1,0 +1,270 @@
+"""Pruning criteria: a score per unit of each selected layer (higher = keep), and the choice of the units to prune.
+
+Each criterion is a pure function over a `PruningStructure` plus a thin class behind one interface
+(`Criterion.scores(structure, layers, batches, loss_fn) -> {layer: [units] scores}`), chosen by name through
+`build_criterion`. A unit is a filter / output channel (with its whole dependency group) or an attention head.
+
+- `l1`: L1 norm of the layer's own filter weights (Li et al., 2017), summed or averaged within the filter.
+- `taylor`: first-order Taylor (Molchanov et al., 2019): `sum_batches (sum_{group params} g * w)^2`.
+- `oracle`: the increase of the loss when the unit alone is removed (`oracle.py`).
+- `random`: seeded uniform scores.
+- `explicit`: the user's indices score 0, the rest 1.
+
+Data-driven criteria run with the network in eval mode (BatchNorm uses its running statistics, dropout is off),
+so scoring neither updates BatchNorm statistics nor depends on dropout draws; the flags are restored afterwards.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from lightning_prune.pruning.structure import PruningStructure
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _require_batches(batches: Sequence[Batch], criterion: str) -> None:
+    if len(batches) == 0:
+        raise ValueError(f"criterion {criterion!r} must get at least one calibration batch, got none.")
+
+
+def l1_scores(
+    structure: PruningStructure, layers: Sequence[str], reduction: str = "sum"
+) -> dict[str, torch.Tensor]:
+    """L1 norm of each unit's own weights: a conv filter `W[c]`, a linear row, a head's q/k/v rows.
+
+    Args:
+        structure: The network's structure.
+        layers: Layer names.
+        reduction: `"sum"` (the norm) or `"mean"` (the norm divided by the number of weights of the unit).
+
+    Returns:
+        `{layer: [units] float64 scores}`.
+
+    Raises:
+        ValueError: If `reduction` is neither `"sum"` nor `"mean"`.
+    """
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"`l1_reduction` must be one of ['sum', 'mean'], got {reduction!r}.")
+    parameters = dict(structure.network.named_parameters())
+    scores = {}
+    for name in layers:
+        units = structure.layers[name].units
+        total = torch.zeros(units, dtype=torch.float64)
+        count = torch.zeros(units, dtype=torch.float64)
+        for piece in structure.root_slices(name):
+            weight = parameters[piece.param]
+            total += piece.per_unit_sum(weight.abs(), units).cpu()
+            count += piece.per_unit_sum(torch.ones_like(weight), units).cpu()
+        scores[name] = total / count if reduction == "mean" else total
+    return scores
+
+
+def taylor_scores(
+    structure: PruningStructure, layers: Sequence[str], batches: Sequence[Batch], loss_fn: LossFn = F.cross_entropy
+) -> dict[str, torch.Tensor]:
+    """First-order Taylor importance of each unit's whole group, accumulated over calibration batches.
+
+    For every batch `b`, `score_u += (sum over the unit's group entries of g_b * w)^2`, where `g_b` is the gradient
+    of the batch's mean loss (own backward passes, network in eval mode). Existing `.grad` values are put back.
+
+    Args:
+        structure: The network's structure.
+        layers: Layer names.
+        batches: `(inputs, targets)` batches on the network's device.
+        loss_fn: `loss_fn(outputs, targets) -> scalar`.
+
+    Returns:
+        `{layer: [units] float64 scores}`.
+
+    Raises:
+        ValueError: If `batches` is empty.
+    """
+    _require_batches(batches, "taylor")
+    network = structure.network
+    parameters = dict(network.named_parameters())
+    saved_grads = {name: p.grad for name, p in parameters.items()}
+    modes = {module: module.training for module in network.modules()}
+    scores = {name: torch.zeros(structure.layers[name].units, dtype=torch.float64) for name in layers}
+    try:
+        network.eval()
+        for inputs, targets in batches:
+            for p in parameters.values():
+                p.grad = None
+            with torch.inference_mode(False), torch.enable_grad():
+                loss_fn(network(inputs), targets).backward()
+            for name in layers:
+                units = structure.layers[name].units
+                batch_score = torch.zeros(units, dtype=torch.float64)
+                for piece in structure.slices(name):
+                    p = parameters[piece.param]
+                    if p.grad is not None:
+                        batch_score += piece.per_unit_sum(p.grad * p, units).cpu()
+                scores[name] += batch_score.square()
+    finally:
+        for name, p in parameters.items():
+            p.grad = saved_grads[name]
+        for module, training in modes.items():
+            module.training = training
+    return scores
+
+
+def random_scores(structure: PruningStructure, layers: Sequence[str], seed: int = 0) -> dict[str, torch.Tensor]:
+    """Uniform random scores from a generator seeded once with `seed` (layers drawn in the given order)."""
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        name: torch.rand(structure.layers[name].units, generator=generator, dtype=torch.float64) for name in layers
+    }
+
+
+def explicit_scores(
+    structure: PruningStructure, layers: Sequence[str], indices: dict[str, list[int]]
+) -> dict[str, torch.Tensor]:
+    """Score 0 for the given indices and 1 for the others, so the lowest scores are exactly the given units."""
+    scores = {}
+    for name in layers:
+        score = torch.ones(structure.layers[name].units, dtype=torch.float64)
+        score[torch.as_tensor(indices.get(name, []), dtype=torch.long)] = 0.0
+        scores[name] = score
+    return scores
+
+
+def lowest_units(
+    scores: dict[str, torch.Tensor], counts: dict[str, int], global_ranking: bool = False
+) -> dict[str, list[int]]:
+    """The units to prune: per layer the `counts[layer]` lowest scores, or globally the `sum(counts)` lowest.
+
+    Ties go to the lower index (and, globally, to the earlier layer). Global ranking compares raw scores across
+    layers and never takes every unit of a layer: a layer's last unit is skipped for the next-lowest elsewhere.
+
+    Args:
+        scores: `{layer: [units] scores}`, higher = keep.
+        counts: `{layer: units to prune}`.
+        global_ranking: Rank all selected layers' units together.
+
+    Returns:
+        `{layer: sorted pruned indices}` for every layer of `counts`.
+    """
+    if not global_ranking:
+        return {
+            name: sorted(torch.sort(scores[name], stable=True).indices[:count].tolist())
+            for name, count in counts.items()
+        }
+    entries = [
+        (float(value), layer_rank, index)
+        for layer_rank, name in enumerate(counts)
+        for index, value in enumerate(scores[name].tolist())
+    ]
+    entries.sort()
+    names = list(counts)
+    chosen: dict[str, list[int]] = {name: [] for name in names}
+    budget = sum(counts.values())
+    for _, layer_rank, index in entries:
+        if budget == 0:
+            break
+        name = names[layer_rank]
+        if len(chosen[name]) < len(scores[name]) - 1:
+            chosen[name].append(index)
+            budget -= 1
+    return {name: sorted(idxs) for name, idxs in chosen.items()}
+
+
+class Criterion(ABC):
+    """Scores the units of selected layers; higher = more important = kept."""
+
+    name: ClassVar[str]
+    needs_data: ClassVar[bool] = False
+
+    @abstractmethod
+    def scores(
+        self,
+        structure: PruningStructure,
+        layers: Sequence[str],
+        batches: Sequence[Batch] = (),
+        loss_fn: LossFn = F.cross_entropy,
+    ) -> dict[str, torch.Tensor]:
+        """`{layer: [units] scores}` for `layers` of `structure` (data criteria read `batches` and `loss_fn`)."""
+
+
+class L1Criterion(Criterion):
+    """`l1`: filter L1 norm. Args: reduction: `"sum"` or `"mean"` within the filter."""
+
+    name = "l1"
+
+    def __init__(self, reduction: str = "sum") -> None:
+        self.reduction = reduction
+
+    def scores(self, structure, layers, batches=(), loss_fn=F.cross_entropy):
+        return l1_scores(structure, layers, self.reduction)
+
+
+class TaylorCriterion(Criterion):
+    """`taylor`: first-order Taylor importance over the calibration batches."""
+
+    name = "taylor"
+    needs_data = True
+
+    def scores(self, structure, layers, batches=(), loss_fn=F.cross_entropy):
+        return taylor_scores(structure, layers, batches, loss_fn)
+
+
+class OracleCriterion(Criterion):
+    """`oracle`: loss increase when the unit alone is removed. Args: chunk_size: ablations per batched pass."""
+
+    name = "oracle"
+    needs_data = True
+
+    def __init__(self, chunk_size: int = 16) -> None:
+        self.chunk_size = chunk_size
+
+    def scores(self, structure, layers, batches=(), loss_fn=F.cross_entropy):
+        from lightning_prune.pruning.oracle import oracle_scores
+
+        return oracle_scores(structure, layers, batches, loss_fn, chunk_size=self.chunk_size)
+
+
+class RandomCriterion(Criterion):
+    """`random`: seeded uniform scores. Args: seed: generator seed."""
+
+    name = "random"
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def scores(self, structure, layers, batches=(), loss_fn=F.cross_entropy):
+        return random_scores(structure, layers, self.seed)
+
+
+class ExplicitCriterion(Criterion):
+    """`explicit`: the given `{layer: pruned indices}` score 0, every other unit 1."""
+
+    name = "explicit"
+
+    def __init__(self, indices: dict[str, list[int]]) -> None:
+        self.indices = indices
+
+    def scores(self, structure, layers, batches=(), loss_fn=F.cross_entropy):
+        return explicit_scores(structure, layers, self.indices)
+
+
+_CRITERIA: dict[str, type[Criterion]] = {
+    cls.name: cls for cls in (L1Criterion, TaylorCriterion, OracleCriterion, RandomCriterion, ExplicitCriterion)
+}
+CRITERIA = tuple(_CRITERIA)
+
+
+def build_criterion(name: str, **options: object) -> Criterion:
+    """The criterion called `name` (one of `CRITERIA`), built with the options its class takes.
+
+    Raises:
+        ValueError: If `name` is not a known criterion (the message lists them).
+    """
+    if name not in _CRITERIA:
+        raise ValueError(f"`criterion` must be one of {list(CRITERIA)}, got {name!r}.")
+    return _CRITERIA[name](**options)

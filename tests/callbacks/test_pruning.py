@@ -1,0 +1,302 @@
+"""The Pruning callback on a LightningModule a user wrote, and on ImageClassifier: one fit = pretrain/prune/retrain."""
+
+import csv
+import math
+import statistics
+from types import SimpleNamespace
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_prune.callbacks import Pruning
+from lightning_prune.callbacks.pruning import summarize_history
+from lightning_prune.pruning import evaluate_classifier, restore_pruning
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(6)
+        self.conv2 = nn.Conv2d(6, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)
+        return self.fc(F.adaptive_avg_pool2d(F.relu(self.conv2(x)), 1).flatten(1))
+
+
+class UserModule(L.LightningModule):
+    """What a user writes: a network attribute, steps that log val/acc, val/loss, train/loss, a retrain switch."""
+
+    def __init__(self, pretrain_lr: float = 0.1, retrain_lr: float = 0.02) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        torch.manual_seed(0)
+        self.model = Net()
+        self.phase = "pretrain"
+
+    def forward(self, x):
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.log("train/loss", loss, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x)
+        self.log("val/loss", F.cross_entropy(logits, y))
+        self.log("val/acc", (logits.argmax(1) == y).float().mean())
+
+    def start_retrain(self):
+        self.phase = "retrain"
+
+    def configure_optimizers(self):
+        lr = self.hparams.pretrain_lr if self.phase == "pretrain" else self.hparams.retrain_lr
+        optimizer = torch.optim.SGD(self.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
+        return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.StepLR(optimizer, 1, gamma=0.5)}
+
+    def on_load_checkpoint(self, checkpoint):
+        restore_pruning(self, checkpoint)
+
+
+def _dataset(seed: int, size: int = 48) -> TensorDataset:
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(size, 1, 8, 8, generator=generator)
+    return TensorDataset(inputs, torch.randint(0, 3, (size,), generator=generator))
+
+
+class DataModule(L.LightningDataModule):
+    """Train/val/test splits plus the eval-transform train loader the pruning boundary prefers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.train, self.val, self.test = _dataset(0), _dataset(1, 32), _dataset(2, 24)
+
+    def train_dataloader(self):
+        return DataLoader(self.train, batch_size=16, shuffle=True)
+
+    def train_eval_dataloader(self):
+        return DataLoader(self.train, batch_size=16)
+
+    def val_dataloader(self):
+        return DataLoader(self.val, batch_size=16)
+
+    def test_dataloader(self):
+        return DataLoader(self.test, batch_size=16)
+
+
+def _trainer(tmp_path, callbacks, max_epochs, checkpoint=False) -> L.Trainer:
+    return L.Trainer(
+        max_epochs=max_epochs, callbacks=callbacks, logger=CSVLogger(tmp_path, name="logs"), accelerator="cpu",
+        devices=1, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=checkpoint,
+        num_sanity_val_steps=0, log_every_n_steps=1, default_root_dir=tmp_path,
+    )
+
+
+class Probe(L.Callback):
+    """Placed after Pruning: what the optimizer and the model look like at the start of each epoch."""
+
+    def __init__(self) -> None:
+        self.epochs = []
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        optimizer = trainer.optimizers[0]
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        self.epochs.append({
+            "lr": optimizer.param_groups[0]["lr"],
+            "holds_current_params": held == {id(p) for p in pl_module.parameters()},
+            "fresh_state": len(optimizer.state) == 0,
+            "conv1_filters": pl_module.model.conv1.out_channels,
+            "train_eval": evaluate_classifier(pl_module.model, trainer.datamodule.train_eval_dataloader()),
+            "test": evaluate_classifier(pl_module.model, trainer.datamodule.test_dataloader()),
+        })
+
+
+class Snapshot(L.Callback):
+    """Placed before Pruning: conv1's weights just before the boundary."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            self.conv1 = pl_module.model.conv1.weight.detach().clone()
+
+
+def test_pruning_runs_pretrain_prune_retrain_on_a_plain_lightning_module(tmp_path):
+    snapshot, probe = Snapshot(epoch=2), Probe()
+    pruning = Pruning(criterion="l1", layers={"conv1": 0.5}, prune_at_epoch=2)
+    module = UserModule()
+    _trainer(tmp_path, [snapshot, pruning, probe], max_epochs=5).fit(module, datamodule=DataModule())
+
+    expected = sorted(torch.argsort(snapshot.conv1.abs().sum(dim=(1, 2, 3)), stable=True)[:3].tolist())
+    assert pruning.pruned_indices == {"conv1": expected}
+    assert [e["conv1_filters"] for e in probe.epochs] == [6, 6, 3, 3, 3]
+    assert all(e["holds_current_params"] for e in probe.epochs)
+    assert probe.epochs[2]["fresh_state"]  # no momentum survives the boundary
+    # the retrain schedule starts at its own epoch 0: 0.02, then StepLR halves it
+    assert [e["lr"] for e in probe.epochs] == pytest.approx([0.1, 0.05, 0.02, 0.01, 0.005])
+    assert module.phase == "retrain"
+
+    metrics = pruning.pruned_metrics
+    assert metrics["pruned/train_loss"] == pytest.approx(probe.epochs[2]["train_eval"][0], rel=1e-6)
+    assert metrics["pruned/train_acc"] == pytest.approx(probe.epochs[2]["train_eval"][1])
+    assert metrics["pruned/test_loss"] == pytest.approx(probe.epochs[2]["test"][0], rel=1e-6)
+    assert metrics["prune/params_after"] == sum(p.numel() for p in module.model.parameters())
+    assert metrics["prune/params_after"] < metrics["prune/params_before"]
+    assert metrics["prune/macs_after"] < metrics["prune/macs_before"]
+
+    assert [entry["epoch"] for entry in pruning.retrain_history] == [0, 1, 2]
+    best = max(pruning.retrain_history, key=lambda entry: entry["val_acc"])
+    assert pruning.final_metrics["final/test_acc"] == best["val_acc"]
+    assert pruning.final_metrics["last/test_loss"] == pruning.retrain_history[-1]["val_loss"]
+
+    rows = list(csv.DictReader(open(next(tmp_path.rglob("metrics.csv")))))
+    logged = {key for row in rows for key, value in row.items() if value}
+    names = ["params_before", "params_after", "macs_before", "macs_after"]
+    assert {f"prune/{n}" for n in names} <= logged
+    assert {f"pruned/{n}" for n in ("train_loss", "train_acc", "test_loss", "test_acc")} <= logged
+    assert {f"{p}/{n}" for p in ("final", "last") for n in ("test_acc", "test_loss", "train_loss")} <= logged
+    assert "retrain/epoch" in logged
+    assert "prune/indices" in next(tmp_path.rglob("hparams.yaml")).read_text()
+
+
+def test_pruning_at_start_in_mask_mode_keeps_the_group_at_zero(tmp_path):
+    pruning = Pruning(criterion="oracle", layers={"conv1": 0.5}, mode="mask", prune_at="start", calibration_batches=2)
+    module = UserModule()
+    _trainer(tmp_path, [pruning], max_epochs=2).fit(module, datamodule=DataModule())
+    pruned = pruning.pruned_indices["conv1"]
+    assert len(pruned) == 3 and module.model.conv1.out_channels == 6
+    net = module.model
+    for tensor in (net.conv1.weight[pruned], net.conv1.bias[pruned], net.bn1.weight[pruned], net.bn1.bias[pruned],
+                   net.conv2.weight[:, pruned]):
+        assert (tensor == 0).all()
+    assert pruning.pruned_metrics["prune/params_after"] == sum(p.numel() for p in net.parameters()) - (
+        3 * 9 + 3 + 3 + 3 + 4 * 3 * 9)
+    assert len(pruning.retrain_history) == 2
+
+
+@pytest.mark.parametrize("mode", ["physical", "mask"])
+def test_pruning_resumes_mid_retrain_and_loads_from_checkpoint(tmp_path, mode):
+    def callback():
+        return Pruning(criterion="explicit", indices={"conv1": [0, 2]}, mode=mode, prune_at_epoch=1)
+
+    saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
+    first = callback()
+    _trainer(tmp_path, [first, saver], max_epochs=3, checkpoint=True).fit(UserModule(), datamodule=DataModule())
+    mid_retrain = tmp_path / "ckpt" / "epoch=1-step=6.ckpt"  # pruned at the start of epoch 1, saved at its end
+
+    resumed, module, probe = callback(), UserModule(), Probe()
+    trainer = _trainer(tmp_path, [resumed, probe, ModelCheckpoint(dirpath=tmp_path / "again")], max_epochs=4,
+                       checkpoint=True)
+    trainer.fit(module, datamodule=DataModule(), ckpt_path=mid_retrain)
+    assert resumed.pruned_indices == {"conv1": [0, 2]} and module.phase == "retrain"
+    assert [entry["epoch"] for entry in resumed.retrain_history] == [0, 1, 2]
+    assert probe.epochs[0]["holds_current_params"] and probe.epochs[0]["lr"] == pytest.approx(0.01)
+    assert module.model.conv1.out_channels == (4 if mode == "physical" else 6)
+    if mode == "mask":
+        assert (module.model.conv1.weight[[0, 2]] == 0).all() and (module.model.conv2.weight[:, [0, 2]] == 0).all()
+
+    loaded = UserModule.load_from_checkpoint(mid_retrain)
+    saved = torch.load(mid_retrain, weights_only=True)["state_dict"]
+    assert torch.equal(loaded.model.conv1.weight, saved["model.conv1.weight"])
+    assert loaded.eval()(torch.randn(2, 1, 8, 8)).shape == (2, 3)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"criterion": "magnitude"}, r"`criterion` must be one of \['l1', 'taylor', 'oracle', 'random', 'explicit'\]"),
+        ({"mode": "soft"}, r"`mode` must be one of \['physical', 'mask'\], got 'soft'"),
+        ({"prune_at": "start"}, "Can't provide both `prune_at` and `prune_at_epoch`. Choose one."),
+        ({"prune_at_epoch": None}, "`prune_at: start` or `prune_at_epoch: N` must be given, got neither"),
+        ({"prune_at_epoch": None, "prune_at": "end"}, "`prune_at` must be 'start' or None, got 'end'"),
+        ({"prune_at_epoch": -1}, "`prune_at_epoch` must be an integer >= 0, got -1"),
+        ({"layers": None}, "`layers` must map at least one glob pattern to a ratio"),
+        ({"layers": {"conv1": 1.0}}, r"`layers\['conv1'\]` must be a ratio in \[0, 1\), got 1.0"),
+        ({"indices": {"conv1": [0]}}, "`indices` must be None unless criterion is 'explicit'"),
+        ({"criterion": "explicit", "layers": None}, "`indices` must give {layer: pruned indices}"),
+        ({"criterion": "explicit"}, "`layers` must be empty for criterion 'explicit'"),
+        ({"criterion": "explicit", "layers": None, "indices": {"a": [0]}, "global_pruning": True},
+         "`global_pruning` must be false for criterion 'explicit'"),
+        ({"calibration_batches": 0}, "`calibration_batches` must be an integer >= 1, got 0"),
+        ({"l1_reduction": "max"}, r"`l1_reduction` must be one of \['sum', 'mean'\], got 'max'"),
+    ],
+)
+def test_pruning_rejects_bad_arguments_at_construction(kwargs, message):
+    arguments = {"layers": {"conv1": 0.5}, "prune_at_epoch": 1, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        Pruning(**arguments)
+
+
+def test_pruning_reports_every_argument_problem_at_once():
+    with pytest.raises(ValueError, match=r"`mode` must be .*`calibration_batches` must be"):
+        Pruning(layers={"conv1": 0.5}, prune_at_epoch=1, mode="soft", calibration_batches=0)
+
+
+def test_pruning_rejects_a_pattern_matching_nothing_before_training(tmp_path):
+    trainer = _trainer(tmp_path, [Pruning(layers={"layer*.conv1": 0.5}, prune_at_epoch=1)], max_epochs=2)
+    module = UserModule()
+    with pytest.raises(ValueError, match="pattern 'layer\\*.conv1' must match a prunable layer.*conv1, conv2"):
+        trainer.fit(module, datamodule=DataModule())
+    assert trainer.global_step == 0
+
+
+def _stub_trainer(world_size: int = 1, has_data: bool = True) -> SimpleNamespace:
+    source = SimpleNamespace(is_defined=lambda: has_data, dataloader=lambda: [] if not has_data else None)
+    return SimpleNamespace(world_size=world_size, callbacks=[], datamodule=None,
+                           fit_loop=SimpleNamespace(_data_source=source), train_dataloader=None)
+
+
+def test_pruning_setup_checks_what_needs_the_trainer():
+    module = UserModule()
+    with pytest.raises(ValueError, match="criterion 'taylor' must have training data, got no train dataloader"):
+        Pruning(criterion="taylor", layers={"conv1": 0.5}, prune_at="start").setup(_stub_trainer(has_data=False),
+                                                                                     module, "fit")
+    with pytest.raises(ValueError, match="`mode='physical'` must run in a single process"):
+        Pruning(layers={"conv1": 0.5}, prune_at="start").setup(_stub_trainer(world_size=2), module, "fit")
+    with pytest.raises(ValueError, match="`target` must name an nn.Module attribute of UserModule"):
+        Pruning(layers={"conv1": 0.5}, prune_at="start", target="net").setup(_stub_trainer(), module, "fit")
+    with pytest.raises(ValueError, match="must trace the network on an input, got no `example_input_array`"):
+        Pruning(layers={"conv1": 0.5}, prune_at="start").setup(_stub_trainer(has_data=False), module, "fit")
+
+
+def test_summarize_history_picks_the_best_epoch_and_the_last_five():
+    history = [{"epoch": e, "val_acc": a, "val_loss": 1.0 - a, "train_loss": 2.0 - e / 10}
+               for e, a in enumerate([0.5, math.nan, 0.8, 0.8, 0.6, 0.7, 0.75])]
+    summary = summarize_history(history)
+    assert summary["final/epoch"] == 2 and summary["final/test_acc"] == 0.8
+    assert summary["final/train_loss"] == pytest.approx(1.8) and summary["last/test_acc"] == 0.75
+    tail = [0.8, 0.8, 0.6, 0.7, 0.75]
+    assert summary["last5/test_acc_mean"] == pytest.approx(statistics.fmean(tail))
+    assert summary["last5/test_acc_std"] == pytest.approx(statistics.pstdev(tail))
+    assert summarize_history([]) == {}
+
+
+def test_pruning_with_image_classifier_and_taylor(tmp_path):
+    from lightning_prune.modules import ImageClassifier
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(64, 1, 32, 32, generator=generator)
+    data = TensorDataset(images, torch.randint(0, 10, (64,), generator=generator))
+    loader = DataLoader(data, batch_size=32)
+    module = ImageClassifier(model="lenet5_mini")
+    pruning = Pruning(criterion="taylor", layers={"conv1": 0.5, "conv2": 0.3}, prune_at_epoch=1, calibration_batches=2)
+    trainer = _trainer(tmp_path, [pruning], max_epochs=2)
+    trainer.fit(module, loader, loader)
+    assert module.phase == "retrain" and module.model.conv1.out_channels == 5 and module.model.conv2.out_channels == 7
+    held = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    assert held == {id(p) for p in module.parameters()}
+    # no datamodule: the train loader and the val loader are measured
+    assert pruning.pruned_metrics["pruned/test_loss"] == pytest.approx(pruning.pruned_metrics["pruned/train_loss"])
+    assert pruning.final_metrics["last/test_acc"] == pruning.retrain_history[0]["val_acc"]
