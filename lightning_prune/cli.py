@@ -69,6 +69,14 @@ class LightningPruneCLI(LightningCLI):
         parser.set_defaults({"trainer.logger": default_loggers(), "trainer.default_root_dir": _RUNS_DIR})
 
 
+def _finish_wandb_runs(trainer: Trainer) -> None:
+    # WandbLogger adopts a run left open in the process, so a second CLI call in one process (tests, notebooks)
+    # would log into the first one's run: close ours when the command is done.
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            logger.experiment.finish()
+
+
 def _fail(error: BaseException) -> None:
     if os.environ.get(_SHOW_TRACEBACK):
         raise error
@@ -86,7 +94,8 @@ def main(args: list[str] | None = None) -> None:
 
             study_main(argv[1:])
         else:
-            LightningPruneCLI(args=argv)
+            cli = LightningPruneCLI(args=argv)
+            _finish_wandb_runs(cli.trainer)
     except (ValueError, FileNotFoundError, TypeError) as error:
         # Our own validation raises these with a message naming the argument; one line beats a deep traceback.
         _fail(error)
