@@ -1,0 +1,28 @@
+"""The oracle-pruning correlation study: many pruned models from one pretrained model, pre- vs post-retrain.
+
+`lightning-prune study --config configs/study/<name>.yaml`, or from Python::
+
+    from lightning_prune.study import StudyConfig, run_study
+    summary = run_study(StudyConfig(...))
+
+Modules: `spec` (what a study is), `masks` (enumerate / sample), `prepare` (fingerprint, pretrained weights,
+masks), `trial` (one mask x repeat through the Lightning Trainer, one at a time or batched), `executors` (local
+processes, Ray, shards), `report` (results.csv, summary.json, figures, W&B), `runner` (all of it), `cli`.
+"""
+
+from importlib import import_module
+
+_LAZY = {
+    "StudyConfig": "lightning_prune.study.spec",
+    "MaskConfig": "lightning_prune.study.spec",
+    "RecipeConfig": "lightning_prune.study.spec",
+    "run_study": "lightning_prune.study.runner",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

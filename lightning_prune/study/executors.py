@@ -1,0 +1,122 @@
+"""Where trials run: in this process, in local worker processes, or as Ray tasks on a cluster.
+
+Work comes as *units*: a list of trials run together (one trial, or the masks of one batched fit). Every executor
+calls `lightning_prune.study.trial.run_unit`, which writes each finished trial's record itself, so the results of a
+unit survive whatever happens to the other units. ``on_done(n)`` is called with the number of trials of each
+finished unit (the progress bar).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+import torch
+
+from lightning_prune.study.spec import StudyConfig
+from lightning_prune.study.trial import Trial, run_unit
+
+Unit = tuple[list[Trial], bool]  # (trials, batched)
+OnDone = Callable[[int], None]
+
+
+def visible_gpus(config: StudyConfig) -> int:
+    """CUDA devices trials may use (none when the accelerator is forced to CPU)."""
+    if config.accelerator == "cpu" or not torch.cuda.is_available():
+        return 0
+    return torch.cuda.device_count()
+
+
+def run_in_process(config: StudyConfig, units: Sequence[Unit], on_done: OnDone) -> None:
+    """One unit after another in this process (GPU 0 when there is one)."""
+    gpu = 0 if visible_gpus(config) else None
+    for trials, batched in units:
+        run_unit(config, trials, batched, gpu)
+        on_done(len(trials))
+
+
+# Set in each worker process by `_init_worker`: the GPU this worker is pinned to (None on CPU).
+_WORKER_GPU: int | None = None
+
+
+def _init_worker(slots) -> None:
+    global _WORKER_GPU
+    _WORKER_GPU = slots.get()
+
+
+def _run_unit_in_worker(config: StudyConfig, trials: list[Trial], batched: bool) -> list[str]:
+    return run_unit(config, trials, batched, _WORKER_GPU)
+
+
+def run_local_workers(config: StudyConfig, units: Sequence[Unit], on_done: OnDone) -> None:
+    """``config.workers`` spawned processes; worker k is pinned to GPU ``k % num_gpus`` when there are GPUs.
+
+    On the first failure the units not yet started are cancelled and the error is raised; finished trials stay.
+    """
+    context = multiprocessing.get_context("spawn")
+    gpus = visible_gpus(config)
+    slots = context.Queue()
+    for worker in range(config.workers):
+        slots.put(worker % gpus if gpus else None)
+    with ProcessPoolExecutor(
+        max_workers=config.workers, mp_context=context, initializer=_init_worker, initargs=(slots,)
+    ) as pool:
+        pending = {pool.submit(_run_unit_in_worker, config, trials, batched): len(trials) for trials, batched in units}
+        try:
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    count = pending.pop(future)
+                    future.result()
+                    on_done(count)
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+
+
+def run_ray(config: StudyConfig, units: Sequence[Unit], on_done: OnDone) -> None:
+    """Ray tasks: on the cluster at ``config.address`` or an already initialised Ray, else a local Ray.
+
+    Each task reserves ``cpus_per_trial`` CPUs and, when the cluster has GPUs, ``gpus_per_trial`` of a GPU (so
+    that with 0.25 four small trials share one GPU); Ray sets the task's visible device.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=config.address, include_dashboard=False, log_to_driver=False)
+    has_gpus = ray.cluster_resources().get("GPU", 0) > 0 and config.accelerator != "cpu"
+    task = ray.remote(num_cpus=config.cpus_per_trial, num_gpus=config.gpus_per_trial if has_gpus else 0)(
+        _ray_unit
+    )
+    pending = {task.remote(config, trials, batched): len(trials) for trials, batched in units}
+    try:
+        while pending:
+            finished, _ = ray.wait(list(pending), num_returns=1)
+            for ref in finished:
+                count = pending.pop(ref)
+                ray.get(ref)
+                on_done(count)
+    except BaseException:
+        for ref in pending:
+            ray.cancel(ref)
+        raise
+
+
+def _ray_unit(config: StudyConfig, trials: list[Trial], batched: bool) -> list[str]:
+    # Ray narrows CUDA_VISIBLE_DEVICES to the task's GPU, which is then device 0.
+    gpu = 0 if torch.cuda.is_available() and config.accelerator != "cpu" else None
+    return run_unit(config, trials, batched, gpu)
+
+
+def execute(config: StudyConfig, units: Sequence[Unit], on_done: OnDone) -> None:
+    """Run ``units`` with the executor the config names."""
+    if not units:
+        return
+    if config.executor == "ray":
+        run_ray(config, units, on_done)
+    elif config.workers == 1:
+        run_in_process(config, units, on_done)
+    else:
+        run_local_workers(config, units, on_done)

@@ -1,0 +1,230 @@
+"""Everything a study needs before its trials, made once and kept in ``study_dir``:
+
+- ``study.json``: the fingerprint of the results-defining config; a different config is refused before any compute;
+- ``pretrained.ckpt``: the network's pretrained state (pretrained here by the `pretrain` recipe, resumably, or copied
+  from ``checkpoint`` / torchvision weights);
+- ``masks.json``: the masks (enumerated or sampled) and the criteria's masks, marked.
+
+Shards of one study may start together: an exclusive file lock lets one of them prepare while the others wait.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import itertools
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info
+
+from lightning_prune.models import build_model
+from lightning_prune.study.masks import count_masks, enumerate_masks, mask_key, sample_masks
+from lightning_prune.study.report import write_json
+from lightning_prune.study.spec import StudyConfig, config_differences, defining_config, fingerprint
+from lightning_prune.study.trial import (
+    Trial,
+    build_datamodule,
+    class_callable,
+    finish_logger,
+    load_network_state,
+    quiet_lightning,
+    trainer_kwargs,
+    wandb_logger,
+)
+
+STUDY_FILE = "study.json"
+PRETRAINED_FILE = "pretrained.ckpt"
+MASKS_FILE = "masks.json"
+
+
+@contextlib.contextmanager
+def exclusive(study_dir: Path) -> Iterator[None]:
+    """Hold ``study_dir/.prepare.lock`` (released by the OS if the process dies)."""
+    Path(study_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(study_dir) / ".prepare.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def check_study_dir(config: StudyConfig) -> str:
+    """Tie ``study_dir`` to this config: record its fingerprint, or check it against the recorded one.
+
+    Returns:
+        The fingerprint.
+
+    Raises:
+        ValueError: if ``study_dir`` holds a study whose results-defining config differs (naming what differs).
+    """
+    study_dir = Path(config.study_dir)
+    defining = defining_config(config)
+    digest = fingerprint(defining)
+    path = study_dir / STUDY_FILE
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        if stored["fingerprint"] != digest:
+            differences = config_differences(stored["config"], defining)
+            raise ValueError(
+                f"`--study_dir` {str(study_dir)!r} holds a study with a different config; its results would be mixed "
+                f"with this one's. Differences: {'; '.join(differences)}. Use a new --study_dir, or restore these "
+                "settings to resume the stored study."
+            )
+        return digest
+    write_json(path, {"name": config.name, "fingerprint": digest, "config": defining, "created": time.time()})
+    return digest
+
+
+def _save_state(path: Path, state: dict[str, torch.Tensor], metrics: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        torch.save({"state_dict": state, "metrics": metrics}, temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _pretrain(config: StudyConfig) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Run the pretrain recipe as one Lightning fit, resuming from ``study_dir/pretrain/last.ckpt`` if present."""
+    from lightning_prune.modules import ImageClassifier
+
+    recipe = config.pretrain
+    seed_everything(config.seed, verbose=False)
+    module = ImageClassifier(
+        model=config.model,
+        model_kwargs=config.model_kwargs,
+        optimizer=class_callable(recipe.optimizer),
+        lr_scheduler=class_callable(recipe.lr_scheduler),
+    )
+    datamodule = build_datamodule(config)
+    if hasattr(datamodule, "seed"):
+        datamodule.seed = config.seed
+    folder = Path(config.study_dir) / "pretrain"
+    last = folder / "last.ckpt"
+    checkpoint = ModelCheckpoint(dirpath=folder, save_last=True, save_top_k=0)
+    logger = wandb_logger(config, f"{config.name}-pretrain", "pretrain")
+    try:
+        kwargs = {**trainer_kwargs(config, recipe, gpu=None), "enable_checkpointing": True}
+        trainer = Trainer(**kwargs, logger=logger, callbacks=[checkpoint])
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
+    finally:
+        finish_logger(logger)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))}
+    return module.model.state_dict(), metrics
+
+
+def ensure_pretrained(config: StudyConfig) -> Path:
+    """``study_dir/pretrained.ckpt``, made once: pretrained here, or copied from the checkpoint or weights."""
+    path = Path(config.study_dir) / PRETRAINED_FILE
+    if path.is_file():
+        return path
+    if config.pretrain is not None:
+        rank_zero_info(f"Pretraining {config.model} for {config.pretrain.epochs} epochs into {path}.")
+        with quiet_lightning():
+            state, metrics = _pretrain(config)
+    elif config.checkpoint is not None:
+        state, metrics = load_network_state(Path(config.checkpoint)), {}
+        build_model(config.model, **config.model_kwargs).load_state_dict(state)  # fail early on a wrong checkpoint
+    else:
+        state, metrics = build_model(config.model, **config.model_kwargs).state_dict(), {}
+    _save_state(path, state, metrics)
+    return path
+
+
+def pretrained_network(config: StudyConfig) -> torch.nn.Module:
+    """The network with the study's pretrained weights, in eval mode."""
+    network = build_model(config.model, **config.model_kwargs)
+    network.load_state_dict(load_network_state(Path(config.study_dir) / PRETRAINED_FILE))
+    return network.eval()
+
+
+def masks_of_criteria(
+    config: StudyConfig, network: torch.nn.Module
+) -> tuple[dict[str, tuple[int, int]], dict[str, dict[str, list[int]]]]:
+    """The selected layers' sizes and each criterion's choice of filters on the pretrained network.
+
+    Returns:
+        ``{layer: (filters, pruned)}`` of the layers the study's patterns select (coupled layers merged), and
+        ``{criterion: {layer: pruned indices}}`` scored on ``calibration_batches`` training batches.
+    """
+    from lightning_prune.pruning.importance import build_criterion, lowest_units
+    from lightning_prune.pruning.structure import PruningStructure
+
+    structure = PruningStructure(network, torch.zeros(1, *network.input_shape))
+    counts = structure.pruned_counts(structure.select(config.masks.layers))
+    sizes = {name: (structure.layers[name].units, count) for name, count in counts.items()}
+    if not config.masks.criteria:
+        return sizes, {}
+    datamodule = build_datamodule(config)
+    if hasattr(datamodule, "seed"):
+        datamodule.seed = config.seed
+    datamodule.setup("fit")
+    # The batches the `Pruning` callback scores on: a fit with that criterion prunes exactly the marked mask.
+    loader = datamodule.train_eval_dataloader() if hasattr(datamodule, "train_eval_dataloader") else None
+    batches = list(itertools.islice(loader or datamodule.train_dataloader(), config.masks.calibration_batches))
+    chosen = {}
+    for criterion in config.masks.criteria:
+        scores = build_criterion(criterion).scores(structure, list(counts), batches)
+        chosen[criterion] = lowest_units(scores, counts)
+    return sizes, chosen
+
+
+def ensure_masks(config: StudyConfig) -> list[dict[str, Any]]:
+    """The study's masks from ``masks.json``, drawn and scored once.
+
+    Returns:
+        ``[{"mask_id", "layer_masks", "criterion"}]``: the enumerated or sampled masks first, then the criteria's
+        masks not among them; ``criterion`` names the criteria that chose a mask (``"l1;oracle"``), else "".
+    """
+    path = Path(config.study_dir) / MASKS_FILE
+    if path.is_file():
+        return json.loads(path.read_text())["masks"]
+    sizes, chosen = masks_of_criteria(config, pretrained_network(config))
+    sample = config.masks.sample
+    drawn = enumerate_masks(sizes) if sample is None else sample_masks(sizes, sample, config.masks.seed)
+    entries = [{"mask_id": i, "layer_masks": mask, "criterion": ""} for i, mask in enumerate(drawn)]
+    position = {mask_key(entry["layer_masks"]): i for i, entry in enumerate(entries)}
+    for criterion, mask in chosen.items():
+        mask = {name: sorted(int(i) for i in mask.get(name, [])) for name in sizes}
+        key = mask_key(mask)
+        if key not in position:
+            position[key] = len(entries)
+            entries.append({"mask_id": len(entries), "layer_masks": mask, "criterion": ""})
+        entry = entries[position[key]]
+        entry["criterion"] = ";".join(filter(None, [entry["criterion"], criterion]))
+    payload = {
+        "layer_sizes": {name: {"filters": n, "pruned": k} for name, (n, k) in sizes.items()},
+        "distinct_masks": str(count_masks(sizes)),
+        "masks": entries,
+    }
+    write_json(path, payload)
+    return entries
+
+
+def plan_trials(config: StudyConfig, entries: list[dict[str, Any]]) -> list[Trial]:
+    """Every trial of the study: each mask x each repeat, indexed in that order."""
+    return [
+        Trial(
+            index=position * config.repeats + repeat,
+            mask_id=int(entry["mask_id"]),
+            repeat=repeat,
+            seed=config.seed + repeat,
+            layer_masks={name: list(indices) for name, indices in entry["layer_masks"].items()},
+            criterion=entry["criterion"],
+        )
+        for position, entry in enumerate(entries)
+        for repeat in range(config.repeats)
+    ]

@@ -1,0 +1,267 @@
+"""The study's outputs: ``results.csv``, ``summary.json``, the two scatter plots and the W&B summary run.
+
+Every file is written atomically (a temporary file in the same folder, then ``os.replace``), so a reader, or a
+study killed mid-write, never sees half a file. Correlations come from ``scipy.stats``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+import warnings
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from lightning_prune.study.outcome import finite_or_none
+
+RESULT_COLUMNS = (
+    "trial_id",
+    "mask_id",
+    "repeat",
+    "layer_masks",
+    "pruned_train_loss",
+    "pruned_train_acc",
+    "pruned_test_loss",
+    "pruned_test_acc",
+    "final_test_acc",
+    "final_test_loss",
+    "final_train_loss",
+    "params",
+    "macs",
+    "seconds",
+    "criterion",
+)
+SUMMARY_KEYS = (
+    "num_masks",
+    "num_trials",
+    "kendall_tau_acc",
+    "kendall_p_acc",
+    "kendall_tau_loss",
+    "kendall_p_loss",
+    "spearman_acc",
+    "pearson_acc",
+    "oracle_mask_id",
+    "anomaly_ratio_acc",
+    "anomaly_ratio_loss",
+    "kendall_tau_short_vs_full",
+)
+_INT_COLUMNS = ("mask_id", "repeat", "params", "macs")
+_TEXT_COLUMNS = ("trial_id", "layer_masks", "criterion")
+
+
+# ------------------------------------------------------------------------------------------------ atomic files
+def write_atomic(path: Path, content: str | bytes) -> None:
+    """Write ``content`` to ``path`` through a temporary file and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = "wb" if isinstance(content, bytes) else "w"
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, mode) as file:
+            file.write(content)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Atomic JSON (indented, NaN refused: use None)."""
+    write_atomic(path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------- results.csv
+def result_row(record: dict[str, Any]) -> dict[str, Any]:
+    """The ``results.csv`` row of one trial record (``trials/<trial_id>.json``)."""
+    row = {column: record[column] for column in RESULT_COLUMNS if column != "layer_masks"}
+    row["layer_masks"] = json.dumps(record["layer_masks"], separators=(",", ":"))
+    return row
+
+
+def write_results_csv(path: Path, records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Write one row per trial, ordered by ``(mask_id, repeat)``; returns the rows."""
+    rows = sorted((result_row(r) for r in records), key=lambda row: (row["mask_id"], row["repeat"]))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=RESULT_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        # repr keeps every float digit: the CSV round-trips exactly.
+        writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})
+    write_atomic(path, buffer.getvalue())
+    return rows
+
+
+def read_results_csv(path: Path) -> list[dict[str, Any]]:
+    """Rows of ``results.csv`` with numbers parsed back."""
+    with open(path, newline="") as file:
+        rows = list(csv.DictReader(file))
+    for row in rows:
+        for column in RESULT_COLUMNS:
+            if column in _INT_COLUMNS:
+                row[column] = int(row[column])
+            elif column not in _TEXT_COLUMNS:
+                row[column] = float(row[column])
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------- summary.json
+def per_mask_means(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> dict[int, dict[str, Any]]:
+    """``{mask_id: {column: mean over repeats, "criterion": ...}}`` ordered by mask id."""
+    grouped: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        grouped[int(row["mask_id"])].append(row)
+    return {
+        mask_id: {
+            **{c: float(np.mean([float(r[c]) for r in group])) for c in columns},
+            "criterion": group[0].get("criterion", ""),
+        }
+        for mask_id, group in sorted(grouped.items())
+    }
+
+
+def summarize(rows: Sequence[dict[str, Any]], short_test_acc: dict[str, float] | None = None) -> dict[str, Any]:
+    """The study's summary from its result rows (per-mask means over repeats, over every mask of the rows: the
+    criteria's masks count like the random ones).
+
+    Args:
+        rows: ``results.csv`` rows (parsed or as built).
+        short_test_acc: ``{trial_id: test accuracy after 10% of retraining}``; the short-vs-full τ is null without.
+
+    Returns:
+        A dict with exactly ``SUMMARY_KEYS``: Kendall τ-b (and p) of pruned train loss vs final test accuracy and
+        vs final test loss, Spearman and Pearson coefficients for accuracy, the oracle mask (lowest pruned train
+        loss; the lowest id on ties), anomaly ratios (the share of the *other* masks whose final test accuracy is
+        >= the oracle mask's, or whose final test loss is <= it), and τ of short vs full retraining accuracy.
+
+    Raises:
+        ValueError: if ``rows`` is empty.
+    """
+    if not rows:
+        raise ValueError("`rows` must hold at least one finished trial, got none.")
+    means = per_mask_means(rows, ["pruned_train_loss", "final_test_acc", "final_test_loss"])
+    mask_ids = list(means)
+    loss, acc, test_loss = (
+        np.array([means[m][column] for m in mask_ids])
+        for column in ("pruned_train_loss", "final_test_acc", "final_test_loss")
+    )
+    short = None
+    if short_test_acc is not None and all(row["trial_id"] in short_test_acc for row in rows):
+        short_means = per_mask_means([{**row, "short": short_test_acc[row["trial_id"]]} for row in rows], ["short"])
+        short = np.array([short_means[m]["short"] for m in mask_ids])
+    oracle = int(np.argmin(loss))  # the first minimum: the lowest mask id on ties
+    others = np.arange(len(mask_ids)) != oracle
+    summary: dict[str, Any] = {"num_masks": len(mask_ids), "num_trials": len(rows)}
+    nan2 = (np.nan, np.nan)
+    enough = len(mask_ids) >= 2
+    with warnings.catch_warnings():
+        # A constant column has no correlation: scipy warns and returns NaN, reported as null.
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        summary["kendall_tau_acc"], summary["kendall_p_acc"] = stats.kendalltau(loss, acc) if enough else nan2
+        summary["kendall_tau_loss"], summary["kendall_p_loss"] = stats.kendalltau(loss, test_loss) if enough else nan2
+        summary["spearman_acc"] = stats.spearmanr(loss, acc)[0] if enough else np.nan
+        summary["pearson_acc"] = stats.pearsonr(loss, acc)[0] if enough else np.nan
+        summary["oracle_mask_id"] = mask_ids[oracle]
+        summary["anomaly_ratio_acc"] = np.mean(acc[others] >= acc[oracle]) if enough else np.nan
+        summary["anomaly_ratio_loss"] = np.mean(test_loss[others] <= test_loss[oracle]) if enough else np.nan
+        has_short = short is not None and enough
+        summary["kendall_tau_short_vs_full"] = stats.kendalltau(short, acc)[0] if has_short else np.nan
+    return {key: value if isinstance(value, int) else finite_or_none(float(value)) for key, value in summary.items()}
+
+
+# ---------------------------------------------------------------------------------------------------- figures
+def scatter_plot(
+    path: Path, rows: Sequence[dict[str, Any]], summary: dict[str, Any], metric: str, title: str = ""
+) -> None:
+    """Pruned train loss (x) vs a final metric (y) per mask: the oracle mask a star with crosshairs, anomalies in
+    another colour, the criteria's masks labelled, Kendall's τ and p in the corner.
+
+    Args:
+        path: the PNG to write.
+        rows: ``results.csv`` rows.
+        summary: the output of :func:`summarize` on ``rows``.
+        metric: ``"final_test_acc"`` or ``"final_test_loss"``.
+        title: figure title (the study name).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    by_accuracy = metric == "final_test_acc"
+    means = per_mask_means(rows, ["pruned_train_loss", metric])
+    mask_ids = list(means)
+    x = np.array([means[m]["pruned_train_loss"] for m in mask_ids])
+    y = np.array([means[m][metric] for m in mask_ids])
+    oracle = mask_ids.index(summary["oracle_mask_id"])
+    anomaly = (y >= y[oracle]) if by_accuracy else (y <= y[oracle])
+    anomaly[oracle] = False
+    figure, axes = plt.subplots(figsize=(6, 4.5), dpi=120)
+    axes.scatter(x[~anomaly], y[~anomaly], s=14, color="tab:blue", alpha=0.7, label="mask")
+    axes.scatter(x[anomaly], y[anomaly], s=14, color="tab:orange", alpha=0.8, label="anomaly (beats the oracle)")
+    axes.axvline(x[oracle], color="tab:red", linewidth=0.8, linestyle="--")
+    axes.axhline(y[oracle], color="tab:red", linewidth=0.8, linestyle="--")
+    axes.scatter([x[oracle]], [y[oracle]], marker="*", s=220, color="tab:red", zorder=5, label="oracle mask")
+    for i, mask_id in enumerate(mask_ids):
+        if means[mask_id]["criterion"]:
+            axes.annotate(means[mask_id]["criterion"], (x[i], y[i]), xytext=(4, 4), textcoords="offset points")
+            axes.scatter([x[i]], [y[i]], s=40, facecolors="none", edgecolors="black", zorder=4)
+    suffix = "acc" if by_accuracy else "loss"
+    tau, p = summary[f"kendall_tau_{suffix}"], summary[f"kendall_p_{suffix}"]
+    text = "Kendall τ = n/a" if tau is None else f"Kendall τ = {tau:.3f} (p = {p:.2g})"
+    axes.text(0.02, 0.02, text, transform=axes.transAxes, fontsize=9, bbox={"facecolor": "white", "alpha": 0.8})
+    axes.set_xlabel("pruned train loss (before retraining)")
+    axes.set_ylabel("final test accuracy" if by_accuracy else "final test loss")
+    axes.set_title(f"{title}: {len(mask_ids)} masks" if title else f"{len(mask_ids)} masks")
+    axes.legend(fontsize=7, loc="best")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    write_atomic(path, buffer.getvalue())
+
+
+# ---------------------------------------------------------------------------------------------- W&B summary run
+def log_summary_run(
+    study_dir: Path, name: str, project: str, rows: Sequence[dict[str, Any]], summary: dict[str, Any]
+) -> None:
+    """One W&B run (group = the study name) with the results table, a scatter plot, the PNGs and the summary."""
+    import wandb
+    from lightning.pytorch.loggers import WandbLogger
+
+    offline = os.environ.get("WANDB_MODE", "offline") != "online"
+    logger = WandbLogger(
+        project=project, name=f"{name}-summary", group=name, job_type="summary", save_dir=str(study_dir),
+        offline=offline,
+    )  # fmt: skip
+    try:
+        columns = list(RESULT_COLUMNS)
+        logger.log_table("results", columns=columns, data=[[row[c] for c in columns] for row in rows])
+        means = per_mask_means(rows, ["pruned_train_loss", "final_test_acc"])
+        table = wandb.Table(
+            columns=["mask_id", "pruned_train_loss", "final_test_acc", "criterion"],
+            data=[[m, v["pruned_train_loss"], v["final_test_acc"], v["criterion"]] for m, v in means.items()],
+        )
+        experiment = logger.experiment
+        experiment.log(
+            {
+                "scatter/pruned_train_loss_vs_final_test_acc": wandb.plot.scatter(
+                    table, "pruned_train_loss", "final_test_acc", title=f"{name}: pruned train loss vs final test acc"
+                ),
+                **{
+                    f"figures/{png}": wandb.Image(str(study_dir / f"{png}.png"))
+                    for png in ("scatter_acc", "scatter_loss")
+                    if (study_dir / f"{png}.png").is_file()
+                },
+            }
+        )
+        experiment.summary.update({f"summary/{k}": v for k, v in summary.items() if v is not None})
+    finally:
+        logger.experiment.finish()

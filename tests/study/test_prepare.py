@@ -1,0 +1,82 @@
+"""What a study prepares once: the pretrained weights (resumable, or from a checkpoint) and the masks."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from study_fakes import copy_study, tiny_study
+
+from lightning_prune.study.prepare import ensure_masks, ensure_pretrained, plan_trials
+from lightning_prune.study.spec import RecipeConfig
+from lightning_prune.study.trial import cpu_threads, load_network_state, run_unit
+
+
+def test_pretraining_resumes_from_its_last_checkpoint(tiny_mnist_root, tmp_path):
+    def pretrained(study_dir: Path, epochs: int) -> dict:
+        config = tiny_study(tiny_mnist_root, study_dir, pretrain=RecipeConfig(epochs=epochs, lr_scheduler=None))
+        with cpu_threads(1):
+            return load_network_state(ensure_pretrained(config))
+
+    interrupted = tmp_path / "interrupted"
+    pretrained(interrupted, 1)
+    assert (interrupted / "pretrain" / "last.ckpt").is_file()
+    (interrupted / "pretrained.ckpt").unlink()  # as if killed after the first epoch's checkpoint
+    resumed = pretrained(interrupted, 2)
+    straight = pretrained(tmp_path / "straight", 2)
+    assert resumed.keys() == straight.keys()
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name])
+
+
+def test_pretrained_weights_from_a_lightning_checkpoint(finished, tmp_path):
+    config, _ = finished
+    checkpoint = Path(config.study_dir) / "pretrain" / "last.ckpt"
+    from_checkpoint = dataclasses.replace(config, study_dir=tmp_path / "study", pretrain=None, checkpoint=checkpoint)
+    state = load_network_state(ensure_pretrained(from_checkpoint))
+    expected = load_network_state(Path(config.study_dir) / "pretrained.ckpt")
+    for name in expected:
+        torch.testing.assert_close(state[name], expected[name])
+    wrong = dataclasses.replace(from_checkpoint, study_dir=tmp_path / "wrong", model="lenet5_mini_w20")
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        ensure_pretrained(wrong)
+
+
+def test_masks_are_saved_once_and_criteria_marked(finished, tmp_path):
+    config, _ = finished
+    masks = ensure_masks(config)
+    assert masks == json.loads((Path(config.study_dir) / "masks.json").read_text())["masks"]
+    sampled = [m for m in masks if m["mask_id"] < 4]
+    assert all(len(m["layer_masks"]["conv1"]) == 5 for m in masks) and len(sampled) == 4
+    marked = {name for m in masks for name in m["criterion"].split(";") if name}
+    assert marked == {"l1", "oracle"}
+    # The l1 mark is the 5 filters of smallest L1 norm of the pretrained conv1.
+    weight = load_network_state(Path(config.study_dir) / "pretrained.ckpt")["conv1.weight"]
+    smallest = sorted(weight.abs().sum(dim=(1, 2, 3)).argsort()[:5].tolist())
+    assert next(m for m in masks if "l1" in m["criterion"])["layer_masks"]["conv1"] == smallest
+    trials = plan_trials(config, masks)
+    assert [t.index for t in trials] == list(range(2 * len(masks)))
+    assert {(t.mask_id, t.repeat, t.seed) for t in trials} == {(m["mask_id"], r, r) for m in masks for r in (0, 1)}
+
+
+def test_batched_unit_writes_records_and_a_wandb_run_per_trial(finished, tmp_path):
+    config, _ = finished
+    copy = copy_study(config, tmp_path / "copy", wandb=True)
+    trials = [t for t in plan_trials(copy, ensure_masks(copy)) if t.repeat == 0][:2]
+    assert run_unit(copy, trials, batched=True) == [t.trial_id for t in trials]
+    for trial in trials:
+        record = json.loads((tmp_path / "copy" / "trials" / f"{trial.trial_id}.json").read_text())
+        assert record["path"] == "batched" and record["layer_masks"] == trial.layer_masks
+    assert len(list((tmp_path / "copy" / "wandb").glob("offline-run-*"))) == 2
+
+
+def test_prepare_only_stops_before_the_trials(finished, tmp_path):
+    from lightning_prune.study import run_study
+
+    config, _ = finished
+    copy = copy_study(config, tmp_path / "copy", prepare_only=True)
+    assert run_study(copy) is None
+    assert not list((tmp_path / "copy" / "trials").iterdir()) and not (tmp_path / "copy" / "results.csv").exists()

@@ -1,0 +1,140 @@
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from lightning_prune.study.cli import build_parser, parse_config
+from lightning_prune.study.spec import (
+    MaskConfig,
+    RecipeConfig,
+    StudyConfig,
+    check_class_spec,
+    config_differences,
+    defining_config,
+    fingerprint,
+    parse_shard,
+    resolve_class,
+    validate,
+)
+
+CONFIGS = sorted((Path(__file__).parents[2] / "configs" / "study").glob("*.yaml"))
+_SGD = {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.1}}
+
+
+def _config(**overrides) -> StudyConfig:
+    return StudyConfig(**{"pretrain": RecipeConfig(), **overrides})
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_shipped_study_config_parses_and_validates(path):
+    config = parse_config(["--config", str(path)])
+    validate(config)
+    assert config.name == path.stem
+    assert Path(config.study_dir) == Path("studies") / path.stem
+
+
+def test_paper_settings_are_all_shipped():
+    names = {p.stem for p in CONFIGS}
+    lenet_single = {f"lenet5_mnist_conv{c}_{r}" for c in (1, 2, 3) for r in range(20, 90, 10)}
+    combos = {f"lenet5_mnist_conv{c}_50" for c in ("12", "13", "23", "123")}
+    variants = {f"lenet5w{w}_mnist_conv1_50" for w in (20, 30, 40)} | {f"lenet5d{d}_mnist_conv1_50" for d in (6, 7, 8)}
+    others = {
+        "lenet5_fmnist_conv1_50",
+        "lenet5_kmnist_conv1_50",
+        "resnet56_cifar10_blockconv1_50",
+        "vgg19_cifar100_allconv_50",
+        "resnet18_imagenet_blockconv1_50",
+        "vit_b16_imagenet_heads_mlp_50",
+        "quickstart",
+    }
+    assert lenet_single | combos | variants | others == names
+
+
+def test_cli_flags_override_the_config_and_help_shows_field_docs(capsys):
+    quickstart = str(Path(__file__).parents[2] / "configs" / "study" / "quickstart.yaml")
+    config = parse_config(["--config", quickstart, "--shard", "1/4", "--workers", "3", "--masks.sample", "5"])
+    assert (config.shard, config.workers, config.masks.sample, config.masks.layers) == ("1/4", 3, 5, {"conv1": 0.5})
+    assert isinstance(config.masks, MaskConfig) and isinstance(config.retrain, RecipeConfig)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    assert "Retrainings per mask" in capsys.readouterr().out
+
+
+def test_validate_collects_every_problem_naming_flags(tmp_path):
+    config = _config(
+        model="nope",
+        data={"class_path": "no.such.Module"},
+        checkpoint=tmp_path / "missing.ckpt",
+        masks=MaskConfig(layers={"conv1": 1.5}, sample=0, criteria=["l1", "magic"], calibration_batches=0),
+        retrain=RecipeConfig(epochs=0, optimizer={"class_path": "torch.optim.SGD", "extra": 1}, lr_scheduler=None),
+        repeats=0,
+        workers=0,
+        batch_masks=0,
+        gpus_per_trial=1.5,
+        cpus_per_trial=0,
+        shard="3/2",
+        address="auto",
+    )
+    with pytest.raises(ValueError, match="Invalid study config") as error:
+        validate(config)
+    message = str(error.value)
+    for expected in (
+        "`--model` must be one of",
+        "`--data.class_path` must name an importable class, got 'no.such.Module'",
+        "Provide exactly one pretrained source",
+        "`--checkpoint` must be an existing file",
+        "`--retrain.epochs` must be at least 1, got 0",
+        "`--retrain.optimizer` must hold only `class_path` and `init_args`, got extra keys ['extra']",
+        "`--masks.layers['conv1']` must be a ratio in (0, 1), got 1.5",
+        "`--masks.sample` must be at least 1",
+        "`--masks.criteria` must be among ['l1', 'taylor', 'oracle'], got ['magic']",
+        "`--masks.calibration_batches` must be at least 1",
+        "`--repeats` must be at least 1",
+        "`--workers` must be at least 1",
+        "`--batch_masks` must be at least 1",
+        "`--gpus_per_trial` must be in (0, 1] or a whole number, got 1.5",
+        "`--cpus_per_trial` must be positive",
+        "`--shard` must be `i/n` with 0 <= i < n, got '3/2'",
+        "Can't provide --address with --executor local",
+    ):
+        assert expected in message
+
+
+def test_validate_small_problems_raise():
+    with pytest.raises(ValueError, match="`--masks.layers` must map at least one layer pattern"):
+        validate(_config(masks=MaskConfig(layers={})))
+    with pytest.raises(ValueError, match=r"Provide exactly one pretrained source.*got \['pretrain', 'model_kwargs"):
+        validate(_config(model="resnet18", model_kwargs={"weights": "IMAGENET1K_V1"}))
+    with pytest.raises(ValueError, match="`--batching on` needs a network without BatchNorm"):
+        validate(_config(model="cifar_resnet20", batching="on"))
+    with pytest.raises(ValueError, match="`--data` must be a mapping with `class_path`"):
+        validate(_config(data={"init_args": {}}))
+    with pytest.raises(ValueError, match="`--pretrain.lr_scheduler.init_args` must be a mapping"):
+        validate(_config(pretrain=RecipeConfig(lr_scheduler={"class_path": "torch.optim.SGD", "init_args": 3})))
+    validate(_config())  # the defaults are a valid study
+
+
+def test_parse_shard_and_resolve_class():
+    assert parse_shard(None) == (0, 1) and parse_shard("2/5") == (2, 5)
+    with pytest.raises(ValueError, match="`--shard` must be `i/n`"):
+        parse_shard("a/b")
+    assert resolve_class("MNISTMiniDataModule").__name__ == "MNISTMiniDataModule"
+    assert resolve_class("torch.optim.AdamW").__name__ == "AdamW"
+    with pytest.raises(ValueError, match="`class_path` must name an importable class, got 'Nope'"):
+        resolve_class("Nope")
+    assert check_class_spec(_SGD, "x") == []
+
+
+def test_fingerprint_covers_results_but_not_execution():
+    base = _config()
+    same = dataclasses.replace(base, executor="ray", workers=8, shard="0/2", wandb=False, batching="off",
+                               study_dir=Path("elsewhere"), name="renamed")  # fmt: skip
+    assert fingerprint(defining_config(base)) == fingerprint(defining_config(same))
+    moved = dataclasses.replace(base, data={**base.data, "init_args": {"root": "/cluster/data", "num_workers": 8}})
+    assert fingerprint(defining_config(base)) == fingerprint(defining_config(moved))
+    changed = dataclasses.replace(base, retrain=RecipeConfig(epochs=5))
+    assert fingerprint(defining_config(base)) != fingerprint(defining_config(changed))
+    short = dataclasses.replace(base, data={"class_path": "MNISTMiniDataModule", "init_args": {}})
+    assert fingerprint(defining_config(base)) == fingerprint(defining_config(short))
+    differences = config_differences(defining_config(base), defining_config(changed))
+    assert differences == ["retrain.epochs (stored 30, given 5)"]
