@@ -65,9 +65,9 @@ class ImageClassifier(LightningModule):
             else (optimizer, lr_scheduler if retrain_lr_scheduler is None else retrain_lr_scheduler),
         }
         num_classes = self._num_classes()
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         shape = tuple(input_shape) if input_shape is not None else getattr(self.model, "input_shape", None)
         if shape is not None:
             self.example_input_array = torch.zeros(1, *shape)
