@@ -64,3 +64,21 @@ def test_classifier_rejects_bad_label_smoothing():
 def test_classifier_unknown_model_lists_choices():
     with pytest.raises(ValueError, match="lenet5_mini"):
         ImageClassifier("lenet7")
+
+
+def test_classifier_logs_epoch_mean_train_loss_and_accuracy_over_uneven_batches(tmp_path):
+    from lightning.pytorch import Trainer
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    x, y = torch.randn(10, 1, 32, 32), torch.randint(0, 10, (10,))
+    module = ImageClassifier("lenet5_mini", optimizer=_sgd(0.0))  # lr 0: the network stays as it is
+    with torch.no_grad():
+        logits = module(x)
+    expected_loss = torch.nn.functional.cross_entropy(logits, y)  # over all 10 images: batches of 4, 4, 2
+    expected_acc = (logits.argmax(-1) == y).float().mean()
+    trainer = Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(module, DataLoader(TensorDataset(x, y), batch_size=4))
+    assert trainer.callback_metrics["train/loss"].item() == pytest.approx(expected_loss.item(), rel=1e-5)
+    assert trainer.callback_metrics["train/acc"].item() == pytest.approx(expected_acc.item())
