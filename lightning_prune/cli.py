@@ -94,7 +94,8 @@ def main(args: list[str] | None = None) -> None:
 
             study_main(argv[1:])
         else:
-            cli = LightningPruneCLI(args=argv)
+            # args=None lets LightningCLI read sys.argv itself (it warns when given both).
+            cli = LightningPruneCLI(args=None if args is None else argv)
             _finish_wandb_runs(cli.trainer)
     except (ValueError, FileNotFoundError, TypeError) as error:
         # Our own validation raises these with a message naming the argument; one line beats a deep traceback.
