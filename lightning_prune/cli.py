@@ -8,6 +8,7 @@ to a local `metrics.csv`; the resolved config goes to both.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import Any
 
@@ -77,10 +78,17 @@ def _finish_wandb_runs(trainer: Trainer) -> None:
             logger.experiment.finish()
 
 
+def _headline(error: BaseException) -> str:
+    """Our own message, also when jsonargparse wraps it in a report on every Union subtype it tried."""
+    text = str(error)
+    ours = re.findall(r"^\s*- (`.+)$", text, flags=re.MULTILINE)
+    return ours[0] if ours else text
+
+
 def _fail(error: BaseException) -> None:
     if os.environ.get(_SHOW_TRACEBACK):
         raise error
-    print(f"lightning-prune: error: {error}", file=sys.stderr)
+    print(f"lightning-prune: error: {_headline(error)}", file=sys.stderr)
     print(f"(set {_SHOW_TRACEBACK}=1 for the full traceback)", file=sys.stderr)
     raise SystemExit(2)
 
