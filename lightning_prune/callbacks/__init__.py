@@ -3,7 +3,7 @@
 Imported lazily so that `import lightning_prune.callbacks` does not pull in transformers unless DyCoke is used.
 """
 
-from importlib import import_module
+from lightning_prune._lazy import lazy_getattr
 
 _LAZY = {
     "Pruning": "lightning_prune.callbacks.pruning",
@@ -12,9 +12,4 @@ _LAZY = {
 }
 
 __all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -1,6 +1,6 @@
 """LightningDataModules. None of them knows about models."""
 
-from importlib import import_module
+from lightning_prune._lazy import lazy_getattr
 
 _LAZY = {
     "MNISTDataModule": "lightning_prune.data.mnist",
@@ -11,9 +11,4 @@ _LAZY = {
 }
 
 __all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

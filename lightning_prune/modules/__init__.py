@@ -1,6 +1,6 @@
 """LightningModules: `ImageClassifier` (pretrain/prune/retrain) and `VideoLLM` (LLaVA-OneVision inference)."""
 
-from importlib import import_module
+from lightning_prune._lazy import lazy_getattr
 
 _LAZY = {
     "ImageClassifier": "lightning_prune.modules.classifier",
@@ -8,9 +8,4 @@ _LAZY = {
 }
 
 __all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

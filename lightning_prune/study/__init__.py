@@ -10,7 +10,7 @@ masks), `trial` (one mask x repeat through the Lightning Trainer, one at a time 
 processes, Ray, shards), `report` (results.csv, summary.json, figures, W&B), `runner` (all of it), `cli`.
 """
 
-from importlib import import_module
+from lightning_prune._lazy import lazy_getattr
 
 _LAZY = {
     "StudyConfig": "lightning_prune.study.spec",
@@ -20,9 +20,4 @@ _LAZY = {
 }
 
 __all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
