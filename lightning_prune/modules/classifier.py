@@ -99,7 +99,7 @@ class ImageClassifier(LightningModule):
         x, y = batch
         logits = self(x)
         loss = self.loss_fn(logits, y)
-        accuracy(logits, y)
+        accuracy.update(logits, y)  # forward() would also compute a per-batch value nobody reads
         # Epoch means only: per-step logging costs throughput and the study reads epoch values.
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
         self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
