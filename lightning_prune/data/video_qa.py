@@ -2,8 +2,11 @@
 
 Each JSONL line is `{"video": PATH, "question": STR, "options": [STR, ...], "answer": LETTER | INDEX | OPTION_TEXT}`
 with an optional `"id"`; `video` is relative to `video_root` (default: the JSONL's folder). Every video gives
-`num_frames` frames sampled uniformly over its length. With `generate_synthetic: true` and no annotation file, a small
-dataset of moving-shapes videos (written with PyAV) is created once under `synthetic_dir`, so a config runs offline.
+`num_frames` frames sampled uniformly over its length, by default as lmms-eval's video wrappers (and the published
+DyCoke code) pick them, so `predict`/`test` and an lmms-eval run see the same frames. Every video is checked at
+`setup`, so a bad file stops the run before any batch. With `generate_synthetic: true` and no annotation file, a small
+dataset of moving-shapes videos (written with PyAV) is created once, in a folder named after its settings under
+`synthetic_dir` (default `<root>/video_qa_synthetic`), so a config runs offline.
 
 Batches are dicts of lists: `videos` (uint8 `[F, H, W, 3]` each), `question`, `options`, `answer_index`, `id`.
 """
@@ -12,9 +15,9 @@ from __future__ import annotations
 
 import json
 import string
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import av
 import numpy as np
@@ -23,31 +26,61 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
-from lightning_prune.data._common import check_at_least
+from lightning_prune.data._common import check_at_least, check_choice
 
 _SYNTHETIC_QUESTION = "Which way does the red square move?"
 _SYNTHETIC_OPTIONS = ["left", "right", "up", "down"]
 _SYNTHETIC_STEPS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 
 
-def uniform_frame_indices(total_frames: int, num_frames: int) -> list[int]:
+def _truncated_linspace(total_frames: int, num_frames: int) -> np.ndarray:
+    # lmms-eval's wrappers and the published DyCoke code: `np.linspace(..., dtype=int)` truncates towards zero
+    return np.linspace(0, total_frames - 1, num_frames, dtype=int)
+
+
+def _rounded_linspace(total_frames: int, num_frames: int) -> np.ndarray:
+    # this project's sampler before it matched lmms-eval (round half to even)
+    return np.linspace(0, total_frames - 1, num_frames).round().astype(int)
+
+
+FRAME_SAMPLERS: dict[str, Callable[[int, int], np.ndarray]] = {
+    "truncate": _truncated_linspace,
+    "round": _rounded_linspace,
+}
+FrameSampling = Literal["truncate", "round"]
+
+
+def uniform_frame_indices(total_frames: int, num_frames: int, sampling: FrameSampling = "truncate") -> list[int]:
     """`num_frames` indices spread evenly from the first to the last frame (repeats when the video is shorter).
 
     Args:
         total_frames: frames in the video (>= 1).
         num_frames: frames wanted (>= 1).
+        sampling: "truncate" (default) takes `np.linspace(0, total_frames - 1, num_frames, dtype=int)` as lmms-eval
+            does; "round" rounds the same points to the nearest frame instead.
     """
     check_at_least("total_frames", total_frames, 1)
     check_at_least("num_frames", num_frames, 1)
-    return np.linspace(0, total_frames - 1, num_frames).round().astype(int).tolist()
+    check_choice("sampling", sampling, tuple(FRAME_SAMPLERS))
+    return FRAME_SAMPLERS[sampling](total_frames, num_frames).tolist()
 
 
-def read_video_frames(path: str | Path, num_frames: int) -> torch.Tensor:
+def _frame_count(path: Path) -> int:
+    with av.open(str(path)) as container:
+        total = container.streams.video[0].frames
+    if total <= 0:  # the container does not record a frame count: count by decoding
+        with av.open(str(path)) as container:
+            total = sum(1 for _ in container.decode(video=0))
+    return total
+
+
+def read_video_frames(path: str | Path, num_frames: int, sampling: FrameSampling = "truncate") -> torch.Tensor:
     """Decode `num_frames` uniformly sampled RGB frames.
 
     Args:
         path: a video file PyAV can open.
         num_frames: frames to return.
+        sampling: how the frame indices are picked (see `uniform_frame_indices`).
 
     Returns:
         uint8 `[num_frames, H, W, 3]`.
@@ -55,12 +88,7 @@ def read_video_frames(path: str | Path, num_frames: int) -> torch.Tensor:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Video file not found: {path}.")
-    with av.open(str(path)) as container:
-        total = container.streams.video[0].frames
-    if total <= 0:  # the container does not record a frame count: count by decoding
-        with av.open(str(path)) as container:
-            total = sum(1 for _ in container.decode(video=0))
-    wanted = uniform_frame_indices(total, num_frames)
+    wanted = uniform_frame_indices(_frame_count(path), num_frames, sampling)
     picked: dict[int, np.ndarray] = {}
     with av.open(str(path)) as container:
         for index, frame in enumerate(container.decode(video=0)):
@@ -72,6 +100,24 @@ def read_video_frames(path: str | Path, num_frames: int) -> torch.Tensor:
         raise ValueError(f"No frame could be decoded from {path}.")
     last = picked[max(picked)]  # a recorded frame count can exceed what decodes: reuse the last decoded frame
     return torch.from_numpy(np.stack([picked.get(index, last) for index in wanted]))
+
+
+def check_video_readable(path: str | Path) -> None:
+    """Raise `ValueError` naming `path` unless it is a file PyAV opens, with a video stream whose first frame decodes.
+
+    Cheap (one frame), so a whole dataset can be checked before any batch runs.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"Video file not found: {path}.")
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ValueError("it has no video stream")
+            next(container.decode(video=0))
+    except (av.FFmpegError, ValueError, StopIteration) as error:
+        reason = str(error) or "no frame decodes"
+        raise ValueError(f"Video {path} cannot be decoded ({reason}); re-encode or remove it.") from error
 
 
 def moving_shapes_frames(num_frames: int, size: int, direction: str = "right", seed: int = 0) -> np.ndarray:
@@ -169,18 +215,29 @@ def read_annotations(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+def check_record_videos(records: list[dict[str, Any]], video_root: Path, annotation_file: Path) -> None:
+    """Check every record's video is readable; the error names the annotation file, the record's id and the video."""
+    for record in records:
+        try:
+            check_video_readable(video_root / record["video"])
+        except ValueError as error:
+            raise ValueError(f"{annotation_file}, record {record['id']!r}: {error}") from None
+
+
 class VideoQADataset(Dataset):
     """Records of a video-QA JSONL file with their videos' frames decoded on access."""
 
-    def __init__(self, records: list[dict[str, Any]], video_root: Path, num_frames: int):
-        self.records, self.video_root, self.num_frames = records, video_root, num_frames
+    def __init__(
+        self, records: list[dict[str, Any]], video_root: Path, num_frames: int, sampling: FrameSampling = "truncate"
+    ):
+        self.records, self.video_root, self.num_frames, self.sampling = records, video_root, num_frames, sampling
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]
-        frames = read_video_frames(self.video_root / record["video"], self.num_frames)
+        frames = read_video_frames(self.video_root / record["video"], self.num_frames, self.sampling)
         return {"videos": frames, **{key: record[key] for key in ("id", "question", "options", "answer_index")}}
 
 
@@ -196,10 +253,14 @@ class VideoQADataModule(LightningDataModule):
         annotation_file: the JSONL file; may be omitted with `generate_synthetic`.
         video_root: folder the `video` paths are relative to (default: the JSONL's folder).
         num_frames: F, frames sampled uniformly from every video.
+        frame_sampling: "truncate" picks `np.linspace(0, total - 1, F, dtype=int)` as lmms-eval does; "round"
+            rounds the same points (this project's sampler before it matched lmms-eval).
         batch_size: samples per batch.
         num_workers: DataLoader workers.
+        root: the data folder; the synthetic dataset goes under it by default.
         generate_synthetic: without `annotation_file`, create (once) and use a moving-shapes dataset.
-        synthetic_dir: where it goes (default: `<system temp>/lightning-prune/video_qa_synthetic`).
+        synthetic_dir: the folder of synthetic datasets (default `<root>/video_qa_synthetic`); each set of settings
+            gets its own subfolder, e.g. `samples2-frames32-size64`, so different settings never share files.
         synthetic_samples: videos in it.
         synthetic_video_frames: frames per synthetic video.
         synthetic_frame_size: pixels per side of the synthetic frames.
@@ -210,8 +271,10 @@ class VideoQADataModule(LightningDataModule):
         annotation_file: str | None = None,
         video_root: str | None = None,
         num_frames: int = 32,
+        frame_sampling: FrameSampling = "truncate",
         batch_size: int = 1,
         num_workers: int = 0,
+        root: str = "data",
         generate_synthetic: bool = False,
         synthetic_dir: str | None = None,
         synthetic_samples: int = 2,
@@ -222,13 +285,15 @@ class VideoQADataModule(LightningDataModule):
         if annotation_file is None and not generate_synthetic:
             raise ValueError("`annotation_file` must be given (a JSONL path) unless `generate_synthetic` is true.")
         check_at_least("num_frames", num_frames, 1)
+        check_choice("frame_sampling", frame_sampling, tuple(FRAME_SAMPLERS))
         check_at_least("batch_size", batch_size, 1)
         check_at_least("num_workers", num_workers, 0)
         check_at_least("synthetic_samples", synthetic_samples, 1)
         check_at_least("synthetic_video_frames", synthetic_video_frames, 1)
         check_at_least("synthetic_frame_size", synthetic_frame_size, 16)
         self.save_hyperparameters()
-        synthetic = Path(synthetic_dir or Path(tempfile.gettempdir()) / "lightning-prune" / "video_qa_synthetic")
+        synthetic_key = f"samples{synthetic_samples}-frames{synthetic_video_frames}-size{synthetic_frame_size}"
+        synthetic = Path(synthetic_dir or Path(root) / "video_qa_synthetic") / synthetic_key
         self.annotation_file = Path(annotation_file) if annotation_file else synthetic / "annotations.jsonl"
         self.video_root = Path(video_root) if video_root else self.annotation_file.parent
         self.dataset: VideoQADataset | None = None
@@ -248,7 +313,9 @@ class VideoQADataModule(LightningDataModule):
                 f"Video-QA annotation file not found: {self.annotation_file}. Point `annotation_file` at a JSONL file "
                 "or set `generate_synthetic: true`."
             )
-        self.dataset = VideoQADataset(read_annotations(self.annotation_file), self.video_root, self.hparams.num_frames)
+        records = read_annotations(self.annotation_file)
+        check_record_videos(records, self.video_root, self.annotation_file)  # a bad file fails now, not mid-run
+        self.dataset = VideoQADataset(records, self.video_root, self.hparams.num_frames, self.hparams.frame_sampling)
 
     def _loader(self) -> DataLoader:
         return DataLoader(
