@@ -1,0 +1,197 @@
+"""The `--model_args` of lmms-eval's `lightning_prune` model: a project config, DyCoke on or off, and overrides.
+
+`config=configs/dycoke/<family>.yaml` names one of our own Lightning configs: its `model` (a `VideoLLM`) is built from
+its `init_args`, its DyCoke callback (if listed under `trainer.callbacks`) gives the default DyCoke settings, and its
+`data.init_args.num_frames` the default frame count. The other keys override those: `dycoke=true|false`, the DyCoke
+callback's own argument names or the paper's letters (`K` merging ratio, `L` prune layer, `P` decode prune ratio),
+`num_frames`, `frame_sampling`, `batch_size`, `device` and `report` (where the efficiency report JSON goes).
+No lmms-eval import here: the checks run (and are tested) without the harness.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lightning_prune.callbacks.dycoke import DyCoke
+from lightning_prune.data.video_qa import FRAME_SAMPLERS
+from lightning_prune.modules.video_llm import VideoLLM
+
+# The published DyCoke letters, mapped onto the callback's argument names.
+DYCOKE_ALIASES = {"K": "merging_ratio", "L": "prune_layer", "P": "decode_prune_ratio"}
+BRIDGE_KEYS = ("config", "dycoke", "num_frames", "frame_sampling", "batch_size", "max_batch_size", "device", "report")
+_NOT_SETTINGS = ("self", "log_prefix")  # DyCoke constructor arguments that are no DyCoke setting
+# lmms-eval hands the prompt over whole (question, options and instruction): the module must not re-template it.
+CONTEXT_TEMPLATE = "{question}"
+
+
+def dycoke_setting_names() -> list[str]:
+    """The DyCoke callback's constructor arguments that are settings (e.g. merging_ratio, ..., and variant if any)."""
+    return [name for name in inspect.signature(DyCoke.__init__).parameters if name not in _NOT_SETTINGS]
+
+
+def valid_keys() -> list[str]:
+    return [*BRIDGE_KEYS, *DYCOKE_ALIASES, *dycoke_setting_names()]
+
+
+@dataclass
+class EvaluationSettings:
+    """Everything the lmms-eval model needs, checked.
+
+    Attributes:
+        config: the project config the model comes from.
+        model_class: a `VideoLLM` subclass.
+        model_init_args: its constructor arguments (the prompt template replaced by `CONTEXT_TEMPLATE`).
+        dycoke: the DyCoke callback's constructor arguments, or None when DyCoke is off.
+        num_frames: frames given to the model per video.
+        frame_sampling: a name in `lightning_prune.data.video_qa.FRAME_SAMPLERS`.
+        batch_size: requests per `generate` call.
+        device: "auto", "cpu", "cuda" or "cuda:N".
+        report: the efficiency report's JSON file, or None for no file.
+    """
+
+    config: Path
+    model_class: type[VideoLLM]
+    model_init_args: dict[str, Any]
+    dycoke: dict[str, Any] | None
+    num_frames: int
+    frame_sampling: str
+    batch_size: int
+    device: str
+    report: Path | None
+
+    def build_module(self) -> VideoLLM:
+        return self.model_class(**self.model_init_args)
+
+    def build_dycoke(self) -> DyCoke | None:
+        return None if self.dycoke is None else DyCoke(**self.dycoke)
+
+    def trainer_device(self) -> dict[str, Any]:
+        """`accelerator` and `devices` for a Lightning Trainer."""
+        if self.device == "auto":
+            return {"accelerator": "auto", "devices": 1}
+        if self.device == "cpu":
+            return {"accelerator": "cpu", "devices": 1}
+        index = self.device.partition(":")[2]
+        return {"accelerator": "gpu", "devices": [int(index)] if index else 1}
+
+
+def parse_model_args(model_args: dict[str, Any]) -> EvaluationSettings:
+    """Check lmms-eval's parsed `--model_args` (plus its `batch_size` / `device`) and resolve them against the config.
+
+    Raises:
+        ValueError: an unknown key (the message lists the valid ones), a missing or unreadable config, a config
+            without a video model, or a bad value; all before any model is built.
+    """
+    args = dict(model_args)
+    unknown = sorted(set(args) - set(valid_keys()))
+    if unknown:
+        raise ValueError(
+            f"`model_args` keys of `lightning_prune` must be among {valid_keys()}, got unknown {', '.join(unknown)}."
+        )
+    if "config" not in args:
+        raise ValueError("`model_args` must include `config` (a project YAML such as configs/dycoke/tiny.yaml).")
+    config = Path(str(args["config"]))
+    raw = _read_config(config)
+    model_class, init_args = _video_model(raw, config)
+    dycoke = _dycoke_settings(raw, config, args)
+    data_args = _mapping(_mapping(raw.get("data")).get("init_args"))
+    num_frames = args.get("num_frames", data_args.get("num_frames", 32))
+    _check_positive_int("num_frames", num_frames)
+    frame_sampling = args.get("frame_sampling", "truncate")
+    if frame_sampling not in FRAME_SAMPLERS:
+        raise ValueError(f"`frame_sampling` must be one of {list(FRAME_SAMPLERS)}, got {frame_sampling!r}.")
+    batch_size = args.get("batch_size", 1)
+    if isinstance(batch_size, str) and batch_size.isdigit():
+        batch_size = int(batch_size)  # lmms-eval's command line passes it as text
+    _check_positive_int("batch_size", batch_size)
+    device = str(args.get("device", "auto"))
+    if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise ValueError(f"`device` must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}.")
+    report = args.get("report")
+    if report is not None:
+        report = Path(str(report))
+        report = report / "lightning_prune_efficiency.json" if report.suffix != ".json" else report
+    if "prompt_template" in inspect.signature(model_class.__init__).parameters:
+        init_args["prompt_template"] = CONTEXT_TEMPLATE
+    return EvaluationSettings(config, model_class, init_args, dycoke, num_frames, frame_sampling, batch_size, device,
+                              report)
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ValueError(f"`config` must be a project YAML file, got {str(path)!r} (not found).")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"`config` {path} is not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"`config` {path} must be a YAML mapping with a `model` section, got {type(raw).__name__}.")
+    return raw
+
+
+def _import_class(class_path: str) -> Any:
+    module_name, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+
+
+def _section(entry: Any) -> tuple[str | None, dict[str, Any]]:
+    """`(class_path, init_args)` of a YAML `class_path:` entry (or a bare class path string)."""
+    if isinstance(entry, str):
+        return entry, {}
+    if isinstance(entry, dict) and isinstance(entry.get("class_path"), str):
+        return entry["class_path"], dict(entry.get("init_args") or {})
+    return None, {}
+
+
+def _video_model(raw: dict[str, Any], config: Path) -> tuple[type[VideoLLM], dict[str, Any]]:
+    class_path, init_args = _section(raw.get("model"))
+    model_class = _import_class(class_path) if class_path else None
+    # Check the class before anything is called: a config may not make us run an arbitrary callable.
+    if not (isinstance(model_class, type) and issubclass(model_class, VideoLLM)):
+        raise ValueError(
+            f"`config` must hold a video model (`model.class_path` a subclass of lightning_prune.modules.VideoLLM), "
+            f"got {class_path!r} in {config}."
+        )
+    return model_class, init_args
+
+
+def _dycoke_settings(raw: dict[str, Any], config: Path, args: dict[str, Any]) -> dict[str, Any] | None:
+    callbacks = _mapping(raw.get("trainer")).get("callbacks") or []
+    listed = None
+    for entry in callbacks if isinstance(callbacks, list) else [callbacks]:
+        class_path, init_args = _section(entry)
+        found = _import_class(class_path) if class_path else None
+        if isinstance(found, type) and issubclass(found, DyCoke):
+            listed = init_args
+    enabled = args.get("dycoke", listed is not None)
+    if not isinstance(enabled, bool):
+        raise ValueError(f"`dycoke` must be true or false, got {enabled!r}.")
+    overrides = {DYCOKE_ALIASES.get(key, key): value for key, value in args.items()
+                 if key in DYCOKE_ALIASES or key in dycoke_setting_names()}
+    if not enabled:
+        if overrides:
+            raise ValueError(
+                f"DyCoke settings {sorted(overrides)} were given with DyCoke off; set `dycoke=true` or drop them."
+            )
+        return None
+    settings = {**(listed or {}), **overrides}
+    DyCoke(**settings)  # the callback checks its own values now, before any model is built
+    return settings
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
