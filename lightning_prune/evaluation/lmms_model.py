@@ -21,7 +21,9 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
+from lmms_eval.evaluator import simple_evaluate
 from lmms_eval.models.model_utils.gen_metrics import log_metrics
+from lmms_eval.tasks import TaskManager
 from torch.utils.data import DataLoader
 
 from lightning_prune.data.video_qa import collate_video_qa
@@ -34,6 +36,7 @@ from lightning_prune.evaluation.efficiency import (
     write_report,
 )
 from lightning_prune.evaluation.model_args import parse_model_args
+from lightning_prune.evaluation.tiny_task import TASKS_DIR
 from lightning_prune.evaluation.video_requests import (
     VideoRequest,
     VideoRequestDataset,
@@ -165,3 +168,30 @@ class LightningPruneVideoLLM(lmms):
         extra = {key: summary[key] for key in ("visual_tokens_before", "visual_tokens_after", "prefill_s",
                                                "decode_s_per_token", "peak_memory_mb")}
         log_metrics(elapsed, tokens, tokens / elapsed if elapsed > 0 else 0.0, extra)
+
+
+def evaluate_video_tasks(
+    model: LightningPruneVideoLLM,
+    tasks: list[str],
+    limit: int | float | None = None,
+    include_path: str | list[str] | None = None,
+    include_default_tasks: bool = True,
+    log_samples: bool = True,
+) -> dict[str, Any]:
+    """Evaluate `model` on lmms-eval tasks from Python, as the `lmms-eval` command does.
+
+    Args:
+        model: e.g. `LightningPruneVideoLLM(config="configs/dycoke/llava_ov_7b.yaml", dycoke=True, report="runs")`.
+        tasks: lmms-eval task names, e.g. ["videomme"] or ["lightning_prune_tiny"].
+        limit: documents per task (for tests; real numbers use all).
+        include_path: extra task folders; the project's own tasks folder is always included.
+        include_default_tasks: index lmms-eval's built-in tasks too (off: faster, for local tasks only).
+        log_samples: keep per-sample responses in the results (`results["samples"]`).
+
+    Returns:
+        lmms-eval's results dict. The efficiency report is then on disk (`report`) and in `model.efficiency_rows`;
+        lmms-eval has released the model's network.
+    """
+    extra = [include_path] if isinstance(include_path, str) else list(include_path or [])
+    manager = TaskManager(include_path=[str(TASKS_DIR), *extra], include_defaults=include_default_tasks)
+    return simple_evaluate(model=model, tasks=tasks, limit=limit, task_manager=manager, log_samples=log_samples)
