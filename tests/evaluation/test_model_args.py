@@ -65,6 +65,18 @@ def test_model_args_reject_bad_values_before_building_anything(args, match):
         parse_model_args(args)
 
 
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [("model: [unclosed", r"`config` .*bad\.yaml is not valid YAML"),
+     ("- just\n- a list\n", r"`config` .*bad\.yaml must be a YAML mapping with a `model` section, got list")],
+)
+def test_model_args_name_a_config_that_is_no_yaml_mapping(tmp_path, text, match):
+    config = tmp_path / "bad.yaml"
+    config.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        parse_model_args({"config": str(config)})
+
+
 def test_model_args_refuse_a_config_class_that_is_no_video_model_without_calling_it(tmp_path):
     config = tmp_path / "evil.yaml"
     config.write_text("model:\n  class_path: os.system\n  init_args: {command: 'touch pwned'}\n")
