@@ -134,9 +134,9 @@ class LightningPruneVideoLLM(lmms):
                 "output_type is generate_until.")
 
     def _generate(self, group: list[VideoRequest], answers: list[str]) -> None:
-        self.module.max_new_tokens = group[0].max_new_tokens or self._default_max_new_tokens
         dataset = VideoRequestDataset(group, self.settings.num_frames, self.settings.frame_sampling)
-        loader = DataLoader(dataset, batch_size=self.settings.batch_size, collate_fn=collate_video_qa)
+        loader = DataLoader(dataset, batch_size=self.settings.batch_size, num_workers=self.settings.num_workers,
+                            collate_fn=collate_video_qa)
         probe, collector = EfficiencyProbe(), MetricsCollector()
         trainer = Trainer(
             **self.settings.trainer_device(),
@@ -146,7 +146,11 @@ class LightningPruneVideoLLM(lmms):
             enable_model_summary=False,
             enable_checkpointing=False,
         )
-        outputs = trainer.predict(self.module, dataloaders=loader)
+        self.module.max_new_tokens = group[0].max_new_tokens or self._default_max_new_tokens
+        try:
+            outputs = trainer.predict(self.module, dataloaders=loader)
+        finally:
+            self.module.max_new_tokens = self._default_max_new_tokens
         by_index = {request.index: request for request in group}
         rows = []
         for batch, (predictions, measured) in enumerate(zip(outputs, probe.batches, strict=True)):

@@ -4,7 +4,8 @@
 its `init_args`, its DyCoke callback (if listed under `trainer.callbacks`) gives the default DyCoke settings, and its
 `data.init_args.num_frames` the default frame count. The other keys override those: `dycoke=true|false`, the DyCoke
 callback's own argument names or the paper's letters (`K` merging ratio, `L` prune layer, `P` decode prune ratio),
-`num_frames`, `frame_sampling`, `batch_size`, `device` and `report` (where the efficiency report JSON goes).
+`num_frames`, `frame_sampling`, `num_workers` (video-decoding processes; default: the config's data `num_workers`),
+`batch_size`, `device` and `report` (where the efficiency report JSON goes).
 No lmms-eval import here: the checks run (and are tested) without the harness.
 """
 
@@ -24,7 +25,8 @@ from lightning_prune.modules.video_llm import VideoLLM
 
 # The published DyCoke letters, mapped onto the callback's argument names.
 DYCOKE_ALIASES = {"K": "merging_ratio", "L": "prune_layer", "P": "decode_prune_ratio"}
-BRIDGE_KEYS = ("config", "dycoke", "num_frames", "frame_sampling", "batch_size", "max_batch_size", "device", "report")
+BRIDGE_KEYS = ("config", "dycoke", "num_frames", "frame_sampling", "batch_size", "max_batch_size", "device", "report",
+               "num_workers")
 _NOT_SETTINGS = ("self", "log_prefix")  # DyCoke constructor arguments that are no DyCoke setting
 # lmms-eval hands the prompt over whole (question, options and instruction): the module must not re-template it.
 CONTEXT_TEMPLATE = "{question}"
@@ -51,6 +53,7 @@ class EvaluationSettings:
         num_frames: frames given to the model per video.
         frame_sampling: a name in `lightning_prune.data.video_qa.FRAME_SAMPLERS`.
         batch_size: requests per `generate` call.
+        num_workers: DataLoader processes decoding videos while the model generates.
         device: "auto", "cpu", "cuda" or "cuda:N".
         report: the efficiency report's JSON file, or None for no file.
     """
@@ -62,6 +65,7 @@ class EvaluationSettings:
     num_frames: int
     frame_sampling: str
     batch_size: int
+    num_workers: int
     device: str
     report: Path | None
 
@@ -110,6 +114,9 @@ def parse_model_args(model_args: dict[str, Any]) -> EvaluationSettings:
     if isinstance(batch_size, str) and batch_size.isdigit():
         batch_size = int(batch_size)  # lmms-eval's command line passes it as text
     _check_positive_int("batch_size", batch_size)
+    num_workers = args.get("num_workers", data_args.get("num_workers", 0))
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"`num_workers` must be an integer >= 0, got {num_workers!r}.")
     device = str(args.get("device", "auto"))
     if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
         raise ValueError(f"`device` must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}.")
@@ -119,8 +126,8 @@ def parse_model_args(model_args: dict[str, Any]) -> EvaluationSettings:
         report = report / "lightning_prune_efficiency.json" if report.suffix != ".json" else report
     if "prompt_template" in inspect.signature(model_class.__init__).parameters:
         init_args["prompt_template"] = CONTEXT_TEMPLATE
-    return EvaluationSettings(config, model_class, init_args, dycoke, num_frames, frame_sampling, batch_size, device,
-                              report)
+    return EvaluationSettings(config, model_class, init_args, dycoke, num_frames, frame_sampling, batch_size,
+                              num_workers, device, report)
 
 
 def _read_config(path: Path) -> dict[str, Any]:

@@ -16,6 +16,7 @@ def test_model_args_take_the_model_frames_and_dycoke_from_the_config():
     assert settings.model_init_args["model_name_or_path"] == "llava-hf/llava-onevision-qwen2-7b-ov-hf"
     assert settings.model_init_args["prompt_template"] == CONTEXT_TEMPLATE  # lmms-eval's context is the prompt
     assert settings.num_frames == 32 and settings.frame_sampling == "truncate" and settings.batch_size == 1
+    assert settings.num_workers == 4  # the config's data loader workers decode videos
     # the config lists the DyCoke callback: on, with its settings
     assert settings.dycoke == {"merging_ratio": 0.7, "prune_layer": 3, "decode_prune_ratio": 0.7, "window": 4,
                                "reuse_threshold": 0.9}
@@ -29,6 +30,7 @@ def test_model_args_override_dycoke_with_the_papers_letters_or_the_callbacks_nam
     tiny = parse_model_args({"config": TINY, "dycoke": True, "num_frames": 8, "batch_size": "2", "device": "cpu",
                              "report": "out"})
     assert tiny.dycoke == {}  # not in the config: the callback's own defaults
+    assert tiny.num_workers == 0
     assert (tiny.num_frames, tiny.batch_size, str(tiny.report)) == (8, 2, "out/lightning_prune_efficiency.json")
     assert tiny.trainer_device() == {"accelerator": "cpu", "devices": 1}
     assert parse_model_args({"config": TINY, "device": "cuda:1"}).trainer_device() == {"accelerator": "gpu",
@@ -56,6 +58,7 @@ def test_model_args_reject_an_unknown_key_listing_the_valid_ones():
         ({"config": TINY, "dycoke": True, "K": 1.5}, r"`merging_ratio` must be in \[0, 1\), got 1.5"),
         ({"config": TINY, "num_frames": 0}, r"`num_frames` must be an integer >= 1, got 0"),
         ({"config": TINY, "batch_size": "auto"}, r"`batch_size` must be an integer >= 1, got 'auto'"),
+        ({"config": TINY, "num_workers": -1}, r"`num_workers` must be an integer >= 0, got -1"),
         ({"config": TINY, "frame_sampling": "floor"}, r"`frame_sampling` must be one of \['truncate', 'round'\]"),
         ({"config": TINY, "device": "tpu"}, r"`device` must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'tpu'"),
     ],
