@@ -9,7 +9,9 @@ question, so `VideoLLM.predict_step` serves them unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -23,15 +25,19 @@ _SAMPLING_KEYS = ("do_sample", "temperature", "num_beams", "top_p")
 
 @dataclass
 class VideoRequest:
-    """One checked request. `video` is a path or a list of `[H, W, 3]` uint8 frames."""
+    """One checked request: a video file (`video`) or PIL frames that `load_frames()` gives again when decoded.
+
+    Frames are not kept between the check and the decoding, so a frame task is never held in memory whole.
+    """
 
     index: int
     context: str
-    video: str | list[np.ndarray]
+    video: str | None
     task: str
     doc_id: int
     until: list[str] = field(default_factory=list)
     max_new_tokens: int | None = None
+    load_frames: Callable[[], list[Any]] | None = None
 
     @property
     def where(self) -> str:
@@ -54,9 +60,13 @@ def parse_request(index: int, args: tuple, task_docs: dict[str, Any]) -> tuple[V
         raise ValueError(f"`lightning_prune` expects generate_until arguments (context, gen_kwargs, doc_to_visual, "
                          f"doc_id, task, split), got {len(args)} values.")
     context, gen_kwargs, doc_to_visual, doc_id, task, split = args
-    request = VideoRequest(index, context, "", task, doc_id)
-    visual = doc_to_visual(task_docs[task][split][doc_id]) if doc_to_visual is not None else None
-    request.video = _one_video(visual, request.where)
+    request = VideoRequest(index, context, None, task, doc_id)
+    doc = task_docs[task][split][doc_id]
+    visual = doc_to_visual(doc) if doc_to_visual is not None else None
+    if _one_video(visual, request.where) == "path":
+        request.video = visual[0] if isinstance(visual, (list, tuple)) else visual
+    else:
+        request.load_frames = partial(doc_to_visual, doc)
     gen_kwargs = dict(gen_kwargs or {})
     until = gen_kwargs.pop("until", [])
     until = [until] if isinstance(until, str) else until
@@ -78,20 +88,20 @@ def _asks_sampling(key: str, value: Any) -> bool:
     return {"do_sample": bool(value), "temperature": value != 0, "num_beams": value != 1, "top_p": value != 1}[key]
 
 
-def _one_video(visual: Any, where: str) -> str | list[np.ndarray]:
+def _one_video(visual: Any, where: str) -> str:
+    """Check a request's visual: "path" for one readable video file, "frames" for PIL frames of one size."""
     items = list(visual) if isinstance(visual, (list, tuple)) else [visual]
     if len(items) == 1 and isinstance(items[0], str):
         try:
             check_video_readable(items[0])
         except ValueError as error:
             raise ValueError(f"{where}: {error}") from None
-        return items[0]
+        return "path"
     if items and all(hasattr(item, "convert") and hasattr(item, "size") for item in items):  # PIL images
-        frames = [np.asarray(item.convert("RGB")) for item in items]
-        if len({frame.shape for frame in frames}) != 1:
-            raise ValueError(f"{where}: the PIL frames of a video must share one size, got "
-                             f"{sorted({frame.shape[:2] for frame in frames})}.")
-        return frames
+        sizes = {tuple(item.size) for item in items}
+        if len(sizes) != 1:
+            raise ValueError(f"{where}: the PIL frames of a video must share one size, got {sorted(sizes)}.")
+        return "frames"
     kinds = [type(item).__name__ for item in items]
     raise ValueError(f"{where}: `lightning_prune` takes one video per request (a file path or a list of PIL frames), "
                      f"got {kinds}.")
@@ -108,14 +118,15 @@ class VideoRequestDataset(Dataset):
 
     def __getitem__(self, position: int) -> dict[str, Any]:
         request = self.requests[position]
-        if isinstance(request.video, str):
+        if request.load_frames is None:
             try:
                 frames = read_video_frames(request.video, self.num_frames, self.sampling)
             except (ValueError, OSError) as error:
                 raise ValueError(f"{request.where}: video {request.video} cannot be decoded: {error}") from None
         else:
-            picked = uniform_frame_indices(len(request.video), self.num_frames, self.sampling)
-            frames = torch.from_numpy(np.stack([request.video[i] for i in picked]))
+            images = request.load_frames()
+            picked = uniform_frame_indices(len(images), self.num_frames, self.sampling)
+            frames = torch.from_numpy(np.stack([np.asarray(images[i].convert("RGB")) for i in picked]))
         return {"videos": frames, "question": request.context, "options": [], "id": request.index}
 
 

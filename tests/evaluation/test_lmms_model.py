@@ -104,13 +104,14 @@ def test_generate_until_pads_batches_and_cuts_at_until(in_task_folder):
 
 def test_generate_until_takes_pil_frames_sampled_like_videos(in_task_folder):
     frames = moving_shapes_frames(20, 32)
-    request = VideoRequest(0, "q", [frame for frame in frames], TASK, 0)
+    images = [Image.fromarray(frame) for frame in frames]
+    request = VideoRequest(0, "q", None, TASK, 0, load_frames=lambda: images)
     sampled = VideoRequestDataset([request], num_frames=4, sampling="truncate")[0]["videos"].numpy()
     np.testing.assert_array_equal(sampled, frames[np.linspace(0, 19, 4, dtype=int)])
     path = write_video(in_task_folder / "pil_check.mp4", frames)
     from_path = VideoRequestDataset([VideoRequest(0, "q", str(path), TASK, 0)], 4, "truncate")[0]["videos"]
     assert np.array_equal(from_path.numpy(), read_video_frames(path, 4).numpy())
-    requests, docs = video_requests([[Image.fromarray(frame) for frame in frames]])
+    requests, docs = video_requests([images])
     lm = LightningPruneVideoLLM(config=str(TINY), device="cpu", num_frames=4)
     lm.task_dict = docs
     assert len(lm.generate_until(requests)) == 1

@@ -26,6 +26,7 @@ def test_parse_request_reads_until_max_new_tokens_and_ignored_sampling(video):
                                                          "do_sample": False, "num_beams": 1})
     request, ignored = parse_request(3, requests[0].args, docs)
     assert (request.index, request.video, request.until, request.max_new_tokens) == (3, video, ["\n"], 5)
+    assert request.load_frames is None
     assert ignored == ["temperature"]
     assert request.where == f"task '{TASK}', doc 0"
 
@@ -51,6 +52,21 @@ def test_parse_request_rejects_other_argument_shapes_and_mixed_frame_sizes(video
     requests, docs = video_requests([frames])
     with pytest.raises(ValueError, match=r"doc 0: the PIL frames of a video must share one size"):
         parse_request(0, requests[0].args, docs)
+
+
+def test_parse_request_loads_pil_frames_again_when_decoded_rather_than_keeping_them():
+    calls = []
+
+    def doc_to_visual(doc):
+        calls.append(doc["doc"])
+        return [Image.new("RGB", (16, 8), (10 * i, 0, 0)) for i in range(5)]
+
+    args = ("ctx", {}, doc_to_visual, 0, TASK, "test")
+    request, _ = parse_request(0, args, {TASK: {"test": [{"doc": "d0"}]}})
+    assert request.video is None and calls == ["d0"]  # checked once, nothing kept
+    frames = VideoRequestDataset([request], 3, "truncate")[0]["videos"]
+    assert calls == ["d0", "d0"] and frames.shape == (3, 8, 16, 3)
+    assert frames[:, 0, 0, 0].tolist() == [0, 20, 40]  # frames 0, 2, 4 of 5
 
 
 def test_parse_request_names_a_file_without_a_video_stream(tmp_path):
