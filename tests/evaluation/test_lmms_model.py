@@ -37,9 +37,10 @@ def test_registry_finds_the_class_by_name():
     assert get_model("lightning_prune") is LightningPruneVideoLLM
 
 
+@pytest.mark.parametrize("dycoke", [False, True], ids=["dycoke_off", "dycoke_on"])
 @pytest.mark.parametrize("config", TINY_CONFIGS, ids=lambda path: path.stem)
-def test_simple_evaluate_runs_the_tiny_task_with_dycoke_and_restores_the_model(config, in_task_folder):
-    lm = LightningPruneVideoLLM(config=str(config), dycoke=True, device="cpu", batch_size=2, report="report")
+def test_simple_evaluate_runs_the_tiny_task_and_restores_the_model(config, dycoke, in_task_folder):
+    lm = LightningPruneVideoLLM(config=str(config), dycoke=dycoke, device="cpu", batch_size=2, report="report")
     module, attention = lm.module, _attention(lm)  # lmms-eval's clean() drops the model from `lm` at the end
     results = evaluate_video_tasks(lm, [TASK], limit=2, include_default_tasks=False)
     assert 0.0 <= results["results"][TASK]["accuracy,none"] <= 1.0
@@ -47,11 +48,15 @@ def test_simple_evaluate_runs_the_tiny_task_with_dycoke_and_restores_the_model(c
     assert module.model.config.get_text_config()._attn_implementation == attention
     report = json.loads((in_task_folder / "report" / "lightning_prune_efficiency.json").read_text())
     assert report["dycoke"] == lm.settings.dycoke and report["num_frames"] == lm.settings.num_frames
+    assert (report["dycoke"] is None) == (not dycoke)
     assert sorted(row["doc_id"] for row in report["samples"]) == [0, 1]
     for row in report["samples"]:
-        assert 0 < row["visual_tokens_after"] < row["visual_tokens_before"]  # DyCoke's defaults merge tokens
+        if dycoke:  # DyCoke's defaults merge tokens
+            assert 0 < row["visual_tokens_after"] < row["visual_tokens_before"]
+        else:
+            assert row["visual_tokens_after"] == row["visual_tokens_before"] > 0
         assert row["prefill_s"] > 0 and row["peak_memory_mb"] > 0 and row["batch_size"] == 2
-    assert report["summary"]["samples"] == 2 and report["summary"]["visual_tokens_kept_fraction"] < 1
+    assert report["summary"]["samples"] == 2 and (report["summary"]["visual_tokens_kept_fraction"] < 1) == dycoke
     assert results["throughput"]["avg_visual_tokens_after"] == pytest.approx(report["summary"]["visual_tokens_after"])
 
 
