@@ -17,10 +17,11 @@ Three pieces, each called from one of the callback's hooks:
   *instance* (not the class, and not the user's module) touches nothing outside this Trainer, works for strategies
   that override the method, and leaves a module's own `on_load_checkpoint` (e.g. one calling `restore_pruning`)
   running first, as before; the replay is skipped when the shapes already fit.
-- `plain_hyperparameters` (in `on_save_checkpoint`): saved hyperparameters that are nn.Modules (a project that
-  passes its network to `__init__` and calls `save_hyperparameters()`) are left out of the file, so that it loads
-  with `weights_only=True` (the default of torch >= 2.6 and of `--ckpt_path`); `load_pruned(Cls, path, net=...)`
-  takes them again.
+- `plain_hyperparameters` (in `on_save_checkpoint`): saved hyperparameters that are not plain types (an nn.Module
+  or a `functools.partial` optimizer, as in hydra-based projects that pass their network to `__init__` and call
+  `save_hyperparameters()`) are left out of the file, so that it loads with `weights_only=True` (the default of
+  torch >= 2.6, of `Trainer(ckpt_path=...)` and of `load_pruned`); `load_pruned(Cls, path, net=...)` takes them
+  again.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch import nn
 
 from lightning_prune.pruning.checkpoint import mismatch_message, read_record, restore_pruning, shape_mismatch
 
@@ -99,8 +99,18 @@ def _prepare_module(trainer: Trainer, checkpoint: dict, pruned_in_memory: bool) 
         )
 
 
+def _is_plain(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(item) for item in value)
+    if isinstance(value, dict):
+        return all(isinstance(key, str) and _is_plain(item) for key, item in value.items())
+    return False
+
+
 def plain_hyperparameters(checkpoint: dict, already_said: bool) -> bool:
-    """Drop nn.Module hyperparameters from a checkpoint about to be saved; say so once.
+    """Drop hyperparameters that are not plain types from a checkpoint about to be saved; say so once.
 
     Returns:
         Whether the line has been said (pass it back as `already_said`).
@@ -108,14 +118,14 @@ def plain_hyperparameters(checkpoint: dict, already_said: bool) -> bool:
     saved = checkpoint.get(LightningModule.CHECKPOINT_HYPER_PARAMS_KEY)
     if not isinstance(saved, dict):
         return already_said
-    modules = [key for key, value in saved.items() if isinstance(value, nn.Module)]
-    if not modules:
+    objects = [key for key, value in saved.items() if not _is_plain(value)]
+    if not objects:
         return already_said
-    checkpoint[LightningModule.CHECKPOINT_HYPER_PARAMS_KEY] = {k: v for k, v in saved.items() if k not in modules}
+    checkpoint[LightningModule.CHECKPOINT_HYPER_PARAMS_KEY] = {k: v for k, v in saved.items() if k not in objects}
     if not already_said:
-        arguments = ", ".join(f"{key}=..." for key in modules)
+        arguments = ", ".join(f"{key}=..." for key in objects)
         rank_zero_info(
-            f"Pruning: the hyperparameters {modules} are nn.Modules; checkpoints leave them out so that they load "
-            f"with weights_only=True. Pass them again when loading: `load_pruned(Module, path, {arguments})`."
+            f"Pruning: the hyperparameters {objects} are objects, not plain types; checkpoints leave them out so that "
+            f"they load with weights_only=True. Pass them again when loading: `load_pruned(Module, path, {arguments})`."
         )
     return True

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import pickle
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -190,10 +191,13 @@ def _read_checkpoint(path: Path, map_location: str | torch.device | None) -> dic
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if found is None:
+            raise ValueError(f"checkpoint '{path}' must be a readable torch checkpoint, got other bytes.") from None
         raise ValueError(
-            f"checkpoint '{path}' must hold plain types only (it is read with weights_only=True), got objects it "
-            f"would have to unpickle ({str(error).splitlines()[-1].strip()}); save its nn.Module hyperparameters "
-            "with `save_hyperparameters(ignore=[...])`, or train with the `Pruning` callback, which leaves them out."
+            f"checkpoint '{path}' must hold plain types only (it is read with weights_only=True), got a "
+            f"{found.group(1)} object; save the objects among its hyperparameters with "
+            "`save_hyperparameters(ignore=[...])`, or train with the `Pruning` callback, which leaves them out."
         ) from None
     except (RuntimeError, EOFError, OSError) as error:
         raise ValueError(f"checkpoint '{path}' must be a readable torch checkpoint, got: {error}.") from None
