@@ -212,3 +212,101 @@ def test_user_project_with_a_compiled_network(tmp_path):
     result = trainer.test(ckpt_path="best", datamodule=data, verbose=False)[0]
     loaded = lightning_prune.load_pruned(UserLitModule, best.best_model_path, net=DenseNet(), compile=True)
     assert result["test_acc"] == pytest.approx(evaluate_classifier(loaded, data.test_dataloader())[1], abs=1e-6)
+
+
+CALLBACKS_YAML = """
+pruning:
+  _target_: lightning_prune.callbacks.Pruning
+  criterion: taylor
+  layers: {model.0: 0.5}
+  prune_at_epoch: 2
+  calibration_batches: 2
+  target: net
+  acc_key: val_acc
+  loss_key: val_loss
+  train_loss_key: train_loss
+model_checkpoint:
+  _target_: lightning.pytorch.callbacks.ModelCheckpoint
+  dirpath: {dirpath}
+  monitor: val_acc
+  mode: max
+trainer:
+  _target_: lightning.pytorch.Trainer
+  max_epochs: 3
+  accelerator: cpu
+  logger: false
+  enable_progress_bar: false
+  enable_model_summary: false
+"""
+
+
+def test_user_project_builds_the_callback_with_hydra_instantiate(tmp_path):
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.create(CALLBACKS_YAML.replace("{dirpath}", str(tmp_path / "ckpt")))
+    # as a hydra-template train.py does: every entry with a _target_ of the callbacks group, then the Trainer
+    callbacks = [instantiate(entry) for name, entry in config.items() if name != "trainer"]
+    trainer = instantiate(config.trainer, callbacks=callbacks, default_root_dir=str(tmp_path))
+    pruning, best = callbacks
+    assert isinstance(pruning, Pruning) and pruning.names.acc == "val_acc"
+    data = UserDataModule()
+    trainer.fit(_module(), datamodule=data)
+    assert pruning.pruned_indices["model.0"] and len(pruning.pruned_indices["model.0"]) == 8
+    assert _epoch_of(best.best_model_path) >= 2
+    assert torch.load(best.best_model_path, weights_only=True)["lightning_prune"]["pruning"]["mode"] == "physical"
+    result = trainer.test(ckpt_path="best", datamodule=data, verbose=False)[0]
+    loaded = lightning_prune.load_pruned(UserLitModule, best.best_model_path, net=DenseNet())
+    assert result["test_acc"] == pytest.approx(evaluate_classifier(loaded, data.test_dataloader())[1], abs=1e-6)
+
+
+CLI_YAML = """
+model:
+  net: {class_path: user_project.DenseNet, init_args: {hidden: 16}}
+trainer:
+  max_epochs: 3
+  accelerator: cpu
+  logger: false
+  enable_progress_bar: false
+  enable_model_summary: false
+  callbacks:
+    - class_path: lightning_prune.callbacks.Pruning
+      init_args: {layers: {model.0: 0.25}, mode: mask, prune_at_epoch: 1, target: net, acc_key: val_acc,
+                  loss_key: val_loss, train_loss_key: train_loss}
+    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+      init_args: {monitor: val_acc, mode: max}
+"""
+
+
+def test_user_project_builds_the_callback_with_lightning_cli(tmp_path):
+    from lightning.pytorch.cli import LightningCLI
+
+    config = tmp_path / "config.yaml"
+    config.write_text(CLI_YAML)
+    cli = LightningCLI(UserLitModule, UserDataModule, run=False, save_config_kwargs={"overwrite": True},
+                       args=["--config", str(config), f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
+    pruning = next(cb for cb in cli.trainer.callbacks if isinstance(cb, Pruning))
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert pruning.mode == "mask" and len(pruning.pruned_indices["model.0"]) == 4
+    assert _epoch_of(cli.trainer.checkpoint_callback.best_model_path) >= 1
+    result = cli.trainer.test(ckpt_path="best", datamodule=cli.datamodule, verbose=False)[0]
+    loaded = lightning_prune.load_pruned(UserLitModule, cli.trainer.checkpoint_callback.best_model_path, net=DenseNet())
+    assert (loaded.net.model[0].weight[pruning.pruned_indices["model.0"]] == 0).all()
+    assert result["test_acc"] == pytest.approx(evaluate_classifier(loaded, cli.datamodule.test_dataloader())[1],
+                                               abs=1e-6)  # fmt: skip
+
+
+def test_restart_best_tracking_forgets_best_scores_and_patience(tmp_path):
+    from lightning_prune.callbacks._checkpoints import restart_best_tracking
+
+    best = ModelCheckpoint(dirpath=tmp_path, monitor="val_acc", mode="max", save_top_k=2)
+    best.best_k_models, best.best_model_path = {"a.ckpt": torch.tensor(0.9)}, "a.ckpt"
+    best.kth_best_model_path, best.kth_value, best.best_model_score = "a.ckpt", torch.tensor(0.9), torch.tensor(0.9)
+    stopping = EarlyStopping(monitor="val_loss", mode="min", patience=3)
+    stopping.best_score, stopping.wait_count = torch.tensor(0.1), 2
+    unmonitored = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    trainer = L.Trainer(callbacks=[best, stopping, unmonitored], logger=False, enable_progress_bar=False)
+    assert sorted(restart_best_tracking(trainer)) == ["EarlyStopping(val_loss)", "ModelCheckpoint(val_acc)"]
+    assert best.best_k_models == {} and best.best_model_path == best.kth_best_model_path == ""
+    assert best.best_model_score is None and best.kth_value == -torch.inf
+    assert stopping.best_score == torch.inf and stopping.wait_count == 0
