@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.seed import isolate_rng
 from typing_extensions import override
 
 from lightning_prune.callbacks import _loaders
@@ -289,7 +290,8 @@ class Pruning(Callback):
                 if loader is None:
                     raise ValueError("Pruning must trace the network on an input, got no `example_input_array` "
                                      "and no train data.")
-                example = _loaders.first_inputs(loader)
+                with isolate_rng():  # reading a batch must not shift the training shuffle
+                    example = _loaders.first_inputs(loader)
             self._example = {"shape": [1, *example.shape[1:]], "dtype": str(example.dtype).removeprefix("torch.")}
         return torch.zeros(self._example["shape"], dtype=getattr(torch, self._example["dtype"]))
 
@@ -379,8 +381,9 @@ def _pruned_copy(network: torch.nn.Module, example: torch.Tensor, indices: dict[
 def _calibration_batches(trainer: Trainer, count: int, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The first `count` training batches (eval-transform loader if the data has one), on `device`."""
     batches = []
-    for batch in _loaders.train_eval_loader(trainer):
-        batches.append((batch[0].to(device), batch[1].to(device)))
-        if len(batches) == count:
-            break
+    with isolate_rng():  # reading batches must not shift the training shuffle
+        for batch in _loaders.train_eval_loader(trainer):
+            batches.append((batch[0].to(device), batch[1].to(device)))
+            if len(batches) == count:
+                break
     return batches

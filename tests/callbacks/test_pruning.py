@@ -318,3 +318,19 @@ def test_pruning_with_image_classifier_and_taylor(tmp_path):
     # no datamodule: the train loader and the val loader are measured
     assert pruning.pruned_metrics["pruned/val_loss"] == pytest.approx(pruning.pruned_metrics["pruned/train_loss"])
     assert pruning.final_metrics["last/val_acc"] == pruning.retrain_history[0]["val_acc"]
+
+
+def test_pruning_reads_batches_without_shifting_the_training_shuffle():
+    module = UserModule()
+    trainer = _stub_trainer(module)
+    trainer.train_dataloader = DataLoader(_dataset(0), batch_size=4, shuffle=True)  # draws from the global RNG
+    pruning = Pruning(criterion="taylor", layers={"conv1": 0.5}, prune_at="start", calibration_batches=2)
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    pruning._example_input(trainer, module)
+    from lightning_prune.callbacks.pruning import _calibration_batches
+
+    assert len(_calibration_batches(trainer, 2, torch.device("cpu"))) == 2
+    assert torch.equal(torch.get_rng_state(), state)
+    next(iter(trainer.train_dataloader))  # control: reading a shuffled loader does move the RNG
+    assert not torch.equal(torch.get_rng_state(), state)
