@@ -6,9 +6,10 @@ Callbacks measure a model (``pruned/*``, ``pre/*``) outside Lightning's loops, o
   - the evaluation split: the first validation loader, the same split ``val/*`` (and hence the retrain history,
     ``final/*`` and ``post/*``) is logged from, so before- and after-retraining numbers compare one split.
 
-``trainer.train_dataloader`` and ``trainer.val_dataloaders`` are set by the fit loop once training starts (from
-``on_train_start`` on); before that, the loader methods of the DataModule or the LightningModule are called.
-Loaders passed directly to ``trainer.fit(model, train_loader, val_loader)`` are only known from then on.
+``trainer.train_dataloader`` is set by the fit loop from ``on_train_start`` on, ``trainer.val_dataloaders`` from the
+first validation (the sanity check included); before that, the loader methods of the DataModule or the
+LightningModule are called. Loaders passed directly to ``trainer.fit(model, train_loader, val_loader)`` are only
+known from those points on.
 """
 
 from __future__ import annotations
@@ -26,13 +27,6 @@ class TrainEvalData(Protocol):
     """A DataModule that also serves its training split with evaluation transforms, unshuffled."""
 
     def train_eval_dataloader(self) -> Iterable: ...
-
-
-@runtime_checkable
-class SeededData(Protocol):
-    """A DataModule whose data order is set by its `seed` attribute (the study sets it per repeat)."""
-
-    seed: int
 
 
 def _first(loaders: Any) -> Any:

@@ -357,7 +357,9 @@ class Pruning(Callback):
         metrics[names["train_loss"]], metrics[names["train_acc"]] = evaluate_classifier(network, train_loader, device)
         eval_loader = _loaders.eval_loader(trainer)
         if eval_loader is None:
-            rank_zero_warn(f"Pruning: no validation dataloader; `pruned/{split}_*` are not measured.")
+            rank_zero_warn(f"Pruning: no validation loader is known yet, so `pruned/{split}_*` are not measured; "
+                           "loaders passed to `fit` directly are known after the first validation: use a DataModule "
+                           "or keep the sanity check (num_sanity_val_steps > 0).")
         else:
             loss, acc = evaluate_classifier(network, eval_loader, device)
             metrics[names[f"{split}_loss"]], metrics[names[f"{split}_acc"]] = loss, acc
