@@ -14,6 +14,7 @@ In mask mode the masks are a pure function of `indices` and the architecture, so
 from __future__ import annotations
 
 import inspect
+import math
 import pickle
 import re
 from pathlib import Path
@@ -125,15 +126,20 @@ def mismatch_message(source: str, record: dict | None, mismatch: tuple[str, list
     """One line saying which side is pruned when a checkpoint's shapes do not fit the module in memory."""
     name, in_memory, saved = mismatch
     shapes = f"({name}: {saved} in the file, {in_memory} in memory)"
-    if record is None:
+    if record is not None:
         return (
-            f"checkpoint {source} was saved before pruning (it carries no pruning record) and the model in memory "
-            f"is pruned {shapes}; load it into a freshly built, unpruned module, or pick a checkpoint saved after "
-            "pruning."
+            f"checkpoint {source} was saved after pruning (its record prunes {_record_summary(record)}) and the "
+            f"model in memory has other shapes {shapes}; load it into a freshly built, unpruned module."
+        )
+    if math.prod(saved) < math.prod(in_memory):
+        return (
+            f"checkpoint {source} holds a pruned network but no pruning record (saved with `save_weights_only`?) "
+            f"and the model in memory is unpruned {shapes}; save full checkpoints to restore pruned models."
         )
     return (
-        f"checkpoint {source} was saved after pruning (its record prunes {_record_summary(record)}) and the "
-        f"model in memory has other shapes {shapes}; load it into a freshly built, unpruned module."
+        f"checkpoint {source} was saved before pruning (it carries no pruning record) and the model in memory "
+        f"is pruned {shapes}; load it into a freshly built, unpruned module, or pick a checkpoint saved after "
+        "pruning."
     )
 
 

@@ -101,3 +101,6 @@ def test_shape_mismatch_and_its_message_say_which_side_is_pruned():
                              "model in memory is pruned (model.conv1.weight: [6, 1, 3, 3] in the file, [4, 1, 3, 3]")
     after = mismatch_message("'b.ckpt'", {"indices": {"conv1": [0, 5]}}, (name, in_memory, saved))
     assert "was saved after pruning (its record prunes 2 of conv1) and the model in memory has other shapes" in after
+    weights_only = mismatch_message("'c.ckpt'", None, (name, in_memory, saved))
+    assert "holds a pruned network but no pruning record (saved with `save_weights_only`?) and the model in memory " \
+           "is unpruned" in weights_only
