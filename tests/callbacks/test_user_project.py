@@ -97,7 +97,7 @@ def test_user_project_mask_mode_warns_on_a_pre_pruning_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["physical", "mask"])
-def test_user_project_resumes_from_last_ckpt_mid_retrain_and_validates_a_fresh_module(tmp_path, mode):
+def test_user_project_resumes_from_last_ckpt_mid_retrain_and_validates_and_predicts_on_fresh_modules(tmp_path, mode):
     first, _ = _trainer(tmp_path, _pruning(mode), max_epochs=PRUNE_AT + 1)  # ends one epoch into retraining
     first.fit(_module(), datamodule=UserDataModule())
     last = tmp_path / "ckpt" / "last.ckpt"
@@ -120,6 +120,11 @@ def test_user_project_resumes_from_last_ckpt_mid_retrain_and_validates_a_fresh_m
     expected = evaluate_classifier(lightning_prune.load_pruned(UserLitModule, last, net=DenseNet()),
                                    UserDataModule().val_dataloader())  # fmt: skip
     assert result[0]["val_acc"] == pytest.approx(expected[1], abs=1e-6)
+    inputs = torch.randn(8, 16)
+    predicted = _trainer(tmp_path / "predict", _pruning(mode))[0].predict(
+        _module(seed=3), DataLoader(inputs, batch_size=4), ckpt_path=str(last))  # fmt: skip
+    loaded = lightning_prune.load_pruned(UserLitModule, last, net=DenseNet())
+    torch.testing.assert_close(torch.cat(predicted), loaded(inputs))
 
 
 def test_load_pruned_builds_a_fresh_module_from_a_checkpoint_without_hooks(tmp_path):
