@@ -12,58 +12,43 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
-from lightning.pytorch.utilities.model_helpers import is_overridden
 from typing_extensions import override
 
+from lightning_prune.callbacks import _loaders
+from lightning_prune.outcome import MetricNames, post_metrics, pre_metrics, retrain_outcome
 from lightning_prune.pruning import evaluate_classifier
-from lightning_prune.study.outcome import retrain_outcome
-
-# The pruning callback's metric names -> this callback's pre/* names.
-_PRE_FROM_PRUNED = {
-    "pruned/train_loss": "pre/train_loss",
-    "pruned/train_acc": "pre/train_acc",
-    "pruned/test_loss": "pre/test_loss",
-    "pruned/test_acc": "pre/test_acc",
-}
-_POST_NAMES = {
-    "final_test_acc": "post/test_acc",
-    "final_test_loss": "post/test_loss",
-    "final_train_loss": "post/train_loss",
-    "best_epoch": "post/best_epoch",
-    "last5_test_acc_mean": "post/last5_test_acc_mean",
-    "last5_test_acc_std": "post/last5_test_acc_std",
-    "last5_test_loss_mean": "post/last5_test_loss_mean",
-    "last5_test_loss_std": "post/last5_test_loss_std",
-    "last5_train_loss_mean": "post/last5_train_loss_mean",
-    "last5_train_loss_std": "post/last5_train_loss_std",
-    "short_retrain_test_acc": "post/short_retrain_test_acc",
-}
 
 
 class CorrelationCallback(Callback):
     """Logs ``pre/*`` (the pruned model before retraining) and ``post/*`` (after retraining) of one fit.
 
-    ``pre/train_loss, pre/train_acc, pre/test_loss, pre/test_acc``: from the pruning callback, or measured at fit
-    start (training split with eval transforms via the DataModule's ``train_eval_dataloader()`` when it has one,
-    else the training loader; test = the first validation loader). ``post/test_acc, post/test_loss,
-    post/train_loss`` at the best-test-accuracy retrain epoch, ``post/best_epoch``, ``post/last5_*_{mean,std}``
-    and ``post/short_retrain_test_acc`` (after 10% of the retrain epochs) are logged when training ends.
-    After the fit, ``pre_metrics``, ``history`` and ``post_metrics`` hold the same values as plain dicts.
+    With ``S = split`` (``val`` by default): ``pre/train_loss, pre/train_acc, pre/S_loss, pre/S_acc`` come from the
+    pruning callback, or are measured at fit start (the training split through the data's
+    ``train_eval_dataloader()`` when it has one, else the training loader; ``S`` = the first validation loader,
+    the same split the retrain history is logged from). ``post/S_acc, post/S_loss, post/train_loss`` at the
+    best-accuracy retrain epoch, ``post/best_epoch``, ``post/last5_*_{mean,std}`` and ``post/short_retrain_S_acc``
+    (after 10% of the retrain epochs) are logged when training ends. After the fit, ``pre_metrics``, ``history``
+    and ``post_metrics`` hold the same values as plain dicts.
 
-    The module must log a test accuracy, a test loss and a training loss every epoch (names below; a ``_epoch``
-    suffix is also accepted). The validation loader is the test split, as in the oracle-pruning study.
+    The module must log an accuracy and a loss of its validation loader and a training loss every epoch (names
+    below; a ``_epoch`` suffix is also accepted).
 
     Args:
-        acc_key: Logged test (validation) accuracy.
-        loss_key: Logged test (validation) loss.
+        acc_key: Logged validation accuracy.
+        loss_key: Logged validation loss.
         train_loss_key: Logged epoch-mean training loss.
+        split: ``val``, or ``test`` when the validation loader is the test split (as in the oracle-pruning study);
+            it must be the pruning callback's split.
     """
 
-    def __init__(self, acc_key: str = "val/acc", loss_key: str = "val/loss", train_loss_key: str = "train/loss"):
-        for name, value in (("acc_key", acc_key), ("loss_key", loss_key), ("train_loss_key", train_loss_key)):
-            if not isinstance(value, str) or not value:
-                raise ValueError(f"`{name}` must be a non-empty metric name, got {value!r}.")
-        self.keys = {"test_acc": acc_key, "test_loss": loss_key, "train_loss": train_loss_key}
+    def __init__(
+        self, acc_key: str = "val/acc", loss_key: str = "val/loss", train_loss_key: str = "train/loss",
+        split: str = "val",
+    ) -> None:  # fmt: skip
+        self.names = MetricNames(acc=acc_key, loss=loss_key, train_loss=train_loss_key, split=split)
+        problems = self.names.problems()
+        if problems:
+            raise ValueError(" ".join(problems))
         self.pre_metrics: dict[str, float] = {}
         self.history: list[dict[str, float]] = []
         self.post_metrics: dict[str, float] = {}
@@ -73,6 +58,9 @@ class CorrelationCallback(Callback):
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._pruning = next((cb for cb in trainer.callbacks if hasattr(cb, "pruned_metrics")), None)
+        theirs = getattr(getattr(self._pruning, "names", None), "split", self.names.split)
+        if theirs != self.names.split:
+            raise ValueError(f"`split` must be the pruning callback's split {theirs!r}, got {self.names.split!r}.")
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -90,9 +78,10 @@ class CorrelationCallback(Callback):
         # Also here: a pruning callback listed after this one prunes after this epoch-start hook has run.
         self._take_pre_if_pruned(trainer, pl_module)
         if self._retrain_start_epoch is not None:
-            entry = self._epoch_metrics(trainer)
+            # None when there was no validation this epoch (check_val_every_n_epoch > 1)
+            entry = self.names.epoch_entry(trainer.callback_metrics, trainer.current_epoch - self._retrain_start_epoch)
             if entry is not None:
-                self.history.append({"epoch": trainer.current_epoch - self._retrain_start_epoch, **entry})
+                self.history.append(entry)
 
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -102,8 +91,7 @@ class CorrelationCallback(Callback):
         planned = None
         if trainer.max_epochs is not None and trainer.max_epochs > 0:
             planned = trainer.max_epochs - self._retrain_start_epoch
-        outcome = retrain_outcome(self.history, total_epochs=planned)
-        self.post_metrics = {_POST_NAMES[k]: v for k, v in outcome.items() if k in _POST_NAMES}
+        self.post_metrics = post_metrics(retrain_outcome(self.history, total_epochs=planned, split=self.names.split))
         for logger in trainer.loggers:
             logger.log_metrics(self.post_metrics, step=trainer.global_step)
 
@@ -125,46 +113,20 @@ class CorrelationCallback(Callback):
     def _take_pre_if_pruned(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Once the pruning callback has measured the pruned model, retraining starts with the current epoch."""
         if self._retrain_start_epoch is None and self._pruning is not None and self._pruning.pruned_metrics:
-            pruned = self._pruning.pruned_metrics
-            self.pre_metrics = {new: float(pruned[old]) for old, new in _PRE_FROM_PRUNED.items() if old in pruned}
+            self.pre_metrics = pre_metrics(self._pruning.pruned_metrics, self.names.split)
             self._retrain_start_epoch = trainer.current_epoch
             self._log_pre(pl_module)
 
     def _measure_pre(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        datamodule = trainer.datamodule
-        if datamodule is not None and hasattr(datamodule, "train_eval_dataloader"):
-            train_loader = datamodule.train_eval_dataloader()
-        else:
-            train_loader = trainer.train_dataloader
+        split = self.names.split
+        train_loader = _loaders.train_eval_loader(trainer, who="CorrelationCallback")
         train_loss, train_acc = evaluate_classifier(pl_module, train_loader, pl_module.device)
         self.pre_metrics = {"pre/train_loss": train_loss, "pre/train_acc": train_acc}
-        test_loader = self._test_loader(trainer)
-        if test_loader is not None:
-            test_loss, test_acc = evaluate_classifier(pl_module, test_loader, pl_module.device)
-            self.pre_metrics.update({"pre/test_loss": test_loss, "pre/test_acc": test_acc})
-
-    @staticmethod
-    def _test_loader(trainer: Trainer) -> Any:
-        """The first validation loader (Lightning sets them up lazily, so ask the source when none is set yet)."""
-        if trainer.datamodule is not None and hasattr(trainer.datamodule, "val_dataloader"):
-            loaders = trainer.datamodule.val_dataloader()
-        elif trainer.val_dataloaders is not None:
-            loaders = trainer.val_dataloaders
-        else:
-            source = trainer.lightning_module
-            loaders = source.val_dataloader() if is_overridden("val_dataloader", source) else None
-        return loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+        eval_loader = _loaders.eval_loader(trainer)
+        if eval_loader is not None:
+            loss, acc = evaluate_classifier(pl_module, eval_loader, pl_module.device)
+            self.pre_metrics.update({f"pre/{split}_loss": loss, f"pre/{split}_acc": acc})
 
     def _log_pre(self, pl_module: LightningModule) -> None:
         for name, value in self.pre_metrics.items():
             pl_module.log(name, value, on_step=False, on_epoch=True)
-
-    def _epoch_metrics(self, trainer: Trainer) -> dict[str, float] | None:
-        metrics = trainer.callback_metrics
-        entry = {}
-        for field, key in self.keys.items():
-            value = metrics.get(key, metrics.get(f"{key}_epoch"))
-            if value is None:
-                return None  # no validation this epoch (check_val_every_n_epoch > 1)
-            entry[field] = float(value)
-        return entry

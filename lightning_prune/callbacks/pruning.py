@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
-import statistics
 from typing import Any, Literal
 
 import torch
@@ -12,41 +10,55 @@ import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from lightning.pytorch.utilities.model_helpers import is_overridden
+from lightning.pytorch.utilities.seed import isolate_rng
 from typing_extensions import override
 
+from lightning_prune.callbacks import _loaders
+from lightning_prune.callbacks._arguments import argument_problems
+from lightning_prune.callbacks._checkpoints import (
+    install_structure_restore,
+    plain_hyperparameters,
+    restart_best_tracking,
+)
+from lightning_prune.outcome import MetricNames, final_metrics, pruned_metric_names, retrain_outcome
 from lightning_prune.pruning.checkpoint import RECORD_VERSION, read_record, resolve_target
-from lightning_prune.pruning.importance import CRITERIA, build_criterion, lowest_units
+from lightning_prune.pruning.importance import build_criterion, lowest_units
 from lightning_prune.pruning.masks import MaskGuard
 from lightning_prune.pruning.metrics import count_params_and_macs, evaluate_classifier
-from lightning_prune.pruning.structure import PruningStructure, check_ratios
-
-_HISTORY_KEYS = {"val_acc": ("val/acc",), "val_loss": ("val/loss",), "train_loss": ("train/loss_epoch", "train/loss")}
+from lightning_prune.pruning.structure import PruningStructure
 
 
 class Pruning(Callback):
     """Prune the network at the phase boundary, measure it, and switch the module to its retrain recipe.
 
-    What the LightningModule must provide:
-      - the network to prune as attribute `target` (default `model`; `""` = the module itself), called on a
-        batch's inputs `x` where training batches are `(x, y)`;
-      - optionally `loss_fn(outputs, y)` (default cross-entropy), used by the `taylor` and `oracle` criteria;
-      - optionally `example_input_array` (a tensor); otherwise the first training batch's `x[:1]` traces the graph;
-      - optionally `start_retrain()`, called at the boundary; then `configure_optimizers` is called again through
-        `trainer.strategy.setup_optimizers(trainer)` and must build a fresh optimizer over `self.parameters()`;
-      - for checkpoints: `restore_pruning(self, checkpoint)` in `on_load_checkpoint` (see
-        `lightning_prune.pruning.restore_pruning`);
-      - logged `val/acc`, `val/loss` and `train/loss` (epoch mean) for the retrain history and `final/*`.
+    Add it to the callbacks of a Trainer; the LightningModule needs nothing of this package:
+      - the network to prune is its attribute `target` (default `model`; `""` = the module itself; a
+        `torch.compile`d network is pruned through the module it wraps), called on a batch's inputs `x` where
+        training batches are `(x, y)`; the first training batch's `x[:1]` traces the graph unless the module has an
+        `example_input_array` tensor; `loss_fn(outputs, y)` if it has one (else cross-entropy) for `taylor`/`oracle`;
+      - at the boundary `configure_optimizers` is called again (through `trainer.strategy.setup_optimizers`) and
+        builds a fresh optimizer and schedule over the current parameters; a module may also define
+        `start_retrain()` to switch to a retrain recipe first;
+      - it logs an accuracy, a loss (of its validation loader) and an epoch-mean train loss: `acc_key`, `loss_key`,
+        `train_loss_key` name them (default `val/acc`, `val/loss`, `train/loss`; a `_epoch` suffix is accepted). If
+        one is never logged, one warning after the first validation epoch lists the names that were.
+
+    Checkpoints: those saved after pruning carry the pruning record, and any checkpoint this Trainer loads
+    (`fit` resume, `validate`/`test`/`predict` with a path, `"best"`, `"last"`) gets the recorded structure before
+    its weights load; without a Trainer, `lightning_prune.load_pruned(ModuleClass, path, **init_kwargs)`. With
+    `restart_best` (default), every monitoring `ModelCheckpoint` and every `EarlyStopping` starts afresh at the
+    boundary, so `ckpt_path="best"` names the best *pruned* model. nn.Module hyperparameters are left out of
+    checkpoints (they could not be loaded with `weights_only=True`).
 
     Pruning happens at the start of a training epoch (epoch `prune_at_epoch`, or 0 for `prune_at="start"`), after
     the previous epoch's LR-scheduler step, so the fresh retrain schedule starts at its epoch 0. Then:
     `prune/params_before|after`, `prune/macs_before|after` and (with `measure`) `pruned/train_loss|train_acc`
-    (whole training set through the datamodule's `train_eval_dataloader()` if any, else the train loader; eval mode)
-    and `pruned/test_loss|test_acc` (the datamodule's `test_dataloader()` if any, else the val loader) go to every
-    logger; `prune/indices` as a JSON hyperparameter. During retraining `retrain/epoch` is logged each epoch, and at
-    the end `final/test_acc|test_loss|train_loss` (best val accuracy epoch), `last/...` (last epoch) and the mean/std
-    over the last 5 epochs (`last5/...`). Everything is also kept on the callback: `pruned_indices`,
-    `pruned_metrics`, `retrain_history`, `final_metrics`.
+    (the training split via the data's `train_eval_dataloader()` if any, else the train loader; eval mode) and
+    `pruned/val_loss|val_acc` (the first validation loader, the split `val/*` is logged from) go to every logger;
+    `prune/indices` as a JSON hyperparameter. During retraining `retrain/epoch` is logged each epoch, and at the end
+    `final/val_acc|val_loss|train_loss` (best-accuracy retrain epoch, `final/epoch`), `last/...` (last epoch) and
+    `last5/..._mean|_std` (last 5 epochs); `val` is `split`. Everything is also kept on the callback:
+    `pruned_indices`, `pruned_metrics`, `retrain_history`, `final_metrics`.
 
     Args:
         criterion: `l1`, `taylor`, `oracle`, `random` or `explicit`.
@@ -61,6 +73,12 @@ class Pruning(Callback):
         l1_reduction: `sum` or `mean` of the absolute weights within a filter.
         target: Attribute of the LightningModule holding the network; patterns are relative to it.
         measure: Compute `pruned/*` loss and accuracy (two full passes over the data).
+        acc_key: Logged accuracy of the validation loader.
+        loss_key: Logged loss of the validation loader.
+        train_loss_key: Logged epoch-mean training loss.
+        split: `val`, or `test` when the validation loader is the test split (as in the oracle-pruning study):
+            names `pruned/<split>_*`, `final/<split>_*` and the history fields.
+        restart_best: Restart `ModelCheckpoint`/`EarlyStopping` best tracking at the boundary.
     """
 
     def __init__(
@@ -77,12 +95,18 @@ class Pruning(Callback):
         l1_reduction: Literal["sum", "mean"] = "sum",
         target: str = "model",
         measure: bool = True,
+        acc_key: str = "val/acc",
+        loss_key: str = "val/loss",
+        train_loss_key: str = "train/loss",
+        split: Literal["val", "test"] = "val",
+        restart_best: bool = True,
     ) -> None:
         super().__init__()
-        problems = _argument_problems(
+        self.names = MetricNames(acc=acc_key, loss=loss_key, train_loss=train_loss_key, split=split)
+        problems = argument_problems(
             criterion, layers, indices, mode, prune_at, prune_at_epoch, global_pruning, calibration_batches,
             l1_reduction,
-        )
+        ) + self.names.problems()
         if problems:
             raise ValueError(" ".join(problems))
         self.criterion, self.mode, self.target, self.measure = criterion, mode, target, measure
@@ -90,7 +114,7 @@ class Pruning(Callback):
         self.indices = {name: list(idxs) for name, idxs in (indices or {}).items()}
         self.prune_epoch = 0 if prune_at == "start" else int(prune_at_epoch)
         self.global_pruning, self.calibration_batches, self.seed = global_pruning, calibration_batches, seed
-        self.l1_reduction = l1_reduction
+        self.l1_reduction, self.restart_best = l1_reduction, restart_best
         self.pruned_indices: dict[str, list[int]] = {}
         self.pruned_metrics: dict[str, float] = {}
         self.retrain_history: list[dict[str, float]] = []
@@ -99,6 +123,7 @@ class Pruning(Callback):
         self._example: dict[str, Any] | None = None  # {"shape", "dtype"} of the tracing input
         self._history: dict[str, Any] = {"history": [], "heads": {}}
         self._guard: MaskGuard | None = None
+        self._checked_plan = self._checked_names = self._validated = self._said_hparams = False
 
     @property
     def pruned(self) -> bool:
@@ -113,20 +138,29 @@ class Pruning(Callback):
     # ----------------------------------------------------------------------------------------------- hooks
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        install_structure_restore(trainer, lambda: self.pruned)
         if stage != "fit" or self.pruned:
             return
-        network = resolve_target(pl_module, self.target)
+        resolve_target(pl_module, self.target)
         if self.mode == "physical" and trainer.world_size > 1:
             raise ValueError("`mode='physical'` must run in a single process, got a multi-process strategy; "
                              "use `mode='mask'`.")
-        if build_criterion(self.criterion, **self._criterion_options()).needs_data and not _has_train_data(trainer):
-            raise ValueError(f"criterion {self.criterion!r} must have training data, got no train dataloader.")
-        max_epochs = getattr(trainer, "max_epochs", None)
+        max_epochs = trainer.max_epochs
         if max_epochs is not None and max_epochs >= 0 and self.prune_epoch >= max_epochs:
-            rank_zero_warn(f"Pruning: prune epoch {self.prune_epoch} >= max_epochs {max_epochs}; it will not prune.")
+            raise ValueError(
+                f"`prune_at_epoch` must be below the Trainer's max_epochs ({max_epochs}), got {self.prune_epoch}: "
+                "the fit would end before pruning and train the unpruned model; raise `max_epochs` or lower "
+                "`prune_at_epoch`."
+            )
         if any(isinstance(cb, ModelCheckpoint) and cb.save_weights_only for cb in trainer.callbacks):
             rank_zero_warn("Pruning: `save_weights_only` checkpoints carry no pruning record and cannot be restored.")
-        self._plan(PruningStructure(network, self._example_input(trainer, pl_module)))
+        if _loaders.has_train_data(trainer):  # else (loaders passed to `fit`) the checks wait for on_train_start
+            self._check_plan(trainer, pl_module)
+
+    @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self.pruned:
+            self._check_plan(trainer, pl_module)
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -148,23 +182,27 @@ class Pruning(Callback):
             self._guard.reapply()
 
     @override
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._validated = self._validated or not trainer.sanity_checking
+
+    @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._check_names_logged(trainer)
         if not self.pruned:
             return
-        entry: dict[str, float] = {"epoch": trainer.current_epoch - self._pruned_at}
-        for field, keys in _HISTORY_KEYS.items():
-            value = next((trainer.callback_metrics[k] for k in keys if k in trainer.callback_metrics), math.nan)
-            entry[field] = float(value)
-        self.retrain_history.append(entry)
+        entry = self.names.epoch_entry(trainer.callback_metrics, trainer.current_epoch - self._pruned_at)
+        if entry is not None:
+            self.retrain_history.append(entry)
 
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.final_metrics = summarize_history(self.retrain_history)
-        if self.final_metrics:
+        if self.retrain_history:
+            self.final_metrics = final_metrics(retrain_outcome(self.retrain_history, split=self.names.split))
             _log_to_loggers(trainer, self.final_metrics)
 
     @override
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        self._said_hparams = plain_hyperparameters(checkpoint, self._said_hparams)
         if self.pruned:
             checkpoint.setdefault("lightning_prune", {})["pruning"] = {
                 "version": RECORD_VERSION, "target": self.target, "mode": self.mode, "criterion": self.criterion,
@@ -200,18 +238,60 @@ class Pruning(Callback):
                    "explicit": {"indices": self.indices}}
         return options.get(self.criterion, {})
 
+    def _check_plan(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Before any training step: the criterion has its data, and the layers/ratios/indices fit the network."""
+        if self._checked_plan:
+            return
+        if build_criterion(self.criterion, **self._criterion_options()).needs_data and not _loaders.has_train_data(
+            trainer
+        ):
+            raise ValueError(f"criterion {self.criterion!r} must have training data, got no train dataloader.")
+        network = resolve_target(pl_module, self.target)
+        self._plan(PruningStructure(network, self._example_input(trainer, pl_module).to(pl_module.device)))
+        self._checked_plan = True
+
     def _plan(self, structure: PruningStructure) -> dict[str, int]:
-        """`{layer: units to prune}` (validated: raises on bad patterns, ratios or indices)."""
+        """`{layer: units to prune}` (validated: raises on bad patterns, ratios or indices, or nothing to prune)."""
         if self.criterion == "explicit":
             return {name: len(idxs) for name, idxs in structure.check_indices(self.indices).items()}
-        counts = structure.pruned_counts(structure.select(self.layers))
-        return {name: count for name, count in counts.items() if count > 0}
+        ratios = structure.select(self.layers)
+        counts = structure.pruned_counts(ratios)
+        for name, count in counts.items():
+            if count == 0 and ratios[name] > 0:
+                units = structure.layers[name].units
+                raise ValueError(
+                    f"`layers` ratio for {name!r} must prune at least one of its {units} units, got {ratios[name]} "
+                    f"(floor({ratios[name]} * {units}) = 0, so it would train unpruned); use at least "
+                    f"{1 / units:.4g} or leave the layer out."
+                )
+        counts = {name: count for name, count in counts.items() if count > 0}
+        if not counts:
+            raise ValueError(f"`layers` must prune at least one unit, got ratios that prune none: {self.layers}.")
+        return counts
+
+    def _check_names_logged(self, trainer: Trainer) -> None:
+        """After the first validation epoch: one warning if a named metric was never logged."""
+        if self._checked_names or not self._validated:
+            return
+        self._checked_names = True
+        missing = self.names.missing(trainer.callback_metrics)
+        if missing:
+            rank_zero_warn(
+                f"Pruning: the metrics {missing} were not logged, so there is no retrain history and no final/*; "
+                f"logged: {sorted(trainer.callback_metrics)}. Set `acc_key`, `loss_key` and `train_loss_key` to "
+                "names your module logs."
+            )
 
     def _example_input(self, trainer: Trainer, pl_module: LightningModule) -> torch.Tensor:
         if self._example is None:
             example = getattr(pl_module, "example_input_array", None)
             if not isinstance(example, torch.Tensor):
-                example = _first_batch_inputs(trainer)
+                loader = _loaders.train_eval_loader(trainer)
+                if loader is None:
+                    raise ValueError("Pruning must trace the network on an input, got no `example_input_array` "
+                                     "and no train data.")
+                with isolate_rng():  # reading a batch must not shift the training shuffle
+                    example = _loaders.first_inputs(loader)
             self._example = {"shape": [1, *example.shape[1:]], "dtype": str(example.dtype).removeprefix("torch.")}
         return torch.zeros(self._example["shape"], dtype=getattr(torch, self._example["dtype"]))
 
@@ -245,6 +325,7 @@ class Pruning(Callback):
         if callable(getattr(pl_module, "start_retrain", None)):
             pl_module.start_retrain()
         trainer.strategy.setup_optimizers(trainer)  # fresh optimizer + schedule over the current parameters
+        self._restart_best(trainer)
 
         if self.measure:
             metrics.update(self._measure(trainer, network, pl_module.device))
@@ -258,77 +339,31 @@ class Pruning(Callback):
             + ", ".join(f"{name}: {len(idxs)}" for name, idxs in indices.items())
         )
 
+    def _restart_best(self, trainer: Trainer) -> None:
+        if not self.restart_best:
+            return
+        reset = restart_best_tracking(trainer)
+        if reset:
+            rank_zero_info(
+                f"Pruning: {', '.join(reset)} start their best tracking afresh (pre-pruning scores rate another "
+                "network; their files stay on disk); `restart_best=False` keeps them."
+            )
+
     def _measure(self, trainer: Trainer, network: torch.nn.Module, device: torch.device) -> dict[str, float]:
+        names = pruned_metric_names(self.names.split)
+        split = self.names.split
         metrics = {}
-        train_loader = _train_eval_loader(trainer) or _train_loader(trainer)
-        metrics["pruned/train_loss"], metrics["pruned/train_acc"] = evaluate_classifier(network, train_loader, device)
-        test_loader = _test_loader(trainer)
-        if test_loader is None:
-            rank_zero_warn("Pruning: no test or val dataloader; `pruned/test_*` are not measured.")
+        train_loader = _loaders.train_eval_loader(trainer, who="Pruning")
+        metrics[names["train_loss"]], metrics[names["train_acc"]] = evaluate_classifier(network, train_loader, device)
+        eval_loader = _loaders.eval_loader(trainer)
+        if eval_loader is None:
+            rank_zero_warn(f"Pruning: no validation loader is known yet, so `pruned/{split}_*` are not measured; "
+                           "loaders passed to `fit` directly are known after the first validation: use a DataModule "
+                           "or keep the sanity check (num_sanity_val_steps > 0).")
         else:
-            metrics["pruned/test_loss"], metrics["pruned/test_acc"] = evaluate_classifier(network, test_loader, device)
+            loss, acc = evaluate_classifier(network, eval_loader, device)
+            metrics[names[f"{split}_loss"]], metrics[names[f"{split}_acc"]] = loss, acc
         return metrics
-
-
-def _argument_problems(
-    criterion, layers, indices, mode, prune_at, prune_at_epoch, global_pruning, calibration_batches, l1_reduction
-) -> list[str]:
-    """Every problem with the constructor arguments, each naming the argument and the valid choices."""
-    problems = []
-    if criterion not in CRITERIA:
-        problems.append(f"`criterion` must be one of {list(CRITERIA)}, got {criterion!r}.")
-    if mode not in ("physical", "mask"):
-        problems.append(f"`mode` must be one of ['physical', 'mask'], got {mode!r}.")
-    if prune_at is not None and prune_at_epoch is not None:
-        problems.append("Can't provide both `prune_at` and `prune_at_epoch`. Choose one.")
-    elif prune_at is None and prune_at_epoch is None:
-        problems.append("`prune_at: start` or `prune_at_epoch: N` must be given, got neither.")
-    elif prune_at is not None and prune_at != "start":
-        problems.append(f"`prune_at` must be 'start' or None, got {prune_at!r}.")
-    elif prune_at_epoch is not None and (not isinstance(prune_at_epoch, int) or prune_at_epoch < 0):
-        problems.append(f"`prune_at_epoch` must be an integer >= 0, got {prune_at_epoch!r}.")
-    if criterion == "explicit":
-        if not indices:
-            problems.append("`indices` must give {layer: pruned indices} for criterion 'explicit', got none.")
-        if layers:
-            problems.append("`layers` must be empty for criterion 'explicit' (the layers are the keys of `indices`).")
-        if global_pruning:
-            problems.append("`global_pruning` must be false for criterion 'explicit'.")
-    else:
-        if indices:
-            problems.append(f"`indices` must be None unless criterion is 'explicit', got criterion {criterion!r}.")
-        if not layers:
-            problems.append("`layers` must map at least one glob pattern to a ratio, e.g. {'conv1': 0.5}, got none.")
-        else:
-            try:
-                check_ratios(layers)
-            except ValueError as error:
-                problems.append(str(error))
-    if isinstance(calibration_batches, bool) or not isinstance(calibration_batches, int) or calibration_batches < 1:
-        problems.append(f"`calibration_batches` must be an integer >= 1, got {calibration_batches!r}.")
-    if l1_reduction not in ("sum", "mean"):
-        problems.append(f"`l1_reduction` must be one of ['sum', 'mean'], got {l1_reduction!r}.")
-    return problems
-
-
-def summarize_history(history: list[dict[str, float]]) -> dict[str, float]:
-    """`final/*` at the best val-accuracy epoch (earliest on ties), `last/*` and `last5/*` mean/std, from history."""
-    if not history:
-        return {}
-    fields = {"test_acc": "val_acc", "test_loss": "val_loss", "train_loss": "train_loss"}
-    scored = [entry for entry in history if not math.isnan(entry["val_acc"])]
-    summary: dict[str, float] = {}
-    if scored:
-        best = max(scored, key=lambda entry: entry["val_acc"])  # max keeps the first maximum
-        summary["final/epoch"] = best["epoch"]
-        summary.update({f"final/{name}": best[key] for name, key in fields.items()})
-    summary.update({f"last/{name}": history[-1][key] for name, key in fields.items()})
-    tail = history[-5:]
-    for name, key in fields.items():
-        values = [entry[key] for entry in tail]
-        summary[f"last5/{name}_mean"] = statistics.fmean(values)
-        summary[f"last5/{name}_std"] = statistics.pstdev(values)
-    return summary
 
 
 def _log_to_loggers(trainer: Trainer, metrics: dict[str, float]) -> None:
@@ -345,49 +380,12 @@ def _pruned_copy(network: torch.nn.Module, example: torch.Tensor, indices: dict[
     return clone
 
 
-def _train_eval_loader(trainer: Trainer):
-    datamodule = trainer.datamodule
-    if datamodule is not None and callable(getattr(datamodule, "train_eval_dataloader", None)):
-        return datamodule.train_eval_dataloader()
-    return None
-
-
-def _train_loader(trainer: Trainer):
-    source = getattr(trainer.fit_loop, "_data_source", None)
-    if source is not None and source.is_defined():
-        return source.dataloader()
-    return trainer.train_dataloader
-
-
-def _has_train_data(trainer: Trainer) -> bool:
-    source = getattr(trainer.fit_loop, "_data_source", None)
-    return _train_eval_loader(trainer) is not None or (source is not None and source.is_defined())
-
-
-def _test_loader(trainer: Trainer):
-    datamodule = trainer.datamodule
-    if datamodule is not None and is_overridden("test_dataloader", datamodule):
-        return datamodule.test_dataloader()
-    source = getattr(trainer.fit_loop.epoch_loop.val_loop, "_data_source", None)
-    loaders = source.dataloader() if source is not None and source.is_defined() else trainer.val_dataloaders
-    if isinstance(loaders, (list, tuple)):
-        return loaders[0] if loaders else None
-    return loaders
-
-
-def _first_batch_inputs(trainer: Trainer) -> torch.Tensor:
-    loader = _train_eval_loader(trainer) or _train_loader(trainer)
-    if loader is None:
-        raise ValueError("Pruning must trace the network on an input, got no `example_input_array` and no train data.")
-    batch = next(iter(loader))
-    return batch[0] if isinstance(batch, (tuple, list)) else batch
-
-
 def _calibration_batches(trainer: Trainer, count: int, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The first `count` training batches (eval-transform loader if the datamodule has one), on `device`."""
+    """The first `count` training batches (eval-transform loader if the data has one), on `device`."""
     batches = []
-    for batch in _train_eval_loader(trainer) or _train_loader(trainer):
-        batches.append((batch[0].to(device), batch[1].to(device)))
-        if len(batches) == count:
-            break
+    with isolate_rng():  # reading batches must not shift the training shuffle
+        for batch in _loaders.train_eval_loader(trainer):
+            batches.append((batch[0].to(device), batch[1].to(device)))
+            if len(batches) == count:
+                break
     return batches

@@ -24,6 +24,7 @@ from torch.func import functional_call
 from typing_extensions import override
 
 from lightning_prune.models import build_model
+from lightning_prune.outcome import history_entry
 
 # Evaluation batches are cut so that copies x images per forward stays below this (activation memory).
 _EVAL_IMAGE_COPIES = 16_384
@@ -243,14 +244,8 @@ class BatchedMaskedClassifier(LightningModule):
             train_loss = (self._train_sum / self._train_count).cpu()
             test_loss, test_acc = self._last_val
             for i, history in enumerate(self.histories):
-                history.append(
-                    {
-                        "epoch": len(history),
-                        "test_acc": float(test_acc[i]),
-                        "test_loss": float(test_loss[i]),
-                        "train_loss": float(train_loss[i]),
-                    }
-                )
+                # the validation loader is the study's test split
+                history.append(history_entry(len(history), test_acc[i], test_loss[i], train_loss[i], split="test"))
             self.log("batched/train_loss_mean", float(train_loss.mean()))
         self._reset_sums()
         self._last_val = None

@@ -1,7 +1,7 @@
 """Pruning maths, no Lightning: criteria, Torch-Pruning structure, masks, measurement, checkpoint replay."""
 
 from lightning_prune.pruning.attention import HeadPrunedAttention
-from lightning_prune.pruning.checkpoint import restore_pruning
+from lightning_prune.pruning.checkpoint import load_pruned, restore_pruning
 from lightning_prune.pruning.importance import (
     CRITERIA,
     Criterion,
@@ -30,6 +30,7 @@ __all__ = [
     "evaluate_classifier",
     "explicit_scores",
     "l1_scores",
+    "load_pruned",
     "lowest_units",
     "oracle_scores",
     "parameter_masks",

@@ -13,7 +13,12 @@ In mask mode the masks are a pure function of `indices` and the architecture, so
 
 from __future__ import annotations
 
-from typing import Any
+import inspect
+import math
+import pickle
+import re
+from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -21,10 +26,14 @@ from torch import nn
 from lightning_prune.pruning.structure import replay_pruning
 
 RECORD_VERSION = 1
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 def resolve_target(module: nn.Module, target: str) -> nn.Module:
     """The network to prune: `module.<target>` (dotted), or `module` itself when `target` is `""`.
+
+    A `torch.compile`d network resolves to the module it wraps (`_orig_mod`, which holds the parameters): that
+    is what gets pruned; the compiled wrapper traces it again on its next call, when its guards see new shapes.
 
     Raises:
         ValueError: If the attribute does not exist or is not an `nn.Module`.
@@ -37,7 +46,20 @@ def resolve_target(module: nn.Module, target: str) -> nn.Module:
             f"`target` must name an nn.Module attribute of {type(module).__name__} (or be '' for the module "
             f"itself), got {target!r}."
         )
-    return network
+    return _uncompiled(network)
+
+
+def _uncompiled(network: nn.Module) -> nn.Module:
+    original = getattr(network, "_orig_mod", None)  # torch.compile's OptimizedModule
+    return original if isinstance(original, nn.Module) else network
+
+
+def _state_prefix(module: nn.Module, network: nn.Module) -> str:
+    """The state-dict prefix of `network` inside `module` (`"net."`, `"net._orig_mod."` when compiled)."""
+    for name, child in module.named_modules():
+        if child is network:
+            return f"{name}." if name else ""
+    return ""
 
 
 def example_input(record: dict, device: torch.device | str | None = None) -> torch.Tensor:
@@ -51,12 +73,21 @@ def read_record(checkpoint: dict) -> dict | None:
     return checkpoint.get("lightning_prune", {}).get("pruning")
 
 
-def _already_pruned(network: nn.Module, checkpoint: dict, target: str) -> bool:
+def shape_mismatch(module: nn.Module, state_dict: dict) -> tuple[str, list[int], list[int]] | None:
+    """The first entry of `module`'s state whose shape differs from `state_dict`'s, as `(name, in memory, saved)`."""
+    for name, value in module.state_dict().items():
+        stored = state_dict.get(name)
+        if stored is not None and tuple(stored.shape) != tuple(value.shape):
+            return name, list(value.shape), list(stored.shape)
+    return None
+
+
+def _already_pruned(module: nn.Module, network: nn.Module, checkpoint: dict) -> bool:
     """Whether the network's state already has the checkpoint's shapes (restore was done, or nothing changed)."""
     saved = checkpoint.get("state_dict")
     if saved is None:
         return False
-    prefix = f"{target}." if target else ""
+    prefix = _state_prefix(module, network)
     for name, value in network.state_dict().items():
         stored = saved.get(prefix + name)
         if stored is None or tuple(stored.shape) != tuple(value.shape):
@@ -85,7 +116,97 @@ def restore_pruning(module: nn.Module, checkpoint: dict) -> None:
     if record is None or record.get("mode") != "physical":
         return
     network = resolve_target(module, record["target"])
-    if _already_pruned(network, checkpoint, record["target"]):
+    if _already_pruned(module, network, checkpoint):
         return
     device = next(network.parameters()).device
     replay_pruning(network, record, example_input(record, device))
+
+
+def mismatch_message(source: str, record: dict | None, mismatch: tuple[str, list[int], list[int]]) -> str:
+    """One line saying which side is pruned when a checkpoint's shapes do not fit the module in memory."""
+    name, in_memory, saved = mismatch
+    shapes = f"({name}: {saved} in the file, {in_memory} in memory)"
+    if record is not None:
+        return (
+            f"checkpoint {source} was saved after pruning (its record prunes {_record_summary(record)}) and the "
+            f"model in memory has other shapes {shapes}; load it into a freshly built, unpruned module."
+        )
+    if math.prod(saved) < math.prod(in_memory):
+        return (
+            f"checkpoint {source} holds a pruned network but no pruning record (saved with `save_weights_only`?) "
+            f"and the model in memory is unpruned {shapes}; save full checkpoints to restore pruned models."
+        )
+    return (
+        f"checkpoint {source} was saved before pruning (it carries no pruning record) and the model in memory "
+        f"is pruned {shapes}; load it into a freshly built, unpruned module, or pick a checkpoint saved after "
+        "pruning."
+    )
+
+
+def _record_summary(record: dict) -> str:
+    indices = record.get("indices") or {}
+    return ", ".join(f"{len(idxs)} of {layer}" for layer, idxs in indices.items()) or "some units"
+
+
+def load_pruned(
+    module_class: type[ModuleT],
+    path: str | Path,
+    map_location: str | torch.device | None = "cpu",
+    strict: bool = True,
+    **init_kwargs: Any,
+) -> ModuleT:
+    """Build `module_class` and load a checkpoint into it, pruned as the checkpoint records: `load_from_checkpoint`
+    for pruned checkpoints, with no hook in the module.
+
+    The module is built from the checkpoint's saved hyperparameters updated with `init_kwargs` (only those its
+    `__init__` accepts, unless it takes `**kwargs`), given the recorded structure (`restore_pruning`), passed the
+    checkpoint through its own `on_load_checkpoint` if it has one, then loaded, and returned in eval mode. The file is
+    read with `weights_only=True`: hyperparameters that were nn.Modules are not in checkpoints saved with the
+    `Pruning` callback, so pass them again (e.g. `net=MyNet()`).
+
+    Args:
+        module_class: The LightningModule (or any nn.Module) class the checkpoint was saved from.
+        path: The checkpoint file.
+        map_location: Where to load the tensors.
+        strict: Whether every key of the module and the checkpoint must match.
+        **init_kwargs: Constructor arguments that override or complete the saved hyperparameters.
+
+    Raises:
+        ValueError: If the file cannot be read as a checkpoint, holds objects other than plain types, or its shapes
+            do not fit the module even after restoring its pruning.
+    """
+    checkpoint = _read_checkpoint(Path(path), map_location)
+    arguments = {**dict(checkpoint.get("hyper_parameters") or {}), **init_kwargs}
+    parameters = inspect.signature(module_class.__init__).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        arguments = {key: value for key, value in arguments.items() if key in parameters}
+    module = module_class(**arguments)
+    restore_pruning(module, checkpoint)
+    if callable(getattr(module, "on_load_checkpoint", None)):
+        module.on_load_checkpoint(checkpoint)
+    mismatch = shape_mismatch(module, checkpoint["state_dict"])
+    if mismatch is not None:
+        raise ValueError(mismatch_message(f"'{path}'", read_record(checkpoint), mismatch))
+    module.load_state_dict(checkpoint["state_dict"], strict=strict)
+    return module.eval()
+
+
+def _read_checkpoint(path: Path, map_location: str | torch.device | None) -> dict:
+    if not path.is_file():
+        raise ValueError(f"`path` must be an existing checkpoint file, got '{path}'.")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if found is None:
+            raise ValueError(f"checkpoint '{path}' must be a readable torch checkpoint, got other bytes.") from None
+        raise ValueError(
+            f"checkpoint '{path}' must hold plain types only (it is read with weights_only=True), got a "
+            f"{found.group(1)} object; save the objects among its hyperparameters with "
+            "`save_hyperparameters(ignore=[...])`, or train with the `Pruning` callback, which leaves them out."
+        ) from None
+    except (RuntimeError, EOFError, OSError) as error:
+        raise ValueError(f"checkpoint '{path}' must be a readable torch checkpoint, got: {error}.") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ValueError(f"checkpoint '{path}' must be a Lightning checkpoint with a `state_dict`, got none.")
+    return checkpoint

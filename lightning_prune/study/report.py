@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from lightning_prune.study.outcome import finite_or_none
+from lightning_prune.outcome import finite_or_none
 
 RESULT_COLUMNS = (
     "trial_id",

@@ -25,7 +25,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from typing_extensions import override
 
-from lightning_prune.study.outcome import retrain_outcome
+from lightning_prune.outcome import MetricNames, post_metrics, retrain_outcome
 from lightning_prune.study.report import write_json
 from lightning_prune.study.spec import RecipeConfig, StudyConfig, resolve_class
 
@@ -215,8 +215,10 @@ def run_single_trial(config: StudyConfig, trial: Trial, state: dict[str, torch.T
     module.model.load_state_dict(state)
     if hasattr(datamodule, "seed"):
         datamodule.seed = trial.seed  # the repeat's data order
-    pruning = Pruning(criterion="explicit", indices=trial.layer_masks, mode=config.prune_mode, prune_at="start")
-    correlation = CorrelationCallback()
+    # The study's validation loader is the test split: its outcomes are named test_* (split="test").
+    pruning = Pruning(criterion="explicit", indices=trial.layer_masks, mode=config.prune_mode, prune_at="start",
+                      split="test")
+    correlation = CorrelationCallback(split="test")
     logger = wandb_logger(config, trial.trial_id, "trial", _identity(trial.__dict__))
     try:
         trainer = Trainer(
@@ -298,16 +300,9 @@ def log_trial_run(config: StudyConfig, record: dict[str, Any]) -> None:
         return
     try:
         for entry in record["history"]:
-            metrics = {"val/acc": entry["test_acc"], "val/loss": entry["test_loss"], "train/loss": entry["train_loss"]}
-            logger.log_metrics(metrics, step=int(entry["epoch"]))
+            logger.log_metrics(MetricNames(split="test").logged(entry), step=int(entry["epoch"]))
         pre = {key.replace("pruned_", "pre/"): record[key] for key in _PRE_KEYS}
-        post = {
-            "post/test_acc": record["final_test_acc"],
-            "post/test_loss": record["final_test_loss"],
-            "post/train_loss": record["final_train_loss"],
-            "post/short_retrain_test_acc": record["short_retrain_test_acc"],
-        }
-        logger.log_metrics({**pre, **post})
+        logger.log_metrics({**pre, **post_metrics(record)})
     finally:
         finish_logger(logger)
 

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_prune.callbacks import CorrelationCallback
-from lightning_prune.study.outcome import retrain_outcome
+from lightning_prune.outcome import retrain_outcome
 
 
 class BlobData(LightningDataModule):
@@ -92,20 +92,20 @@ def test_correlation_callback_alone_measures_pre_and_post(tmp_path):
     train_loss, train_acc = _evaluate(initial, data.train_eval_dataloader())
     test_loss, test_acc = _evaluate(initial, data.val_dataloader())
     assert callback.pre_metrics == pytest.approx(
-        {"pre/train_loss": train_loss, "pre/train_acc": train_acc, "pre/test_loss": test_loss, "pre/test_acc": test_acc}
+        {"pre/train_loss": train_loss, "pre/train_acc": train_acc, "pre/val_loss": test_loss, "pre/val_acc": test_acc}
     )
     with open(logger.experiment.metrics_file_path, newline="") as file:
         rows = list(csv.DictReader(file))
     logged = [r for r in rows if r.get("val/acc")]
     assert [e["epoch"] for e in callback.history] == [0, 1, 2]
-    assert [e["test_acc"] for e in callback.history] == pytest.approx([float(r["val/acc"]) for r in logged])
+    assert [e["val_acc"] for e in callback.history] == pytest.approx([float(r["val/acc"]) for r in logged])
     assert [e["train_loss"] for e in callback.history] == pytest.approx(
         [float(r["train/loss_epoch"]) for r in rows if r.get("train/loss_epoch")]
     )
-    outcome = retrain_outcome(callback.history)
-    assert callback.post_metrics["post/test_acc"] == outcome["final_test_acc"]
+    outcome = retrain_outcome(callback.history, split="val")
+    assert callback.post_metrics["post/val_acc"] == outcome["final_val_acc"]
     assert callback.post_metrics["post/train_loss"] == outcome["final_train_loss"]
-    assert any(r.get("pre/train_loss") for r in rows) and any(r.get("post/test_acc") for r in rows)
+    assert any(r.get("pre/train_loss") for r in rows) and any(r.get("post/val_acc") for r in rows)
 
 
 class FakePruning(Callback):
@@ -116,24 +116,24 @@ class FakePruning(Callback):
 
     def on_train_epoch_start(self, trainer, pl_module):
         if trainer.current_epoch == 1:
-            self.pruned_metrics = {"pruned/train_loss": 1.5, "pruned/train_acc": 0.25, "pruned/test_loss": 1.75,
-                                   "pruned/test_acc": 0.5, "prune/params_after": 10}  # fmt: skip
+            self.pruned_metrics = {"pruned/train_loss": 1.5, "pruned/train_acc": 0.25, "pruned/val_loss": 1.75,
+                                   "pruned/val_acc": 0.5, "prune/params_after": 10}  # fmt: skip
 
 
 @pytest.mark.parametrize("correlation_first", [True, False])
 def test_correlation_callback_takes_pre_from_the_pruning_callback(tmp_path, correlation_first):
     callback, pruning = CorrelationCallback(), FakePruning()
     _fit(tmp_path, [callback, pruning] if correlation_first else [pruning, callback], epochs=4)
-    assert callback.pre_metrics == {"pre/train_loss": 1.5, "pre/train_acc": 0.25, "pre/test_loss": 1.75,
-                                    "pre/test_acc": 0.5}  # fmt: skip
+    assert callback.pre_metrics == {"pre/train_loss": 1.5, "pre/train_acc": 0.25, "pre/val_loss": 1.75,
+                                    "pre/val_acc": 0.5}  # fmt: skip
     assert [e["epoch"] for e in callback.history] == [0, 1, 2]  # the retrain epochs: 1, 2 and 3 of the fit
-    assert callback.post_metrics["post/test_acc"] == max(e["test_acc"] for e in callback.history)
+    assert callback.post_metrics["post/val_acc"] == max(e["val_acc"] for e in callback.history)
 
 
 def test_correlation_callback_state_round_trip():
     callback = CorrelationCallback()
     callback.pre_metrics = {"pre/train_loss": 1.0}
-    callback.history = [{"epoch": 0, "test_acc": 0.5, "test_loss": 1.0, "train_loss": 1.2}]
+    callback.history = [{"epoch": 0, "val_acc": 0.5, "val_loss": 1.0, "train_loss": 1.2}]
     callback._retrain_start_epoch = 2
     restored = CorrelationCallback()
     restored.load_state_dict(copy.deepcopy(callback.state_dict()))
@@ -144,3 +144,16 @@ def test_correlation_callback_state_round_trip():
 def test_correlation_callback_rejects_empty_metric_names():
     with pytest.raises(ValueError, match="`acc_key` must be a non-empty metric name, got ''"):
         CorrelationCallback(acc_key="")
+
+
+def test_correlation_callback_rejects_a_bad_split():
+    with pytest.raises(ValueError, match=r"`split` must be one of \['val', 'test'\], got 'train'"):
+        CorrelationCallback(split="train")
+
+
+def test_correlation_callback_split_must_match_the_pruning_callback(tmp_path):
+    from lightning_prune.callbacks import Pruning
+
+    pruning = Pruning(layers={"net.0": 0.5}, prune_at_epoch=1, target="")
+    with pytest.raises(ValueError, match="`split` must be the pruning callback's split 'val', got 'test'"):
+        _fit(tmp_path, [pruning, CorrelationCallback(split="test")])

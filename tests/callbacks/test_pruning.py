@@ -1,8 +1,6 @@
 """The Pruning callback on a LightningModule a user wrote, and on ImageClassifier: one fit = pretrain/prune/retrain."""
 
 import csv
-import math
-import statistics
 from types import SimpleNamespace
 
 import lightning as L
@@ -15,7 +13,6 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_prune.callbacks import Pruning
-from lightning_prune.callbacks.pruning import summarize_history
 from lightning_prune.pruning import evaluate_classifier, restore_pruning
 
 
@@ -118,7 +115,7 @@ class Probe(L.Callback):
             "fresh_state": len(optimizer.state) == 0,
             "conv1_filters": pl_module.model.conv1.out_channels,
             "train_eval": evaluate_classifier(pl_module.model, trainer.datamodule.train_eval_dataloader()),
-            "test": evaluate_classifier(pl_module.model, trainer.datamodule.test_dataloader()),
+            "val": evaluate_classifier(pl_module.model, trainer.datamodule.val_dataloader()),
         })
 
 
@@ -151,22 +148,25 @@ def test_pruning_runs_pretrain_prune_retrain_on_a_plain_lightning_module(tmp_pat
     metrics = pruning.pruned_metrics
     assert metrics["pruned/train_loss"] == pytest.approx(probe.epochs[2]["train_eval"][0], rel=1e-6)
     assert metrics["pruned/train_acc"] == pytest.approx(probe.epochs[2]["train_eval"][1])
-    assert metrics["pruned/test_loss"] == pytest.approx(probe.epochs[2]["test"][0], rel=1e-6)
+    # the validation loader, the split val/* (and so final/*) comes from
+    assert metrics["pruned/val_loss"] == pytest.approx(probe.epochs[2]["val"][0], rel=1e-6)
+    assert metrics["pruned/val_acc"] == pytest.approx(probe.epochs[2]["val"][1])
     assert metrics["prune/params_after"] == sum(p.numel() for p in module.model.parameters())
     assert metrics["prune/params_after"] < metrics["prune/params_before"]
     assert metrics["prune/macs_after"] < metrics["prune/macs_before"]
 
     assert [entry["epoch"] for entry in pruning.retrain_history] == [0, 1, 2]
     best = max(pruning.retrain_history, key=lambda entry: entry["val_acc"])
-    assert pruning.final_metrics["final/test_acc"] == best["val_acc"]
-    assert pruning.final_metrics["last/test_loss"] == pruning.retrain_history[-1]["val_loss"]
+    assert pruning.final_metrics["final/val_acc"] == best["val_acc"]
+    assert pruning.final_metrics["last/val_loss"] == pruning.retrain_history[-1]["val_loss"]
 
     rows = list(csv.DictReader(open(next(tmp_path.rglob("metrics.csv")))))
     logged = {key for row in rows for key, value in row.items() if value}
     names = ["params_before", "params_after", "macs_before", "macs_after"]
     assert {f"prune/{n}" for n in names} <= logged
-    assert {f"pruned/{n}" for n in ("train_loss", "train_acc", "test_loss", "test_acc")} <= logged
-    assert {f"{p}/{n}" for p in ("final", "last") for n in ("test_acc", "test_loss", "train_loss")} <= logged
+    assert {f"pruned/{n}" for n in ("train_loss", "train_acc", "val_loss", "val_acc")} <= logged
+    assert {f"{p}/{n}" for p in ("final", "last") for n in ("val_acc", "val_loss", "train_loss")} <= logged
+    assert not any("test" in name for name in logged)  # nothing measured on the validation loader is called test
     assert "retrain/epoch" in logged
     assert "prune/indices" in next(tmp_path.rglob("hparams.yaml")).read_text()
 
@@ -252,35 +252,53 @@ def test_pruning_rejects_a_pattern_matching_nothing_before_training(tmp_path):
     assert trainer.global_step == 0
 
 
-def _stub_trainer(world_size: int = 1, has_data: bool = True) -> SimpleNamespace:
-    source = SimpleNamespace(is_defined=lambda: has_data, dataloader=lambda: [] if not has_data else None)
-    return SimpleNamespace(world_size=world_size, callbacks=[], datamodule=None,
-                           fit_loop=SimpleNamespace(_data_source=source), train_dataloader=None)
+def _stub_trainer(module, world_size: int = 1, has_data: bool = True) -> SimpleNamespace:
+    """What setup and on_train_start read of a Trainer: the public loaders, the module and the strategy."""
+    loader = DataLoader(_dataset(0), batch_size=4) if has_data else None
+    return SimpleNamespace(world_size=world_size, callbacks=[], datamodule=None, lightning_module=module,
+                           train_dataloader=loader, val_dataloaders=None, max_epochs=3, strategy=SimpleNamespace(
+                               load_model_state_dict=lambda checkpoint, strict=True: None))
+
+
+def _setup_and_start(callback, trainer, module):
+    callback.setup(trainer, module, "fit")
+    callback.on_train_start(trainer, module)
 
 
 def test_pruning_setup_checks_what_needs_the_trainer():
     module = UserModule()
     with pytest.raises(ValueError, match="criterion 'taylor' must have training data, got no train dataloader"):
-        Pruning(criterion="taylor", layers={"conv1": 0.5}, prune_at="start").setup(_stub_trainer(has_data=False),
-                                                                                     module, "fit")
+        _setup_and_start(Pruning(criterion="taylor", layers={"conv1": 0.5}, prune_at="start"),
+                         _stub_trainer(module, has_data=False), module)
     with pytest.raises(ValueError, match="`mode='physical'` must run in a single process"):
-        Pruning(layers={"conv1": 0.5}, prune_at="start").setup(_stub_trainer(world_size=2), module, "fit")
+        _setup_and_start(Pruning(layers={"conv1": 0.5}, prune_at="start"), _stub_trainer(module, world_size=2), module)
     with pytest.raises(ValueError, match="`target` must name an nn.Module attribute of UserModule"):
-        Pruning(layers={"conv1": 0.5}, prune_at="start", target="net").setup(_stub_trainer(), module, "fit")
+        _setup_and_start(Pruning(layers={"conv1": 0.5}, prune_at="start", target="net"), _stub_trainer(module), module)
     with pytest.raises(ValueError, match="must trace the network on an input, got no `example_input_array`"):
-        Pruning(layers={"conv1": 0.5}, prune_at="start").setup(_stub_trainer(has_data=False), module, "fit")
+        _setup_and_start(Pruning(layers={"conv1": 0.5}, prune_at="start"), _stub_trainer(module, has_data=False),
+                         module)
 
 
-def test_summarize_history_picks_the_best_epoch_and_the_last_five():
-    history = [{"epoch": e, "val_acc": a, "val_loss": 1.0 - a, "train_loss": 2.0 - e / 10}
-               for e, a in enumerate([0.5, math.nan, 0.8, 0.8, 0.6, 0.7, 0.75])]
-    summary = summarize_history(history)
-    assert summary["final/epoch"] == 2 and summary["final/test_acc"] == 0.8
-    assert summary["final/train_loss"] == pytest.approx(1.8) and summary["last/test_acc"] == 0.75
-    tail = [0.8, 0.8, 0.6, 0.7, 0.75]
-    assert summary["last5/test_acc_mean"] == pytest.approx(statistics.fmean(tail))
-    assert summary["last5/test_acc_std"] == pytest.approx(statistics.pstdev(tail))
-    assert summarize_history([]) == {}
+def test_pruning_refuses_to_prune_at_or_after_max_epochs():
+    module = UserModule()
+    with pytest.raises(ValueError, match=r"`prune_at_epoch` must be below the Trainer's max_epochs \(3\), got 3: "
+                                         "the fit would end before pruning"):
+        _setup_and_start(Pruning(layers={"conv1": 0.5}, prune_at_epoch=3), _stub_trainer(module), module)
+
+
+@pytest.mark.parametrize(
+    ("layers", "message"),
+    [
+        ({"conv1": 0.1}, r"`layers` ratio for 'conv1' must prune at least one of its 6 units, got 0.1 "
+                         r"\(floor\(0.1 \* 6\) = 0, so it would train unpruned\); use at least 0.1667"),
+        ({"conv1": 0.0}, r"`layers` must prune at least one unit, got ratios that prune none: \{'conv1': 0.0\}"),
+    ],
+)
+def test_pruning_refuses_ratios_that_prune_nothing_before_training(tmp_path, layers, message):
+    trainer = _trainer(tmp_path, [Pruning(layers=layers, prune_at_epoch=1)], max_epochs=2)
+    with pytest.raises(ValueError, match=message):
+        trainer.fit(UserModule(), datamodule=DataModule())
+    assert trainer.global_step == 0
 
 
 def test_pruning_with_image_classifier_and_taylor(tmp_path):
@@ -298,5 +316,21 @@ def test_pruning_with_image_classifier_and_taylor(tmp_path):
     held = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
     assert held == {id(p) for p in module.parameters()}
     # no datamodule: the train loader and the val loader are measured
-    assert pruning.pruned_metrics["pruned/test_loss"] == pytest.approx(pruning.pruned_metrics["pruned/train_loss"])
-    assert pruning.final_metrics["last/test_acc"] == pruning.retrain_history[0]["val_acc"]
+    assert pruning.pruned_metrics["pruned/val_loss"] == pytest.approx(pruning.pruned_metrics["pruned/train_loss"])
+    assert pruning.final_metrics["last/val_acc"] == pruning.retrain_history[0]["val_acc"]
+
+
+def test_pruning_reads_batches_without_shifting_the_training_shuffle():
+    module = UserModule()
+    trainer = _stub_trainer(module)
+    trainer.train_dataloader = DataLoader(_dataset(0), batch_size=4, shuffle=True)  # draws from the global RNG
+    pruning = Pruning(criterion="taylor", layers={"conv1": 0.5}, prune_at="start", calibration_batches=2)
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    pruning._example_input(trainer, module)
+    from lightning_prune.callbacks.pruning import _calibration_batches
+
+    assert len(_calibration_batches(trainer, 2, torch.device("cpu"))) == 2
+    assert torch.equal(torch.get_rng_state(), state)
+    next(iter(trainer.train_dataloader))  # control: reading a shuffled loader does move the RNG
+    assert not torch.equal(torch.get_rng_state(), state)

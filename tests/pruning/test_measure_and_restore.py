@@ -7,7 +7,7 @@ from pruning_toys import ToyCNN, random_batches
 from torch import nn
 
 from lightning_prune.pruning import PruningStructure, count_params_and_macs, evaluate_classifier, restore_pruning
-from lightning_prune.pruning.checkpoint import resolve_target
+from lightning_prune.pruning.checkpoint import mismatch_message, resolve_target, shape_mismatch
 
 
 def test_count_params_and_macs_of_a_conv_and_a_linear():
@@ -74,3 +74,33 @@ def test_resolve_target_names_an_attribute_or_the_module_itself():
     assert resolve_target(holder, "model.conv1") is holder.model.conv1
     with pytest.raises(ValueError, match=r"`target` must name an nn.Module attribute of Holder .*got 'net'"):
         resolve_target(holder, "net")
+
+
+def test_restore_pruning_on_a_compiled_network_prunes_the_module_it_wraps():
+    holder, checkpoint = _physical_checkpoint()
+    fresh = Holder()
+    fresh.model = torch.compile(fresh.model, backend="eager")
+    assert resolve_target(fresh, "model") is fresh.model._orig_mod
+    compiled_state = {key.replace("model.", "model._orig_mod.", 1): v for key, v in checkpoint["state_dict"].items()}
+    checkpoint = {**checkpoint, "state_dict": compiled_state}  # a compiled module's keys
+    restore_pruning(fresh, checkpoint)
+    restore_pruning(fresh, checkpoint)  # the shapes already fit under the `_orig_mod.` prefix: nothing happens
+    fresh.load_state_dict(compiled_state)
+    x = torch.randn(2, 1, 8, 8)
+    torch.testing.assert_close(fresh.eval().model(x), holder.eval().model(x))
+
+
+def test_shape_mismatch_and_its_message_say_which_side_is_pruned():
+    holder, checkpoint = _physical_checkpoint()
+    fresh = Holder()
+    assert shape_mismatch(holder, holder.state_dict()) is None
+    name, in_memory, saved = shape_mismatch(fresh, checkpoint["state_dict"])
+    assert name == "model.conv1.weight" and in_memory[0] == 6 and saved[0] == 4
+    before = mismatch_message("'a.ckpt'", None, (name, saved, in_memory))
+    assert before.startswith("checkpoint 'a.ckpt' was saved before pruning (it carries no pruning record) and the "
+                             "model in memory is pruned (model.conv1.weight: [6, 1, 3, 3] in the file, [4, 1, 3, 3]")
+    after = mismatch_message("'b.ckpt'", {"indices": {"conv1": [0, 5]}}, (name, in_memory, saved))
+    assert "was saved after pruning (its record prunes 2 of conv1) and the model in memory has other shapes" in after
+    weights_only = mismatch_message("'c.ckpt'", None, (name, in_memory, saved))
+    assert "holds a pruned network but no pruning record (saved with `save_weights_only`?) and the model in memory " \
+           "is unpruned" in weights_only

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from lightning_prune.study.outcome import retrain_outcome, short_retrain_epochs
+from lightning_prune.outcome import retrain_outcome, short_retrain_epochs
 from lightning_prune.study.report import (
     RESULT_COLUMNS,
     SUMMARY_KEYS,

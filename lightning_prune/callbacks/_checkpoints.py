@@ -1,0 +1,131 @@
+"""The checkpoint side of the `Pruning` callback: "best" restarts at pruning, and pruned checkpoints load anywhere.
+
+Three pieces, each called from one of the callback's hooks:
+
+- `restart_best_tracking` (at the prune boundary): every `ModelCheckpoint` that monitors a metric forgets its
+  best-k models and every `EarlyStopping` its best score and patience, because pre- and post-pruning scores rate
+  different networks. Files already written stay on disk; `ckpt_path="best"` then names the best *pruned* model.
+- `install_structure_restore` (in `setup`, any stage): whenever this Trainer loads a checkpoint that carries a
+  pruning record, the module gets the recorded structure before the weights go in.
+
+  Why wrap `trainer.strategy.load_model_state_dict`: Lightning 2.6 restores a checkpoint as: read the file
+  (`resume_start`, which also sets `trainer.ckpt_path`) -> `LightningModule.on_load_checkpoint` ->
+  `strategy.load_model_state_dict(checkpoint)` -> callbacks' `on_load_checkpoint` / `load_state_dict`. A
+  callback's own hooks come after the weights, too late to change shapes. `load_model_state_dict` is a public,
+  documented Strategy method that receives the loaded dict just before the weights load, on every path (`fit`
+  resume, `validate` / `test` / `predict` with a path, `"best"`, `"last"`). Wrapping it on this Trainer's strategy
+  *instance* (not the class, and not the user's module) touches nothing outside this Trainer, works for strategies
+  that override the method, and leaves a module's own `on_load_checkpoint` (e.g. one calling `restore_pruning`)
+  running first, as before; the replay is skipped when the shapes already fit.
+- `plain_hyperparameters` (in `on_save_checkpoint`): saved hyperparameters that are not plain types (an nn.Module
+  or a `functools.partial` optimizer, as in hydra-based projects that pass their network to `__init__` and call
+  `save_hyperparameters()`) are left out of the file, so that it loads with `weights_only=True` (the default of
+  torch >= 2.6, of `Trainer(ckpt_path=...)` and of `load_pruned`); `load_pruned(Cls, path, net=...)` takes them
+  again.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from lightning_prune.pruning.checkpoint import mismatch_message, read_record, restore_pruning, shape_mismatch
+
+_WRAPPED = "_lightning_prune_restores_structure"
+
+
+def restart_best_tracking(trainer: Trainer) -> list[str]:
+    """Forget every monitoring `ModelCheckpoint`'s best models and every `EarlyStopping`'s best score.
+
+    Returns:
+        A description of each callback reset, for the one log line.
+    """
+    reset = []
+    for callback in trainer.callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.monitor is not None:
+            callback.best_k_models = {}
+            callback.best_model_path = callback.kth_best_model_path = ""
+            callback.best_model_score = None
+            callback.kth_value = torch.tensor(torch.inf if callback.mode == "min" else -torch.inf)
+            reset.append(f"ModelCheckpoint({callback.monitor})")
+        elif isinstance(callback, EarlyStopping):
+            callback.wait_count = 0
+            callback.best_score = torch.tensor(torch.inf if callback.monitor_op == torch.lt else -torch.inf)
+            reset.append(f"EarlyStopping({callback.monitor})")
+    return reset
+
+
+def install_structure_restore(trainer: Trainer, pruned_in_memory) -> None:
+    """Make this Trainer give the module a checkpoint's pruned structure before it loads the checkpoint's weights.
+
+    Args:
+        trainer: The Trainer whose strategy loads checkpoints.
+        pruned_in_memory: Callable returning whether the module in memory was pruned by this run (mask mode leaves
+            shapes as they are, so a pre-pruning checkpoint would load silently over the masked weights).
+    """
+    strategy = trainer.strategy
+    if getattr(strategy.load_model_state_dict, _WRAPPED, False):
+        return
+    original = strategy.load_model_state_dict
+
+    @functools.wraps(original)
+    def load_model_state_dict(checkpoint: Any, *args: Any, **kwargs: Any) -> Any:
+        _prepare_module(trainer, checkpoint, pruned_in_memory())
+        return original(checkpoint, *args, **kwargs)
+
+    setattr(load_model_state_dict, _WRAPPED, True)
+    strategy.load_model_state_dict = load_model_state_dict
+
+
+def _prepare_module(trainer: Trainer, checkpoint: dict, pruned_in_memory: bool) -> None:
+    module: LightningModule = trainer.lightning_module
+    record = read_record(checkpoint)
+    source = f"'{trainer.ckpt_path}'"
+    if record is not None:
+        restore_pruning(module, checkpoint)
+    mismatch = shape_mismatch(module, checkpoint.get("state_dict", {}))
+    if mismatch is not None:
+        raise ValueError(mismatch_message(source, record, mismatch))
+    if record is None and pruned_in_memory:
+        rank_zero_warn(
+            f"Pruning: checkpoint {source} was saved before pruning (it carries no pruning record) and the model in "
+            "memory is pruned (mask mode); its unpruned weights are loaded. Pick a checkpoint saved after pruning "
+            "to evaluate the pruned model."
+        )
+
+
+def _is_plain(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(item) for item in value)
+    if isinstance(value, dict):
+        return all(isinstance(key, str) and _is_plain(item) for key, item in value.items())
+    return False
+
+
+def plain_hyperparameters(checkpoint: dict, already_said: bool) -> bool:
+    """Drop hyperparameters that are not plain types from a checkpoint about to be saved; say so once.
+
+    Returns:
+        Whether the line has been said (pass it back as `already_said`).
+    """
+    saved = checkpoint.get(LightningModule.CHECKPOINT_HYPER_PARAMS_KEY)
+    if not isinstance(saved, dict):
+        return already_said
+    objects = [key for key, value in saved.items() if not _is_plain(value)]
+    if not objects:
+        return already_said
+    checkpoint[LightningModule.CHECKPOINT_HYPER_PARAMS_KEY] = {k: v for k, v in saved.items() if k not in objects}
+    if not already_said:
+        arguments = ", ".join(f"{key}=..." for key in objects)
+        rank_zero_info(
+            f"Pruning: the hyperparameters {objects} are objects, not plain types; checkpoints leave them out so that "
+            f"they load with weights_only=True. Pass them again when loading: `load_pruned(Module, path, {arguments})`."
+        )
+    return True

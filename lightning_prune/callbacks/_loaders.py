@@ -1,0 +1,89 @@
+"""The data loaders callbacks measure on, found through the public Trainer API only.
+
+Callbacks measure a model (``pruned/*``, ``pre/*``) outside Lightning's loops, on two loaders:
+  - the training split, preferably with evaluation transforms and no shuffling: a DataModule (or LightningModule)
+    that follows the `TrainEvalData` protocol gives it; otherwise the training loader is used and one line says so;
+  - the evaluation split: the first validation loader, the same split ``val/*`` (and hence the retrain history,
+    ``final/*`` and ``post/*``) is logged from, so before- and after-retraining numbers compare one split.
+
+``trainer.train_dataloader`` is set by the fit loop from ``on_train_start`` on, ``trainer.val_dataloaders`` from the
+first validation (the sanity check included); before that, the loader methods of the DataModule or the
+LightningModule are called. Loaders passed directly to ``trainer.fit(model, train_loader, val_loader)`` are only
+known from those points on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Protocol, runtime_checkable
+
+from lightning.pytorch import Trainer
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.model_helpers import is_overridden
+
+
+@runtime_checkable
+class TrainEvalData(Protocol):
+    """A DataModule that also serves its training split with evaluation transforms, unshuffled."""
+
+    def train_eval_dataloader(self) -> Iterable: ...
+
+
+def _first(loaders: Any) -> Any:
+    if isinstance(loaders, (list, tuple)):
+        return loaders[0] if loaders else None
+    if isinstance(loaders, dict):
+        return next(iter(loaders.values()), None)
+    return loaders
+
+
+def _from_sources(trainer: Trainer, method: str) -> Any:
+    """A loader from the DataModule's or the LightningModule's own `method`, when one defines it."""
+    for source in (trainer.datamodule, trainer.lightning_module):
+        if source is not None and is_overridden(method, source):
+            return _first(getattr(source, method)())
+    return None
+
+
+def train_loader(trainer: Trainer) -> Any:
+    """The training loader (shuffled, training transforms), or None when none is known yet."""
+    if trainer.train_dataloader is not None:
+        return _first(trainer.train_dataloader)
+    return _from_sources(trainer, "train_dataloader")
+
+
+def train_eval_loader(trainer: Trainer, who: str | None = None) -> Any:
+    """The training split for measurement: `train_eval_dataloader()` when the data offers it, else the training loader.
+
+    Args:
+        trainer: The Trainer.
+        who: The caller's name, for the log line saying that the training loader is used instead; None: no line.
+    """
+    for source in (trainer.datamodule, trainer.lightning_module):
+        if isinstance(source, TrainEvalData):
+            return source.train_eval_dataloader()
+    loader = train_loader(trainer)
+    if loader is not None and who is not None:
+        rank_zero_info(
+            f"{who}: the data has no `train_eval_dataloader()`, so the training split is measured through the "
+            "training loader (training transforms); add that method to the DataModule to measure it without them."
+        )
+    return loader
+
+
+def eval_loader(trainer: Trainer) -> Any:
+    """The first validation loader, or None when there is none."""
+    if trainer.val_dataloaders is not None:
+        return _first(trainer.val_dataloaders)
+    return _from_sources(trainer, "val_dataloader")
+
+
+def has_train_data(trainer: Trainer) -> bool:
+    """Whether a training loader is known (always true from `on_train_start` on)."""
+    return train_loader(trainer) is not None
+
+
+def first_inputs(loader: Any) -> Any:
+    """The inputs `x` of the first batch of `loader` (batches are `(x, y, ...)` or `x`)."""
+    batch = next(iter(loader))
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
