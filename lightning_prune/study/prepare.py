@@ -27,19 +27,14 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_prune.models import build_model
+from lightning_prune.study.building import build_datamodule, class_callable, seed_datamodule, trainer_kwargs
 from lightning_prune.study.masks import count_masks, enumerate_masks, mask_key, sample_masks
+from lightning_prune.study.process_context import quiet_lightning
 from lightning_prune.study.report import write_json
 from lightning_prune.study.spec import StudyConfig, config_differences, defining_config, fingerprint
-from lightning_prune.study.trial import (
-    Trial,
-    build_datamodule,
-    class_callable,
-    finish_logger,
-    load_network_state,
-    quiet_lightning,
-    trainer_kwargs,
-    wandb_logger,
-)
+from lightning_prune.study.trial import Trial
+from lightning_prune.study.wandb_runs import finish_logger, wandb_logger
+from lightning_prune.study.weights import load_network_state
 
 STUDY_FILE = "study.json"
 PRETRAINED_FILE = "pretrained.ckpt"
@@ -110,8 +105,7 @@ def _pretrain(config: StudyConfig) -> tuple[dict[str, torch.Tensor], dict[str, f
         lr_scheduler=class_callable(recipe.lr_scheduler),
     )
     datamodule = build_datamodule(config)
-    if hasattr(datamodule, "seed"):
-        datamodule.seed = config.seed
+    seed_datamodule(datamodule, config.seed)
     folder = Path(config.study_dir) / "pretrain"
     last = folder / "last.ckpt"
     checkpoint = ModelCheckpoint(dirpath=folder, save_last=True, save_top_k=0)
@@ -169,8 +163,7 @@ def masks_of_criteria(
     if not config.masks.criteria:
         return sizes, {}
     datamodule = build_datamodule(config)
-    if hasattr(datamodule, "seed"):
-        datamodule.seed = config.seed
+    seed_datamodule(datamodule, config.seed)
     datamodule.setup("fit")
     # The batches the `Pruning` callback scores on: a fit with that criterion prunes exactly the marked mask.
     loader = datamodule.train_eval_dataloader() if hasattr(datamodule, "train_eval_dataloader") else None

@@ -19,8 +19,9 @@ from tqdm.auto import tqdm
 from lightning_prune.study import report
 from lightning_prune.study.executors import Unit, execute, visible_gpus
 from lightning_prune.study.prepare import check_study_dir, ensure_masks, ensure_pretrained, exclusive, plan_trials
+from lightning_prune.study.process_context import cpu_threads
 from lightning_prune.study.spec import StudyConfig, parse_shard, validate
-from lightning_prune.study.trial import Trial, cpu_threads, trial_path
+from lightning_prune.study.trial import Trial, trial_path
 
 _WANDB_MARKER = ".wandb_summary"
 

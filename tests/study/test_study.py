@@ -16,13 +16,15 @@ from study_fakes import copy_study
 
 from lightning_prune.models import build_model
 from lightning_prune.pruning import PruningStructure
-from lightning_prune.study import executors, runner
-from lightning_prune.study import trial as trial_module
+from lightning_prune.study import building, executors, runner, worker
+from lightning_prune.study.batched_path import run_batched_trials
+from lightning_prune.study.building import build_datamodule
 from lightning_prune.study.prepare import plan_trials
+from lightning_prune.study.process_context import cpu_threads
 from lightning_prune.study.report import RESULT_COLUMNS, SUMMARY_KEYS, read_results_csv
 from lightning_prune.study.runner import run_study
 from lightning_prune.study.spec import RecipeConfig
-from lightning_prune.study.trial import build_datamodule, cpu_threads, load_network_state, run_batched_trials
+from lightning_prune.study.weights import load_network_state
 
 
 def _without_seconds(path: Path) -> list[dict]:
@@ -93,7 +95,7 @@ def test_interrupted_study_resumes_to_the_same_results(finished, tmp_path, monke
     config, _ = finished
     total = len(list(Path(config.study_dir, "trials").glob("*.json")))
     copy = copy_study(config, tmp_path / "copy", keep=total - 4)
-    real = trial_module.run_single_trial
+    real = worker.run_single_trial
     calls = []
 
     def killed_in_second_trial(*args, **kwargs):
@@ -102,11 +104,11 @@ def test_interrupted_study_resumes_to_the_same_results(finished, tmp_path, monke
             raise KeyboardInterrupt  # the process dies in the middle of a trial
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(trial_module, "run_single_trial", killed_in_second_trial)
+    monkeypatch.setattr(worker, "run_single_trial", killed_in_second_trial)
     with pytest.raises(KeyboardInterrupt):
         run_study(copy)
     assert len(list((tmp_path / "copy" / "trials").glob("*.json"))) == total - 3  # one more trial was saved
-    monkeypatch.setattr(trial_module, "run_single_trial", real)
+    monkeypatch.setattr(worker, "run_single_trial", real)
     run_study(copy)
     resumed = _without_seconds(tmp_path / "copy" / "results.csv")
     assert resumed == _without_seconds(Path(config.study_dir) / "results.csv")
@@ -208,6 +210,6 @@ def test_cli_runs_a_study_from_yaml(finished, tmp_path):
 
 def test_unit_helpers():
     recipe = RecipeConfig()
-    assert trial_module.class_callable(None) is None
-    optimizer = trial_module.class_callable(recipe.optimizer)([torch.nn.Parameter(torch.zeros(1))])
+    assert building.class_callable(None) is None
+    optimizer = building.class_callable(recipe.optimizer)([torch.nn.Parameter(torch.zeros(1))])
     assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["lr"] == 1e-3

@@ -1,0 +1,48 @@
+"""What every fit of a study is built from: optimizer factories, the DataModule and the Trainer arguments."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+from lightning_prune.study.spec import RecipeConfig, StudyConfig, resolve_class
+
+
+def class_callable(spec: dict[str, Any] | None):
+    """``{class_path, init_args}`` -> a callable taking the remaining positional argument (params / optimizer)."""
+    if spec is None:
+        return None
+    return functools.partial(resolve_class(spec["class_path"]), **spec.get("init_args", {}))
+
+
+def build_datamodule(config: StudyConfig, gpu: int | None = None):
+    """The study's DataModule; held tensors follow the trial's GPU when the config puts them on CUDA."""
+    init_args = dict(config.data.get("init_args", {}))
+    if gpu is not None and str(init_args.get("device") or "").startswith("cuda"):
+        init_args["device"] = f"cuda:{gpu}"
+    return resolve_class(config.data["class_path"])(**init_args)
+
+
+def seed_datamodule(datamodule: Any, seed: int) -> None:
+    """Give a DataModule that shuffles by its own seed the run's seed (the repeat's data order)."""
+    if hasattr(datamodule, "seed"):
+        datamodule.seed = seed
+
+
+def trainer_kwargs(config: StudyConfig, recipe: RecipeConfig, gpu: int | None) -> dict[str, Any]:
+    """Trainer arguments shared by every fit of the study."""
+    if gpu is not None:
+        placement = {"accelerator": "gpu", "devices": [gpu]}
+    else:
+        placement = {"accelerator": config.accelerator, "devices": 1}
+    return {
+        **placement,
+        "max_epochs": recipe.epochs,
+        "num_sanity_val_steps": 0,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+        "default_root_dir": str(Path(config.study_dir) / "runs"),
+        **recipe.trainer,
+    }
