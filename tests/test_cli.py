@@ -72,3 +72,46 @@ def test_cli_missing_dataset_is_one_clear_message(tmp_path, monkeypatch, capsys)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "nowhere" in err and "train-images-idx3-ubyte" in err
+
+
+_RESUME_CONFIG = """
+seed_everything: 0
+trainer:
+  accelerator: cpu
+  devices: 1
+  enable_progress_bar: false
+  limit_train_batches: 4
+  limit_val_batches: 1
+  logger:
+    - class_path: lightning.pytorch.loggers.CSVLogger
+      init_args: {save_dir: runs, name: NAME}
+model:
+  class_path: lightning_prune.modules.ImageClassifier
+  init_args:
+    model: lenet5_mini
+    optimizer:
+      class_path: torch.optim.SGD
+      init_args: {lr: 0.05, momentum: 0.9}
+data:
+  class_path: lightning_prune.data.MNISTMiniDataModule
+  init_args: {batch_size: 32, eval_batch_size: 256}
+"""
+
+
+def test_cli_resumed_fit_equals_an_uninterrupted_one(tmp_path, monkeypatch):
+    """`fit --ckpt_path` continues with the shuffle of the epoch it resumes at: metrics.csv equals a fit that was
+    never interrupted, value for value."""
+    monkeypatch.chdir(tmp_path)
+
+    def fit(name: str, epochs: int, *extra: str) -> list[dict[str, str]]:
+        config = tmp_path / f"{name}.yaml"
+        config.write_text(_RESUME_CONFIG.replace("NAME", name))
+        main(["fit", "--config", str(config), f"--trainer.max_epochs={epochs}", *extra])
+        return _read_metrics(tmp_path / "runs" / name)
+
+    straight = fit("straight", 3)
+    fit("interrupted", 2)
+    (last,) = (tmp_path / "runs" / "interrupted").rglob("epoch=1-*.ckpt")
+    resumed = fit("resumed", 3, f"--ckpt_path={last}")
+    assert [row["epoch"] for row in resumed] == ["2"] * len(resumed) and resumed
+    assert resumed == [row for row in straight if row["epoch"] == "2"]

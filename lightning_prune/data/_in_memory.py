@@ -110,7 +110,9 @@ class InMemoryImageDataModule(LightningDataModule, ABC):
             return self._sample_loader(train=True, augment=True)
         images, labels = self.train_tensors()
         trainer = self.trainer
-        loader = TensorBatchLoader(
+        # The epoch is not set here: when this runs, a resumed fit's trainer.current_epoch is still the finished
+        # epoch. Lightning sets the epoch about to run through the loader's `sampler` at every epoch start.
+        return TensorBatchLoader(
             images,
             labels,
             self.batch_size,
@@ -120,9 +122,6 @@ class InMemoryImageDataModule(LightningDataModule, ABC):
             num_replicas=trainer.world_size if trainer is not None else 1,
             rank=trainer.global_rank if trainer is not None else 0,
         )
-        # A resumed fit continues with the permutation of the epoch it resumes at.
-        loader.set_epoch(trainer.current_epoch if trainer is not None else 0)
-        return loader
 
     def val_dataloader(self) -> TensorBatchLoader | DataLoader:
         return self._eval_loader(train=False)
