@@ -108,7 +108,9 @@ def _pretrain(config: StudyConfig) -> tuple[dict[str, torch.Tensor], dict[str, f
     seed_datamodule(datamodule, config.seed)
     folder = Path(config.study_dir) / "pretrain"
     last = folder / "last.ckpt"
-    checkpoint = ModelCheckpoint(dirpath=folder, save_last=True, save_top_k=0)
+    # One file rewritten after every epoch (save_last with save_top_k=0 writes only when training ends): a study
+    # killed during pretraining resumes from its last finished epoch.
+    checkpoint = ModelCheckpoint(dirpath=folder, filename="last", save_top_k=1, enable_version_counter=False)
     logger = wandb_logger(config, f"{config.name}-pretrain", "pretrain")
     try:
         kwargs = {**trainer_kwargs(config, recipe, gpu=None), "enable_checkpointing": True}

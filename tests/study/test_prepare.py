@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch import Callback
 from study_fakes import copy_study, tiny_study
 
+from lightning_prune.study import prepare as prepare_module
 from lightning_prune.study.prepare import ensure_masks, ensure_pretrained, plan_trials
 from lightning_prune.study.process_context import cpu_threads
 from lightning_prune.study.spec import RecipeConfig
@@ -82,3 +84,40 @@ def test_prepare_only_stops_before_the_trials(finished, tmp_path):
     copy = copy_study(config, tmp_path / "copy", prepare_only=True)
     assert run_study(copy) is None
     assert not list((tmp_path / "copy" / "trials").iterdir()) and not (tmp_path / "copy" / "results.csv").exists()
+
+
+class _KilledAtEpoch(Callback):
+    """Dies when training reaches ``epoch`` (as a killed process would, after the epochs before it finished)."""
+
+    def __init__(self, epoch: int, started: list[int]) -> None:
+        self.epoch, self.started = epoch, started
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.started.append(trainer.current_epoch)
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("killed")
+
+
+def test_pretraining_killed_mid_way_resumes_from_the_last_finished_epoch(tiny_mnist_root, tmp_path, monkeypatch):
+    recipe = RecipeConfig(epochs=3, lr_scheduler=None)
+    started: list[int] = []
+    real = prepare_module.Trainer
+
+    def with_callback(callback):
+        return lambda **kwargs: real(**{**kwargs, "callbacks": [*kwargs["callbacks"], callback]})
+
+    def pretrained(study_dir: Path) -> dict:
+        with cpu_threads(1):
+            return load_network_state(ensure_pretrained(tiny_study(tiny_mnist_root, study_dir, pretrain=recipe)))
+
+    monkeypatch.setattr(prepare_module, "Trainer", with_callback(_KilledAtEpoch(2, started)))
+    with pytest.raises(RuntimeError, match="killed"):
+        pretrained(tmp_path / "killed")
+    assert started == [0, 1, 2] and not (tmp_path / "killed" / "pretrained.ckpt").exists()
+    monkeypatch.setattr(prepare_module, "Trainer", with_callback(_KilledAtEpoch(-1, started)))
+    resumed = pretrained(tmp_path / "killed")
+    assert started == [0, 1, 2, 2]  # only the unfinished epoch ran again
+    monkeypatch.undo()
+    straight = pretrained(tmp_path / "straight")
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=0)
