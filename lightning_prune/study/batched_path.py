@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from lightning.pytorch import Trainer, seed_everything
 
-from lightning_prune.study.building import class_callable, seed_datamodule, trainer_kwargs
+from lightning_prune.study.building import optimizer_factory, scheduler_factory, seed_datamodule, trainer_kwargs
 from lightning_prune.study.outcome import retrain_outcome
 from lightning_prune.study.seeding import SeedAtTrainStart
 from lightning_prune.study.spec import StudyConfig
@@ -48,8 +48,8 @@ def run_batched_trials(
         masks=[t.layer_masks for t in trials],
         model=config.model,
         model_kwargs=config.model_kwargs,
-        optimizer=class_callable(retrain.optimizer),
-        lr_scheduler=class_callable(retrain.lr_scheduler),
+        optimizer=optimizer_factory(retrain.optimizer),
+        lr_scheduler=scheduler_factory(retrain.lr_scheduler),
     )
     module.load_pretrained(state)
     seed_datamodule(datamodule, seed)

@@ -6,22 +6,31 @@ import functools
 from pathlib import Path
 from typing import Any
 
+import torch
+from lightning.pytorch import LightningDataModule
+
 from lightning_prune.study.spec import RecipeConfig, StudyConfig, resolve_class
 
 
-def class_callable(spec: dict[str, Any] | None):
-    """``{class_path, init_args}`` -> a callable taking the remaining positional argument (params / optimizer)."""
+def optimizer_factory(spec: dict[str, Any]):
+    """``{class_path, init_args}`` of a ``torch.optim.Optimizer`` -> a callable taking the parameters."""
+    return functools.partial(resolve_class(spec["class_path"], torch.optim.Optimizer), **spec.get("init_args") or {})
+
+
+def scheduler_factory(spec: dict[str, Any] | None):
+    """``{class_path, init_args}`` of an ``LRScheduler`` -> a callable taking the optimizer (None: no schedule)."""
     if spec is None:
         return None
-    return functools.partial(resolve_class(spec["class_path"]), **spec.get("init_args", {}))
+    cls = resolve_class(spec["class_path"], torch.optim.lr_scheduler.LRScheduler)
+    return functools.partial(cls, **spec.get("init_args") or {})
 
 
 def build_datamodule(config: StudyConfig, gpu: int | None = None):
     """The study's DataModule; held tensors follow the trial's GPU when the config puts them on CUDA."""
-    init_args = dict(config.data.get("init_args", {}))
+    init_args = dict(config.data.get("init_args") or {})
     if gpu is not None and str(init_args.get("device") or "").startswith("cuda"):
         init_args["device"] = f"cuda:{gpu}"
-    return resolve_class(config.data["class_path"])(**init_args)
+    return resolve_class(config.data["class_path"], LightningDataModule)(**init_args)
 
 
 def seed_datamodule(datamodule: Any, seed: int) -> None:

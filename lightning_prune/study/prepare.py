@@ -27,7 +27,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_prune.models import build_model
-from lightning_prune.study.building import build_datamodule, class_callable, seed_datamodule, trainer_kwargs
+from lightning_prune.study.building import (
+    build_datamodule,
+    optimizer_factory,
+    scheduler_factory,
+    seed_datamodule,
+    trainer_kwargs,
+)
 from lightning_prune.study.masks import count_masks, enumerate_masks, mask_key, sample_masks
 from lightning_prune.study.process_context import quiet_lightning
 from lightning_prune.study.report import write_json
@@ -101,8 +107,8 @@ def _pretrain(config: StudyConfig) -> tuple[dict[str, torch.Tensor], dict[str, f
     module = ImageClassifier(
         model=config.model,
         model_kwargs=config.model_kwargs,
-        optimizer=class_callable(recipe.optimizer),
-        lr_scheduler=class_callable(recipe.lr_scheduler),
+        optimizer=optimizer_factory(recipe.optimizer),
+        lr_scheduler=scheduler_factory(recipe.lr_scheduler),
     )
     datamodule = build_datamodule(config)
     seed_datamodule(datamodule, config.seed)

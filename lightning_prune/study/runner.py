@@ -20,8 +20,9 @@ from lightning_prune.study import report
 from lightning_prune.study.executors import Unit, execute, visible_gpus
 from lightning_prune.study.prepare import check_study_dir, ensure_masks, ensure_pretrained, exclusive, plan_trials
 from lightning_prune.study.process_context import cpu_threads
-from lightning_prune.study.spec import StudyConfig, parse_shard, validate
+from lightning_prune.study.spec import StudyConfig, parse_shard
 from lightning_prune.study.trial import Trial, trial_path
+from lightning_prune.study.validation import validate
 
 _WANDB_MARKER = ".wandb_summary"
 
@@ -80,24 +81,16 @@ def make_units(config: StudyConfig, pending: list[Trial], batched: bool) -> list
 
 
 def use_batched_path(config: StudyConfig, pending: list[Trial]) -> bool:
-    """Whether to retrain masks batched: never with ``off``; with ``on`` when the network allows it (else an
-    error); with ``auto`` on a GPU always, on a CPU when a short timing says a batched step per mask is faster.
-
-    Raises:
-        ValueError: if ``batching`` is ``on`` and the network cannot be batched.
-    """
+    """Whether to retrain masks batched: never with ``off`` or for a network that cannot be batched (``validate``
+    refuses ``on`` for one); with ``on`` always; with ``auto`` on a GPU always, on a CPU when a short timing says a
+    batched step per mask is faster."""
     from lightning_prune.models import build_model
     from lightning_prune.modules.batched import supports_batching
 
     if config.batching == "off":
         return False
     network = build_model(config.model, **config.model_kwargs)
-    if not supports_batching(network):
-        if config.batching == "on":
-            raise ValueError(
-                f"`--batching on` needs a network without BatchNorm, Dropout or buffers, got {config.model!r}. "
-                "Use --batching auto or off."
-            )
+    if not supports_batching(network):  # `validate` has refused `on` for such a network
         return False
     if config.batching == "on" or visible_gpus(config):
         return True

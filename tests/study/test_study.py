@@ -181,10 +181,8 @@ def test_batched_path_choice(finished, monkeypatch):
     assert not runner.use_batched_path(auto, trials)
     units = runner.make_units(dataclasses.replace(config, batch_masks=4), trials, batched=True)
     assert [len(u) for u, _ in units] == [4, 2, 4, 2] and all({t.repeat for t in u} == {u[0].repeat} for u, _ in units)
-    resnet = dataclasses.replace(config, model="cifar_resnet20", batching="on")
-    with pytest.raises(ValueError, match="`--batching on` needs a network without BatchNorm"):
-        runner.use_batched_path(resnet, trials)
-    assert not runner.use_batched_path(dataclasses.replace(resnet, batching="auto"), trials)
+    resnet = dataclasses.replace(config, model="cifar_resnet20", batching="auto")
+    assert not runner.use_batched_path(resnet, trials)
 
 
 def test_time_training_steps_measures_both_paths(finished):
@@ -210,6 +208,6 @@ def test_cli_runs_a_study_from_yaml(finished, tmp_path):
 
 def test_unit_helpers():
     recipe = RecipeConfig()
-    assert building.class_callable(None) is None
-    optimizer = building.class_callable(recipe.optimizer)([torch.nn.Parameter(torch.zeros(1))])
+    assert building.scheduler_factory(None) is None
+    optimizer = building.optimizer_factory(recipe.optimizer)([torch.nn.Parameter(torch.zeros(1))])
     assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["lr"] == 1e-3
