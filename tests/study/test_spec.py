@@ -201,3 +201,31 @@ def test_fingerprint_includes_prune_mode():
     assert config_differences(defining_config(physical), defining_config(masked)) == [
         'prune_mode (stored "physical", given "mask")'
     ]
+
+
+def test_cli_class_path_overrides_replace_or_update_a_slot():
+    quickstart = str(Path(__file__).parents[2] / "configs" / "study" / "quickstart.yaml")
+    config = parse_config([
+        "--config", quickstart,
+        "--retrain.optimizer", "{class_path: torch.optim.SGD, init_args: {lr: 0.02}}",
+        "--data={class_path: lightning_prune.data.MNISTMiniDataModule, init_args: {batch_size: 64}}",
+        "--pretrain.optimizer.init_args.lr", "0.5",
+        "--retrain.lr_scheduler.class_path=torch.optim.lr_scheduler.StepLR",
+        "--retrain.lr_scheduler.init_args.step_size=2",
+        "--masks.sample", "5",
+    ])  # fmt: skip
+    assert config.retrain.optimizer == {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.02}}
+    assert config.data == {"class_path": "lightning_prune.data.MNISTMiniDataModule", "init_args": {"batch_size": 64}}
+    assert config.pretrain.optimizer["init_args"] == {"lr": 0.5, "momentum": 0.9, "weight_decay": 0.0001}
+    assert config.retrain.lr_scheduler == {"class_path": "torch.optim.lr_scheduler.StepLR",
+                                           "init_args": {"step_size": 2}}  # fmt: skip
+    assert config.masks.sample == 5
+    validate(config)
+    with pytest.raises(ValueError, match=r"`--data.init_args` must be `--data.class_path` or `--data.init_args.<"):
+        parse_config(["--config", quickstart, "--data.init_args", "3"])
+    with pytest.raises(ValueError, match=r"`--retrain.optimizer` must be followed by a value, got nothing"):
+        parse_config(["--config", quickstart, "--retrain.optimizer"])
+    with pytest.raises(ValueError, match=r"`--data` must be a mapping with `class_path` and `init_args`, got '3'"):
+        parse_config(["--config", quickstart, "--data", "3"])
+    with pytest.raises(ValueError, match=r"`--pretrain.optimizer` needs a `--pretrain` recipe, got `pretrain: null`"):
+        parse_config(["--config", quickstart, "--pretrain", "null", "--pretrain.optimizer.init_args.lr", "1"])
