@@ -13,9 +13,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from tqdm.auto import tqdm
 
+from lightning_prune._atomic import write_atomic
 from lightning_prune.study import report
 from lightning_prune.study.executors import Unit, execute, visible_gpus
 from lightning_prune.study.prepare import check_study_dir, ensure_masks, ensure_pretrained, exclusive, plan_trials
@@ -147,7 +148,7 @@ def write_report(config: StudyConfig, trials: list[Trial]) -> dict[str, Any] | N
     for trial in trials:
         path = trial_path(study_dir, trial.trial_id)
         if path.is_file():
-            records.append(json.loads(path.read_text()))
+            records.append(report.read_json(path, "Delete it and rerun: that trial is retrained."))
     if not records:
         return None
     rows = report.write_results_csv(study_dir / "results.csv", records)
@@ -157,12 +158,24 @@ def write_report(config: StudyConfig, trials: list[Trial]) -> dict[str, Any] | N
     short = {record["trial_id"]: record["short_retrain_test_acc"] for record in records}
     summary = report.summarize(rows, short)
     report.write_json(study_dir / "summary.json", summary)
-    report.scatter_plot(study_dir / "scatter_acc.png", rows, summary, "final_test_acc", config.name)
-    report.scatter_plot(study_dir / "scatter_loss.png", rows, summary, "final_test_loss", config.name)
+    _draw_figures(config, rows, summary)
     if config.wandb:
         _log_summary_once(config, rows, summary)
     rank_zero_info(f"Study {config.name!r} done: {json.dumps(summary)}")
     return summary
+
+
+def _draw_figures(config: StudyConfig, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    """The two scatter plots; a failed write (a full disk) costs only the figures, said in one line."""
+    study_dir = Path(config.study_dir)
+    for name, metric in (("scatter_acc.png", "final_test_acc"), ("scatter_loss.png", "final_test_loss")):
+        try:
+            report.scatter_plot(study_dir / name, rows, summary, metric, config.name)
+        except OSError as error:
+            rank_zero_warn(
+                f"results.csv and summary.json are complete in {study_dir}, but {name} was not written "
+                f"({error.strerror or error}). Free space and rerun the same command to draw the figures."
+            )
 
 
 def _log_summary_once(config: StudyConfig, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
@@ -173,4 +186,4 @@ def _log_summary_once(config: StudyConfig, rows: list[dict[str, Any]], summary: 
     if marker.is_file() and marker.read_text().strip() == digest:
         return
     report.log_summary_run(study_dir, config.name, config.wandb_project, rows, summary)
-    report.write_atomic(marker, digest + "\n")
+    write_atomic(marker, digest + "\n")
