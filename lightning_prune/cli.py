@@ -108,6 +108,9 @@ def main(args: list[str] | None = None) -> None:
     except (ValueError, FileNotFoundError, TypeError) as error:
         # Our own validation raises these with a message naming the argument; one line beats a deep traceback.
         _fail(error)
+    except KeyboardInterrupt as interrupt:
+        print(f"lightning-prune: interrupted: {interrupt or 'Ctrl-C'}", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -36,10 +36,39 @@ def run_study(config: StudyConfig) -> dict[str, Any] | None:
 
     Raises:
         ValueError: for an invalid config, or a ``study_dir`` holding a study of another config (before compute).
+        StudyInterrupted: on Ctrl-C (a KeyboardInterrupt saying how many trials finished and how to resume).
     """
     validate(config)
     with cpu_threads(config.cpu_threads):
-        return _run_study(config)
+        try:
+            return _run_study(config)
+        except (KeyboardInterrupt, SystemExit) as error:
+            if isinstance(error, SystemExit) and not _is_lightning_interrupt(error):
+                raise
+            raise StudyInterrupted(_interrupted_message(config)) from None
+
+
+class StudyInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a study; the message says what is saved and how to resume."""
+
+
+def _is_lightning_interrupt(error: SystemExit) -> bool:
+    # Lightning turns Ctrl-C inside a fit into sys.exit(1), raised while handling the KeyboardInterrupt.
+    return error.code == 1 and isinstance(error.__context__, KeyboardInterrupt)
+
+
+def _interrupted_message(config: StudyConfig) -> str:
+    study_dir = Path(config.study_dir)
+    if not (study_dir / "masks.json").is_file():
+        return (
+            f"Study {config.name!r} interrupted while preparing {study_dir}; finished pretraining epochs are kept. "
+            "Rerun the same command to resume."
+        )
+    finished = len(list((study_dir / "trials").glob("*.json")))
+    return (
+        f"Study {config.name!r} interrupted: {finished} trials finished and saved in {study_dir / 'trials'}. "
+        "Rerun the same command to resume; finished trials are not run again."
+    )
 
 
 def _run_study(config: StudyConfig) -> dict[str, Any] | None:

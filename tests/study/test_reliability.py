@@ -5,12 +5,16 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
+import signal
 from pathlib import Path
 
 import pytest
+import yaml
+from lightning.pytorch import Callback
 from study_fakes import copy_study, tiny_study
 
-from lightning_prune.study import prepare, report, runner
+from lightning_prune.cli import main
+from lightning_prune.study import prepare, report, runner, single_path
 from lightning_prune.study.runner import run_study
 
 
@@ -75,3 +79,48 @@ def test_unfinished_preparation_with_another_pretraining_drops_the_old_weights(t
         run_study(dataclasses.replace(config, pretrain=recipe))
     assert not (tmp_path / "study" / "pretrained.ckpt").exists()
     assert not (tmp_path / "study" / "pretrain").exists()
+
+
+class _CtrlCAtEpoch(Callback):
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        raise KeyboardInterrupt
+
+
+def test_ctrl_c_during_a_study_says_how_many_trials_finished_and_how_to_resume(finished, tmp_path, monkeypatch,
+                                                                                capsys):  # fmt: skip
+    config, _ = finished
+    total = len(list(Path(config.study_dir, "trials").glob("*.json")))
+    copy = copy_study(config, tmp_path / "copy", keep=total - 2)
+    real_trainer = single_path.Trainer
+    # Ctrl-C inside a real fit: Lightning catches it and exits with code 1, after ignoring further SIGINTs.
+    monkeypatch.setattr(single_path, "Trainer", lambda **kw: real_trainer(**{**kw, "callbacks": [_CtrlCAtEpoch()]}))
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["study", "--config", _write_yaml(copy, tmp_path / "study.yaml")])
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert exit_info.value.code == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        f"lightning-prune: interrupted: Study 'tiny' interrupted: {total - 2} trials finished and saved in "
+        f"{tmp_path / 'copy' / 'trials'}. Rerun the same command to resume; finished trials are not run again."
+    )
+    assert not any("Traceback" in line for line in err)
+
+
+def test_ctrl_c_during_pretraining_says_it_resumes(tiny_mnist_root, tmp_path, monkeypatch):
+    config = tiny_study(tiny_mnist_root, tmp_path / "study")
+    def ctrl_c(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "ensure_pretrained", ctrl_c)
+    with pytest.raises(runner.StudyInterrupted, match=r"interrupted while preparing .*finished pretraining epochs "
+                                                      r"are kept\. Rerun the same command to resume\."):  # fmt: skip
+        run_study(config)
+
+
+def _write_yaml(config, path: Path) -> str:
+    fields = json.loads(json.dumps(dataclasses.asdict(config), default=str))
+    path.write_text(yaml.safe_dump(fields))
+    return str(path)
