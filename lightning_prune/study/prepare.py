@@ -24,7 +24,7 @@ from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
-from lightning_prune._atomic import write_atomic
+from lightning_prune._files import write_atomic
 from lightning_prune.models import build_model
 from lightning_prune.study.building import (
     build_datamodule,

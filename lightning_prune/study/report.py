@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from lightning_prune._atomic import write_atomic
+from lightning_prune._files import write_atomic
 from lightning_prune.study.outcome import finite_or_none
 
 RESULT_COLUMNS = (

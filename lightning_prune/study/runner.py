@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from tqdm.auto import tqdm
 
-from lightning_prune._atomic import write_atomic
+from lightning_prune._files import write_atomic
 from lightning_prune.study import report
 from lightning_prune.study.executors import Unit, execute, visible_gpus
 from lightning_prune.study.prepare import check_study_dir, ensure_masks, ensure_pretrained, exclusive, plan_trials

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from lightning_prune._atomic import write_atomic
+from lightning_prune._files import write_atomic
 from lightning_prune.study.outcome import retrain_outcome, short_retrain_epochs
 from lightning_prune.study.report import (
     RESULT_COLUMNS,
