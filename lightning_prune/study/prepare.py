@@ -150,8 +150,7 @@ def ensure_pretrained(config: StudyConfig) -> Path:
         with quiet_lightning():
             state, metrics = _pretrain(config)
     elif config.checkpoint is not None:
-        state, metrics = load_network_state(Path(config.checkpoint)), {}
-        build_model(config.model, **config.model_kwargs).load_state_dict(state)  # fail early on a wrong checkpoint
+        state, metrics = load_network_state(Path(config.checkpoint), "--checkpoint"), {}  # `validate` checked it
     else:
         state, metrics = build_model(config.model, **config.model_kwargs).state_dict(), {}
     _save_state(path, state, metrics)

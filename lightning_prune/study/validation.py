@@ -213,7 +213,32 @@ def _check_sources(config: StudyConfig) -> list[str]:
         )
     if config.checkpoint is not None and not Path(config.checkpoint).is_file():
         problems.append(f"`--checkpoint` must be an existing file, got {str(config.checkpoint)!r}.")
+    elif config.checkpoint is not None:
+        problems += _check_checkpoint(config)
     return problems
+
+
+def _check_checkpoint(config: StudyConfig) -> list[str]:
+    """The checkpoint must be readable, safe, and hold this network's weights (not another model's)."""
+    from lightning_prune.models import available_models, build_model
+    from lightning_prune.study.weights import load_network_state
+
+    try:
+        state = load_network_state(Path(config.checkpoint), "--checkpoint")
+    except ValueError as error:
+        return [str(error)]
+    if config.model not in available_models():
+        return []
+    try:
+        build_model(config.model, **config.model_kwargs).load_state_dict(state)
+    except (RuntimeError, TypeError, ValueError) as error:
+        first = str(error).strip().splitlines()
+        reason = " ".join(line.strip() for line in first[1:3]) or first[0]
+        return [
+            f"`--checkpoint` must hold weights of the model {config.model!r}, got {str(config.checkpoint)!r}, "
+            f"which does not fit it ({reason}). Use a checkpoint of this model, or set --model to the one it holds."
+        ]
+    return []
 
 
 def _check_execution(config: StudyConfig) -> list[str]:
@@ -243,9 +268,20 @@ def _check_execution(config: StudyConfig) -> list[str]:
         parse_shard(config.shard)
     except ValueError as error:
         problems.append(str(error))
+    if config.accelerator in ("gpu", "cuda") and not _cuda_visible():
+        problems.append(
+            f"`--accelerator` must find a CUDA GPU for {config.accelerator!r}, got none visible here. "
+            "Use --accelerator cpu (or auto), or run where a GPU is visible."
+        )
     if config.executor == "local" and config.address is not None:
         problems.append(f"`--address` must be null with --executor local, got {config.address!r}. Use --executor ray.")
     return problems
+
+
+def _cuda_visible() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def validate(config: StudyConfig) -> None:

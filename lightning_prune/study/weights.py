@@ -6,10 +6,16 @@ from pathlib import Path
 
 import torch
 
+from lightning_prune._files import read_checkpoint
 
-def load_network_state(path: Path) -> dict[str, torch.Tensor]:
-    """A network state dict from ``pretrained.ckpt``, a Lightning checkpoint (``model.`` prefix) or a state dict."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+
+def load_network_state(path: Path, arg: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """A network state dict from ``pretrained.ckpt``, a Lightning checkpoint (``model.`` prefix) or a state dict.
+
+    Raises:
+        ValueError: in one line naming ``arg`` and the file, if it is unreadable or would run code when loaded.
+    """
+    payload = read_checkpoint(Path(path), arg)
     state = payload.get("state_dict", payload) if isinstance(payload, dict) else payload
     if state and all(key.startswith("model.") for key in state):
         state = {key.removeprefix("model."): value for key, value in state.items()}

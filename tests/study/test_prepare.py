@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from lightning_prune.study import prepare as prepare_module
 from lightning_prune.study.prepare import ensure_masks, ensure_pretrained, plan_trials
 from lightning_prune.study.process_context import cpu_threads
 from lightning_prune.study.spec import RecipeConfig
+from lightning_prune.study.validation import validate
 from lightning_prune.study.weights import load_network_state
 from lightning_prune.study.worker import run_unit
 
@@ -45,8 +47,31 @@ def test_pretrained_weights_from_a_lightning_checkpoint(finished, tmp_path):
     for name in expected:
         torch.testing.assert_close(state[name], expected[name])
     wrong = dataclasses.replace(from_checkpoint, study_dir=tmp_path / "wrong", model="lenet5_mini_w20")
-    with pytest.raises(RuntimeError, match="size mismatch"):
-        ensure_pretrained(wrong)
+    message = r"`--checkpoint` must hold weights of the model 'lenet5_mini_w20', got .*last.ckpt', which does not fit"
+    with pytest.raises(ValueError, match=message + r" it \(size mismatch for conv1.weight"):
+        validate(wrong)
+
+
+@pytest.mark.parametrize("kind", ["truncated", "malicious"])
+def test_unreadable_or_unsafe_study_checkpoint_is_one_line(finished, tmp_path, kind):
+    config, _ = finished
+    bad = tmp_path / "bad.ckpt"
+    if kind == "truncated":
+        good = (Path(config.study_dir) / "pretrained.ckpt").read_bytes()
+        bad.write_bytes(good[: len(good) // 3])
+        message = r"`--checkpoint` must be a complete checkpoint written by torch.save, got .*bad.ckpt, which cannot"
+    else:
+        torch.save({"state_dict": _RunsCode()}, bad)
+        message = r"`--checkpoint` must hold only tensors and plain Python values, got .*bad.ckpt, whose loading"
+    study = dataclasses.replace(config, study_dir=tmp_path / "study", pretrain=None, checkpoint=bad)
+    with pytest.raises(ValueError, match=message):
+        validate(study)
+    assert not (tmp_path / "study").exists() and not Path("pwned").exists()
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
 
 
 def test_masks_are_saved_once_and_criteria_marked(finished, tmp_path):

@@ -229,3 +229,9 @@ def test_cli_class_path_overrides_replace_or_update_a_slot():
         parse_config(["--config", quickstart, "--data", "3"])
     with pytest.raises(ValueError, match=r"`--pretrain.optimizer` needs a `--pretrain` recipe, got `pretrain: null`"):
         parse_config(["--config", quickstart, "--pretrain", "null", "--pretrain.optimizer.init_args.lr", "1"])
+
+
+def test_validate_gpu_accelerator_without_a_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"`--accelerator` must find a CUDA GPU for 'gpu', got none visible here"):
+        validate(_config(accelerator="gpu"))
