@@ -1,24 +1,21 @@
-"""Run a study end to end: check ``study_dir``, prepare, pick the retraining path, run the pending trials of this
-shard with a progress bar, and report (``results.csv`` always; ``summary.json``, figures and the W&B summary run
-once every trial of the study is done)."""
+"""Run a study end to end: check ``study_dir``, prepare, run the pending trials of this shard on the chosen path
+(`path_choice`) with a progress bar, and report (``results.csv`` always; ``summary.json``, figures and the W&B
+summary run once every trial of the study is done)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from tqdm.auto import tqdm
 
 from lightning_prune._files import write_atomic
 from lightning_prune.study import report
-from lightning_prune.study.executors import Unit, execute, visible_gpus
+from lightning_prune.study.path_choice import run_pending
 from lightning_prune.study.prepare import check_study_dir, ensure_masks, ensure_pretrained, exclusive, plan_trials
 from lightning_prune.study.process_context import cpu_threads
 from lightning_prune.study.spec import StudyConfig, parse_shard
@@ -90,83 +87,10 @@ def _run_study(config: StudyConfig) -> dict[str, Any] | None:
         f"this run: {len(mine)} ({len(mine) - len(pending)} already done)."
     )
     if pending:
-        batched = use_batched_path(config, pending)
-        units = make_units(config, pending, batched)
         with tqdm(total=len(mine), initial=len(mine) - len(pending), desc=config.name, unit="trial",
                   file=sys.stderr, dynamic_ncols=True) as bar:  # fmt: skip
-            execute(config, units, bar.update)
+            run_pending(config, pending, bar.update)
     return write_report(config, trials)
-
-
-# ------------------------------------------------------------------------------------------------ path choice
-def make_units(config: StudyConfig, pending: list[Trial], batched: bool) -> list[Unit]:
-    """One unit per trial, or chunks of ``batch_masks`` trials sharing a repeat (one data order) when batched."""
-    if not batched:
-        return [([trial], False) for trial in pending]
-    by_repeat: dict[int, list[Trial]] = {}
-    for trial in pending:
-        by_repeat.setdefault(trial.repeat, []).append(trial)
-    size = config.batch_masks
-    return [(group[i : i + size], True) for group in by_repeat.values() for i in range(0, len(group), size)]
-
-
-def use_batched_path(config: StudyConfig, pending: list[Trial]) -> bool:
-    """Whether to retrain masks batched: never with ``off`` or for a network that cannot be batched (``validate``
-    refuses ``on`` for one); with ``on`` always; with ``auto`` on a GPU always, on a CPU when a short timing says a
-    batched step per mask is faster."""
-    from lightning_prune.models import build_model
-    from lightning_prune.modules.batched import supports_batching
-
-    if config.batching == "off":
-        return False
-    network = build_model(config.model, **config.model_kwargs)
-    if not supports_batching(network):  # `validate` has refused `on` for such a network
-        return False
-    if config.batching == "on" or visible_gpus(config):
-        return True
-    if len(pending) < 2:
-        return False
-    single, per_copy = time_training_steps(config, network, pending[: config.batch_masks])
-    rank_zero_info(
-        f"CPU training step: {single * 1e3:.1f} ms one model at a time, {per_copy * 1e3:.1f} ms per model batched; "
-        f"retraining {'batched' if per_copy < single else 'one at a time'}."
-    )
-    return per_copy < single
-
-
-def _batch_size(config: StudyConfig) -> int:
-    return int(config.data.get("init_args", {}).get("batch_size", 256))
-
-
-def time_training_steps(config: StudyConfig, network: torch.nn.Module, trials: list[Trial], steps: int = 3):
-    """Seconds of one training step of one physically pruned network vs per copy of the batched model (after a
-    warm-up step each).
-
-    Per-trial costs outside the step (building a Trainer, a W&B run, the pruning graph) favour batching further,
-    so this comparison is the conservative one.
-    """
-    from lightning_prune.modules.batched import BatchedMaskedClassifier
-    from lightning_prune.pruning import PruningStructure
-
-    images = torch.randn(_batch_size(config), *network.input_shape)
-    batched = BatchedMaskedClassifier([t.layer_masks for t in trials], config.model, config.model_kwargs)
-    PruningStructure(network, images[:1]).prune(trials[0].layer_masks)
-    with torch.no_grad():
-        labels = torch.randint(0, network(images[:1]).shape[-1], (len(images),))
-
-    def seconds_per_step(module: torch.nn.Module, loss_of) -> float:
-        optimizer = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=1e-6)
-        for step in range(steps + 1):
-            if step == 1:
-                started = time.perf_counter()
-            optimizer.zero_grad()
-            loss_of(module(images)).backward()
-            optimizer.step()
-        return (time.perf_counter() - started) / steps
-
-    single = seconds_per_step(network, lambda logits: F.cross_entropy(logits, labels))
-    copies = seconds_per_step(batched, lambda logits: F.cross_entropy(logits.flatten(0, 1), labels.repeat(len(trials))))
-    return single, copies / len(trials)
 
 
 # ------------------------------------------------------------------------------------------------------ report

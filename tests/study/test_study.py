@@ -16,7 +16,7 @@ from study_fakes import copy_study
 
 from lightning_prune.models import build_model
 from lightning_prune.pruning import PruningStructure
-from lightning_prune.study import building, executors, runner, worker
+from lightning_prune.study import building, executors, path_choice, runner, worker
 from lightning_prune.study.batched_path import run_batched_trials
 from lightning_prune.study.building import build_datamodule
 from lightning_prune.study.prepare import plan_trials
@@ -86,7 +86,7 @@ def test_rerun_retrains_nothing(finished, monkeypatch):
         raise AssertionError("a finished trial was run again")
 
     monkeypatch.setattr(executors, "run_unit", must_not_run)
-    monkeypatch.setattr(runner, "use_batched_path", must_not_run)
+    monkeypatch.setattr(path_choice, "use_batched_path", must_not_run)
     assert run_study(config) == summary
     assert len(list((Path(config.study_dir) / "wandb").glob("offline-run-*"))) == runs_before  # no new summary run
 
@@ -140,7 +140,7 @@ def test_shards_partition_the_trials_and_the_last_one_reports(finished, tmp_path
         return [t.trial_id for t in trials]
 
     monkeypatch.setattr(executors, "run_unit", replay)
-    monkeypatch.setattr(runner, "use_batched_path", lambda *a: False)
+    monkeypatch.setattr(path_choice, "use_batched_path", lambda *a: False)
     for index in range(3):
         result = run_study(dataclasses.replace(copy, shard=f"{index}/3"))
         assert all(t.index % 3 == index for t in seen[f"{index}/3"])
@@ -169,27 +169,41 @@ def test_batched_path_reproduces_one_at_a_time(finished):
         assert batched["final_test_acc"] == pytest.approx(single["final_test_acc"], abs=1e-4)
 
 
-def test_batched_path_choice(finished, monkeypatch):
+def test_batched_path_choice(finished):
     config, _ = finished
     trials = plan_trials(config, json.loads((Path(config.study_dir) / "masks.json").read_text())["masks"])
-    assert not runner.use_batched_path(dataclasses.replace(config, batching="off"), trials)
-    assert runner.use_batched_path(dataclasses.replace(config, batching="on"), trials)
-    auto = dataclasses.replace(config, batching="auto")
-    monkeypatch.setattr(runner, "time_training_steps", lambda *a: (2.0, 1.0))
-    assert runner.use_batched_path(auto, trials)
-    monkeypatch.setattr(runner, "time_training_steps", lambda *a: (1.0, 2.0))
-    assert not runner.use_batched_path(auto, trials)
-    units = runner.make_units(dataclasses.replace(config, batch_masks=4), trials, batched=True)
+    assert path_choice.use_batched_path(dataclasses.replace(config, batching="off"), trials) is False
+    assert path_choice.use_batched_path(dataclasses.replace(config, batching="on"), trials) is True
+    assert path_choice.use_batched_path(dataclasses.replace(config, batching="auto"), trials) is None  # measured
+    assert path_choice.use_batched_path(dataclasses.replace(config, batching="auto"), trials[:2]) is False
+    units = path_choice.make_units(dataclasses.replace(config, batch_masks=4), trials, batched=True)
     assert [len(u) for u, _ in units] == [4, 2, 4, 2] and all({t.repeat for t in u} == {u[0].repeat} for u, _ in units)
     resnet = dataclasses.replace(config, model="cifar_resnet20", batching="auto")
-    assert not runner.use_batched_path(resnet, trials)
+    assert path_choice.use_batched_path(resnet, trials) is False
 
 
-def test_time_training_steps_measures_both_paths(finished):
-    config, _ = finished
-    trials = plan_trials(config, json.loads((Path(config.study_dir) / "masks.json").read_text())["masks"])[:3]
-    single, per_copy = runner.time_training_steps(config, build_model("lenet5_mini"), trials, steps=1)
-    assert single > 0 and per_copy > 0
+@pytest.mark.parametrize(("single_seconds", "batched_seconds"), [(2.0, 1.0), (1.0, 2.0)])
+def test_auto_batching_measures_the_real_paths_and_takes_the_faster(finished, tmp_path, monkeypatch, single_seconds,
+                                                                    batched_seconds):  # fmt: skip
+    config, summary = finished
+    copy = copy_study(config, tmp_path / "copy", batching="auto", batch_masks=3)
+    units = []
+
+    def replay(config_, trials, batched, gpu=None):  # the finished records, timed as if this path took `seconds`
+        units.append((len(trials), batched))
+        for trial in trials:
+            record = json.loads((Path(config.study_dir) / "trials" / f"{trial.trial_id}.json").read_text())
+            record["seconds"] = batched_seconds if batched else single_seconds
+            (Path(config_.study_dir) / "trials" / f"{trial.trial_id}.json").write_text(json.dumps(record))
+        return [t.trial_id for t in trials]
+
+    monkeypatch.setattr(executors, "run_unit", replay)
+    run_study(copy)
+    total = len(list(Path(config.study_dir, "trials").glob("*.json")))
+    assert units[:2] == [(1, False), (3, True)]  # one trial alone, then one batched unit: real work, kept
+    rest = units[2:]
+    assert all(batched == (batched_seconds < single_seconds) for _, batched in rest)
+    assert sum(n for n, _ in units) == total
 
 
 def test_cli_runs_a_study_from_yaml(finished, tmp_path):
