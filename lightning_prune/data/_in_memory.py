@@ -11,7 +11,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from lightning_prune.data._common import check_at_least, parse_device, sample_loader
+from lightning_prune._checks import check_int
+from lightning_prune.data._common import parse_device, sample_loader
 from lightning_prune.data.tensor_loader import BatchTransform, TensorBatchLoader
 
 
@@ -51,9 +52,9 @@ class InMemoryImageDataModule(LightningDataModule, ABC):
         seed: int,
     ) -> None:
         super().__init__()
-        check_at_least("batch_size", batch_size, 1)
-        check_at_least("eval_batch_size", eval_batch_size, 1)
-        check_at_least("num_workers", num_workers, 0)
+        check_int("batch_size", batch_size, 1)
+        check_int("eval_batch_size", eval_batch_size, 1)
+        check_int("num_workers", num_workers, 0)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
