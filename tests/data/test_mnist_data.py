@@ -238,3 +238,21 @@ def test_mnist_datamodule_corrupt_idx_file_is_named_before_any_training(mnist_ro
     datamodule = MNISTDataModule(root=str(root))
     with pytest.raises(ValueError, match=rf"^`{path}` {message}\. Copy it again, or delete .*MNIST/raw and set"):
         datamodule.setup("fit")
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_mnist_datamodule_train_order_follows_the_epoch_lightning_sets(mnist_root, in_memory):
+    """Lightning calls `set_epoch` on the loader's sampler at every epoch start; a resumed fit sets the epoch it
+    resumes at and must see the order an uninterrupted fit sees there."""
+    root, _ = mnist_root
+
+    def loader():
+        dm = MNISTDataModule(root=str(root), batch_size=4, in_memory=in_memory, seed=3)
+        dm.setup("fit")
+        return dm.train_dataloader()
+
+    uninterrupted = loader()
+    orders = [_all(uninterrupted)[1].tolist() for _ in range(3)]
+    resumed = loader()
+    resumed.sampler.set_epoch(2)
+    assert _all(resumed)[1].tolist() == orders[2] != orders[1]
