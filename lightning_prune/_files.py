@@ -36,6 +36,10 @@ def write_atomic(path: Path, content: str | bytes | Callable[[BinaryIO], None]) 
             else:
                 file.write(content.encode() if isinstance(content, str) else content)
         os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        # Name the file the caller asked for, not the temporary one: that is the one a user knows.
+        raise OSError(error.errno, error.strerror, str(path)) from error
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise

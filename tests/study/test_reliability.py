@@ -124,3 +124,25 @@ def _write_yaml(config, path: Path) -> str:
     fields = json.loads(json.dumps(dataclasses.asdict(config), default=str))
     path.write_text(yaml.safe_dump(fields))
     return str(path)
+
+
+def test_study_full_disk_on_results_is_one_line_naming_the_file(finished, tmp_path, monkeypatch, capsys):
+    config, _ = finished
+    copy = copy_study(config, tmp_path / "copy", keep=None)
+    real_open = open
+
+    def no_space_for_csv(file, mode="r", *args, **kwargs):
+        if "x" in mode and ".results.csv." in str(file):
+            raise OSError(errno.ENOSPC, "No space left on device", str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", no_space_for_csv)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["study", "--config", _write_yaml(copy, tmp_path / "study.yaml")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-2] == (
+        f"lightning-prune: error: `{tmp_path / 'copy' / 'results.csv'}` could not be written: No space left on "
+        "device. Free space on that disk, or write elsewhere (--trainer.default_root_dir, --study_dir)."
+    )
+    assert not list((tmp_path / "copy").glob(".results.csv.*"))  # no temporary left behind
