@@ -31,3 +31,12 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+# The benchmarks that need no dataset on disk (minutes on a CPU); each writes its figures to $(BENCH_OUT).
+# benchmarks/train_throughput.py needs the full MNIST: run it by hand with --root.
+BENCH_OUT ?= benchmarks/results
+bench: $(STAMP)
+	mkdir -p $(BENCH_OUT)
+	$(BIN)/python benchmarks/study_throughput.py --json $(BENCH_OUT)/study_throughput_cpu.json
+	$(BIN)/python benchmarks/criteria_cost.py --threads 1 --json $(BENCH_OUT)/criteria_cost_cpu.json
+	$(BIN)/python benchmarks/dycoke.py --json $(BENCH_OUT)/dycoke_cpu.json

@@ -8,14 +8,17 @@ to a local `metrics.csv`; the resolved config goes to both.
 from __future__ import annotations
 
 import os
-import re
 import sys
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from typing_extensions import override
+
+from lightning_prune._errors import check_same_model, one_line_error
+from lightning_prune._files import read_checkpoint
 
 _RUNS_DIR = "runs"
 _SHOW_TRACEBACK = "LIGHTNING_PRUNE_TRACEBACK"
@@ -51,6 +54,8 @@ class LightningPruneCLI(LightningCLI):
     """LightningCLI with this project's defaults: subclass mode, fresh optimizers, loggers, config overwrite."""
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+        # Parse errors are raised (not printed with a 50-line usage) so that `main` can say them in one line.
+        no_exit = {"exit_on_error": False}
         super().__init__(
             model_class=None,
             datamodule_class=None,
@@ -60,10 +65,25 @@ class LightningPruneCLI(LightningCLI):
             save_config_kwargs={"overwrite": True},
             # Modules build their optimizers in `configure_optimizers` (pruning replaces parameters).
             auto_configure_optimizers=False,
-            parser_kwargs={"description": __doc__.splitlines()[0]},
+            parser_kwargs={
+                "description": __doc__.splitlines()[0],
+                **no_exit,
+                **{subcommand: dict(no_exit) for subcommand in LightningCLI.subcommands()},
+            },
             args=args,
             run=run,
         )
+
+    @override
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI puts the checkpoint's hyperparameters over the config's model here: refuse a checkpoint of
+        # another network instead of training it silently, and refuse an unreadable or unsafe file in one line.
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and Path(ckpt_path).is_file():
+            checkpoint = read_checkpoint(Path(ckpt_path), "--ckpt_path")
+            check_same_model(checkpoint.get("hyper_parameters") or {}, self.config[subcommand].get("model"), ckpt_path)
+        super()._parse_ckpt_path()
 
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -78,23 +98,20 @@ def _finish_wandb_runs(trainer: Trainer) -> None:
             logger.experiment.finish()
 
 
-def _headline(error: BaseException) -> str:
-    """Our own message, also when jsonargparse wraps it in a report on every Union subtype it tried."""
-    text = str(error)
-    ours = re.findall(r"^\s*- (`.+)$", text, flags=re.MULTILINE)
-    return ours[0] if ours else text
-
-
-def _fail(error: BaseException) -> None:
+def _fail(message: str) -> None:
     if os.environ.get(_SHOW_TRACEBACK):
-        raise error
-    print(f"lightning-prune: error: {_headline(error)}", file=sys.stderr)
+        raise
+    print(f"lightning-prune: error: {message}", file=sys.stderr)
     print(f"(set {_SHOW_TRACEBACK}=1 for the full traceback)", file=sys.stderr)
     raise SystemExit(2)
 
 
 def main(args: list[str] | None = None) -> None:
-    """Console entry point. `study` goes to the study runner; everything else to LightningCLI."""
+    """Console entry point. `study` goes to the study runner; everything else to LightningCLI.
+
+    Every failure a user can fix ends as one line naming the argument or file and what to do (exit code 2);
+    Ctrl-C during a study says what was saved and how to resume (exit code 130).
+    """
     argv = list(sys.argv[1:] if args is None else args)
     try:
         if argv[:1] == ["study"]:
@@ -105,9 +122,11 @@ def main(args: list[str] | None = None) -> None:
             # args=None lets LightningCLI read sys.argv itself (it warns when given both).
             cli = LightningPruneCLI(args=None if args is None else argv)
             _finish_wandb_runs(cli.trainer)
-    except (ValueError, FileNotFoundError, TypeError) as error:
-        # Our own validation raises these with a message naming the argument; one line beats a deep traceback.
-        _fail(error)
+    except KeyboardInterrupt as interrupt:
+        print(f"lightning-prune: interrupted: {interrupt or 'Ctrl-C'}", file=sys.stderr)
+        raise SystemExit(130) from None
+    except Exception as error:  # noqa: BLE001  (what is not one of ours is re-raised by `one_line_error`)
+        _fail(one_line_error(error, argv[0] if argv else "fit"))
 
 
 if __name__ == "__main__":

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
+from lightning_prune._checks import check_int
 
-def check_at_least(name: str, value: int, minimum: int) -> None:
-    """Raise ``ValueError`` if the integer argument ``name`` is below ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
+# One check for models and data alike; `check_at_least` is its former name here, still imported by video_qa.py.
+check_at_least = check_int
 
 
 def check_choice(name: str, value: object, choices: tuple) -> None:
@@ -28,17 +29,40 @@ def parse_device(device: str | None) -> torch.device | None:
         raise ValueError(f"`device` must be a torch device such as 'cpu' or 'cuda:0', got {device!r}.") from error
 
 
+class EpochRandomSampler(RandomSampler):
+    """A random order drawn from ``(seed, epoch)``, with ``set_epoch`` as ``DistributedSampler`` has.
+
+    Lightning's fit loop calls ``set_epoch`` with the epoch about to run at every epoch start, also when a fit resumes
+    from a checkpoint, so a resumed fit sees the order an uninterrupted one would (a generator advanced epoch by epoch
+    would restart at epoch 0's order). Outside Lightning each pass moves on to the next epoch's order. Under DDP,
+    Lightning replaces it, as any ``RandomSampler``, by a ``DistributedSampler``.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        super().__init__(dataset)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        self.epoch += 1
+        yield from torch.randperm(len(self.data_source), generator=generator).tolist()
+
+
 def sample_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int) -> DataLoader:
     """A standard ``DataLoader`` that decodes and transforms image by image (for data not held in memory).
 
-    Shuffling draws from a generator seeded with ``seed``: the order changes every epoch and repeats per seed.
+    Shuffling follows :class:`EpochRandomSampler`: the order changes every epoch, repeats per seed, and a resumed
+    fit continues with the order of the epoch it resumes at.
     """
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        sampler=EpochRandomSampler(dataset, seed) if shuffle else None,
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=num_workers > 0,
-        generator=torch.Generator().manual_seed(seed) if shuffle else None,
     )

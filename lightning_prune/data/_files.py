@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -20,6 +21,37 @@ def require_files(root: Path, folder: Path, names: list[str], dataset: str) -> N
         raise FileNotFoundError(
             f"{dataset} not found: the folder {folder} must hold {', '.join(names)} (missing: {', '.join(missing)}). "
             f"Set `download: true` to fetch it, or set `root` to the folder that holds {folder.relative_to(root)}."
+        )
+
+
+_IDX_MAGIC = {1: 0x801, 3: 0x803}  # labels (one dimension), images (three)
+
+
+def check_idx_file(path: Path, dimensions: int, remedy: str) -> None:
+    """Raise one clear error naming ``path`` if it is not a complete IDX file (MNIST's format) of ``dimensions``.
+
+    torchvision would otherwise fail deep inside its reader (or read garbage) without naming the file. Only the
+    header is read: the size it announces must be the file's size.
+
+    Raises:
+        ValueError: For a wrong magic number or a size that does not match the header (truncated or corrupt).
+    """
+    header_size = 4 + 4 * dimensions
+    with open(path, "rb") as file:
+        header = file.read(header_size)
+    if len(header) < header_size or int.from_bytes(header[:4], "big") != _IDX_MAGIC[dimensions]:
+        magic = f"0x{int.from_bytes(header[:4], 'big'):08x}" if len(header) >= 4 else f"{len(header)} bytes"
+        raise ValueError(
+            f"`{path}` must start with the IDX magic number 0x{_IDX_MAGIC[dimensions]:08x}, got {magic} "
+            f"(not an IDX file, or corrupt). {remedy}"
+        )
+    shape = [int.from_bytes(header[4 + 4 * i : 8 + 4 * i], "big") for i in range(dimensions)]
+    expected = header_size + math.prod(shape)
+    size = path.stat().st_size
+    if size != expected:
+        raise ValueError(
+            f"`{path}` must hold {expected:,} bytes as its header says ({' x '.join(map(str, shape))} values), "
+            f"got {size:,} (truncated or corrupt). {remedy}"
         )
 
 

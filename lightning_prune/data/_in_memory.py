@@ -11,7 +11,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from lightning_prune.data._common import check_at_least, parse_device, sample_loader
+from lightning_prune._checks import check_int
+from lightning_prune.data._common import parse_device, sample_loader
 from lightning_prune.data.tensor_loader import BatchTransform, TensorBatchLoader
 
 
@@ -51,9 +52,9 @@ class InMemoryImageDataModule(LightningDataModule, ABC):
         seed: int,
     ) -> None:
         super().__init__()
-        check_at_least("batch_size", batch_size, 1)
-        check_at_least("eval_batch_size", eval_batch_size, 1)
-        check_at_least("num_workers", num_workers, 0)
+        check_int("batch_size", batch_size, 1)
+        check_int("eval_batch_size", eval_batch_size, 1)
+        check_int("num_workers", num_workers, 0)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
@@ -110,7 +111,9 @@ class InMemoryImageDataModule(LightningDataModule, ABC):
             return self._sample_loader(train=True, augment=True)
         images, labels = self.train_tensors()
         trainer = self.trainer
-        loader = TensorBatchLoader(
+        # The epoch is not set here: when this runs, a resumed fit's trainer.current_epoch is still the finished
+        # epoch. Lightning sets the epoch about to run through the loader's `sampler` at every epoch start.
+        return TensorBatchLoader(
             images,
             labels,
             self.batch_size,
@@ -120,9 +123,6 @@ class InMemoryImageDataModule(LightningDataModule, ABC):
             num_replicas=trainer.world_size if trainer is not None else 1,
             rank=trainer.global_rank if trainer is not None else 0,
         )
-        # A resumed fit continues with the permutation of the epoch it resumes at.
-        loader.set_epoch(trainer.current_epoch if trainer is not None else 0)
-        return loader
 
     def val_dataloader(self) -> TensorBatchLoader | DataLoader:
         return self._eval_loader(train=False)

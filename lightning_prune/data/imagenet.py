@@ -10,7 +10,8 @@ from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 
-from lightning_prune.data._common import check_at_least, sample_loader
+from lightning_prune._checks import check_int
+from lightning_prune.data._common import sample_loader
 
 _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
@@ -65,11 +66,11 @@ class ImageNetDataModule(LightningDataModule):
                 "`download` must be false for ImageNet, got True: it cannot be downloaded automatically. Get it from "
                 "https://image-net.org and lay it out as <root>/train/<class>/*.JPEG and <root>/val/<class>/*."
             )
-        check_at_least("batch_size", batch_size, 1)
-        check_at_least("eval_batch_size", eval_batch_size, 1)
-        check_at_least("num_workers", num_workers, 0)
-        check_at_least("crop_size", crop_size, 1)
-        check_at_least("resize_size", resize_size, crop_size)
+        check_int("batch_size", batch_size, 1)
+        check_int("eval_batch_size", eval_batch_size, 1)
+        check_int("num_workers", num_workers, 0)
+        check_int("crop_size", crop_size, 1)
+        check_int("resize_size", resize_size, crop_size)
         self.save_hyperparameters()
         self.root = Path(root)
         self.batch_size = batch_size

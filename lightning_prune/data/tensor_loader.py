@@ -15,6 +15,21 @@ from torch import Tensor
 BatchTransform = Callable[[Tensor, torch.Generator], Tensor]
 
 
+class EpochOrder:
+    """Which epoch's permutation a `TensorBatchLoader` serves next.
+
+    Exposed as the loader's ``sampler`` because that is where Lightning's fit loop calls ``set_epoch`` at the start
+    of every epoch (as it does for ``DistributedSampler``), with the number of the epoch about to run, also when a
+    fit resumes from a checkpoint. The loader cannot know that epoch itself when it is built.
+    """
+
+    def __init__(self) -> None:
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
 class TensorBatchLoader:
     """Serve ``(images, labels)`` batches by indexing tensors directly.
 
@@ -62,7 +77,13 @@ class TensorBatchLoader:
         self.transform = transform
         self.num_replicas = num_replicas
         self.rank = rank
-        self.epoch = 0
+        self.sampler = EpochOrder()
+        self.batch_sampler = None  # what Lightning reads beside `sampler`: none here
+
+    @property
+    def epoch(self) -> int:
+        """The epoch whose permutation the next pass uses."""
+        return self.sampler.epoch
 
     @property
     def num_samples(self) -> int:
@@ -76,7 +97,7 @@ class TensorBatchLoader:
 
     def set_epoch(self, epoch: int) -> None:
         """Choose which epoch's permutation the next pass uses (the pass after it uses ``epoch + 1``)."""
-        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
 
     def _epoch_generator(self) -> torch.Generator:
         # One seed per (seed, epoch) so an epoch's order does not depend on how often the loader was iterated before.
@@ -96,7 +117,7 @@ class TensorBatchLoader:
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         generator = self._epoch_generator()
         indices = self._indices(generator)
-        self.epoch += 1
+        self.set_epoch(self.epoch + 1)  # outside Lightning (which sets it every epoch) passes follow each other
         for batch in range(len(self)):
             start, stop = batch * self.batch_size, min((batch + 1) * self.batch_size, self.num_samples)
             if indices is None:

@@ -8,6 +8,8 @@ from typing import TypeVar
 
 from torch import nn
 
+from lightning_prune._checks import check_int  # noqa: F401  (the model builders import it from here)
+
 ModelBuilder = TypeVar("ModelBuilder", bound=Callable[..., nn.Module])
 
 _MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
@@ -73,9 +75,3 @@ def _keyword_arguments(builder: Callable[..., nn.Module]) -> list[str]:
 def _takes_var_keyword(builder: Callable[..., nn.Module]) -> bool:
     """Whether ``builder`` has a ``**kwargs`` catch-all, in which case it checks its own arguments."""
     return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(builder).parameters.values())
-
-
-def check_int(arg: str, value: object, minimum: int) -> None:
-    """Raise ``ValueError`` unless ``value`` is an ``int`` (not a ``bool``) of at least ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"`{arg}` must be an integer >= {minimum}, got {value!r}.")

@@ -5,9 +5,12 @@
     from lightning_prune.study import StudyConfig, run_study
     summary = run_study(StudyConfig(...))
 
-Modules: `spec` (what a study is), `masks` (enumerate / sample), `prepare` (fingerprint, pretrained weights,
-masks), `trial` (one mask x repeat through the Lightning Trainer, one at a time or batched), `executors` (local
-processes, Ray, shards), `report` (results.csv, summary.json, figures, W&B), `runner` (all of it), `cli`.
+Modules: `spec` (what a study is, its fingerprint), `validation` (every config-only check, before compute), `masks`
+(enumerate / sample), `prepare` (fingerprint, pretrained weights, masks), `trial` (one mask x repeat and its
+record), `single_path` and `batched_path` (how trials run through the Lightning Trainer), `worker` (the unit every
+executor runs), `building`, `weights`, `seeding`, `process_context`, `wandb_runs` (what the fits are made of),
+`path_choice` (one at a time or batched, measured), `executors` (local processes, Ray, shards), `report`
+(results.csv, summary.json, figures, W&B), `runner` (all of it), `cli`.
 """
 
 from lightning_prune._lazy import lazy_getattr

@@ -1,7 +1,7 @@
 """Where trials run: in this process, in local worker processes, or as Ray tasks on a cluster.
 
 Work comes as *units*: a list of trials run together (one trial, or the masks of one batched fit). Every executor
-calls `lightning_prune.study.trial.run_unit`, which writes each finished trial's record itself, so the results of a
+calls `lightning_prune.study.worker.run_unit`, which writes each finished trial's record itself, so the results of a
 unit survive whatever happens to the other units. ``on_done(n)`` is called with the number of trials of each
 finished unit (the progress bar).
 """
@@ -15,7 +15,8 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 import torch
 
 from lightning_prune.study.spec import StudyConfig
-from lightning_prune.study.trial import Trial, run_unit
+from lightning_prune.study.trial import Trial
+from lightning_prune.study.worker import run_unit
 
 Unit = tuple[list[Trial], bool]  # (trials, batched)
 OnDone = Callable[[int], None]

@@ -13,9 +13,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import itertools
-import json
-import os
-import tempfile
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,20 +24,28 @@ from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
+from lightning_prune._files import write_atomic
 from lightning_prune.models import build_model
-from lightning_prune.study.masks import count_masks, enumerate_masks, mask_key, sample_masks
-from lightning_prune.study.report import write_json
-from lightning_prune.study.spec import StudyConfig, config_differences, defining_config, fingerprint
-from lightning_prune.study.trial import (
-    Trial,
+from lightning_prune.study.building import (
     build_datamodule,
-    class_callable,
-    finish_logger,
-    load_network_state,
-    quiet_lightning,
+    optimizer_factory,
+    scheduler_factory,
+    seed_datamodule,
     trainer_kwargs,
-    wandb_logger,
 )
+from lightning_prune.study.masks import count_masks, enumerate_masks, mask_key, sample_masks
+from lightning_prune.study.process_context import quiet_lightning
+from lightning_prune.study.report import read_json, write_json
+from lightning_prune.study.spec import (
+    PRETRAIN_DEFINING,
+    StudyConfig,
+    config_differences,
+    defining_config,
+    fingerprint,
+)
+from lightning_prune.study.trial import Trial
+from lightning_prune.study.wandb_runs import finish_logger, wandb_logger
+from lightning_prune.study.weights import load_network_state
 
 STUDY_FILE = "study.json"
 PRETRAINED_FILE = "pretrained.ckpt"
@@ -61,40 +67,47 @@ def exclusive(study_dir: Path) -> Iterator[None]:
 def check_study_dir(config: StudyConfig) -> str:
     """Tie ``study_dir`` to this config: record its fingerprint, or check it against the recorded one.
 
+    A ``study_dir`` whose preparation never finished (no ``masks.json``, no trial) holds no results yet: it takes
+    a corrected config, keeping the pretrained weights (finished or partial) when what defines them is unchanged.
+
     Returns:
         The fingerprint.
 
     Raises:
-        ValueError: if ``study_dir`` holds a study whose results-defining config differs (naming what differs).
+        ValueError: if ``study_dir`` holds results of a study whose results-defining config differs (naming what
+            differs).
     """
     study_dir = Path(config.study_dir)
     defining = defining_config(config)
     digest = fingerprint(defining)
     path = study_dir / STUDY_FILE
     if path.is_file():
-        stored = json.loads(path.read_text())
-        if stored["fingerprint"] != digest:
-            differences = config_differences(stored["config"], defining)
+        stored = read_json(path, "Delete it to record this config's fingerprint again (the results stay).")
+        if stored["fingerprint"] == digest:
+            return digest
+        differences = config_differences(stored["config"], defining)
+        if (study_dir / MASKS_FILE).is_file() or any((study_dir / "trials").glob("*.json")):
             raise ValueError(
                 f"`--study_dir` {str(study_dir)!r} holds a study with a different config; its results would be mixed "
                 f"with this one's. Differences: {'; '.join(differences)}. Use a new --study_dir, or restore these "
                 "settings to resume the stored study."
             )
-        return digest
+        _forget_unfinished_preparation(study_dir, stored["config"], defining)
+        rank_zero_info(f"{study_dir} was never fully prepared; taking the corrected config ({'; '.join(differences)}).")
     write_json(path, {"name": config.name, "fingerprint": digest, "config": defining, "created": time.time()})
     return digest
 
 
+def _forget_unfinished_preparation(study_dir: Path, stored: dict[str, Any], given: dict[str, Any]) -> None:
+    """Drop the pretrained weights of an unfinished preparation unless the corrected config defines them alike."""
+    if all(stored.get(part) == given.get(part) for part in PRETRAIN_DEFINING):
+        return
+    (study_dir / PRETRAINED_FILE).unlink(missing_ok=True)
+    shutil.rmtree(study_dir / "pretrain", ignore_errors=True)
+
+
 def _save_state(path: Path, state: dict[str, torch.Tensor], metrics: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save({"state_dict": state, "metrics": metrics}, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda file: torch.save({"state_dict": state, "metrics": metrics}, file))
 
 
 def _pretrain(config: StudyConfig) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
@@ -106,15 +119,16 @@ def _pretrain(config: StudyConfig) -> tuple[dict[str, torch.Tensor], dict[str, f
     module = ImageClassifier(
         model=config.model,
         model_kwargs=config.model_kwargs,
-        optimizer=class_callable(recipe.optimizer),
-        lr_scheduler=class_callable(recipe.lr_scheduler),
+        optimizer=optimizer_factory(recipe.optimizer),
+        lr_scheduler=scheduler_factory(recipe.lr_scheduler),
     )
     datamodule = build_datamodule(config)
-    if hasattr(datamodule, "seed"):
-        datamodule.seed = config.seed
+    seed_datamodule(datamodule, config.seed)
     folder = Path(config.study_dir) / "pretrain"
     last = folder / "last.ckpt"
-    checkpoint = ModelCheckpoint(dirpath=folder, save_last=True, save_top_k=0)
+    # One file rewritten after every epoch (save_last with save_top_k=0 writes only when training ends): a study
+    # killed during pretraining resumes from its last finished epoch.
+    checkpoint = ModelCheckpoint(dirpath=folder, filename="last", save_top_k=1, enable_version_counter=False)
     logger = wandb_logger(config, f"{config.name}-pretrain", "pretrain")
     try:
         kwargs = {**trainer_kwargs(config, recipe, gpu=None), "enable_checkpointing": True}
@@ -136,8 +150,7 @@ def ensure_pretrained(config: StudyConfig) -> Path:
         with quiet_lightning():
             state, metrics = _pretrain(config)
     elif config.checkpoint is not None:
-        state, metrics = load_network_state(Path(config.checkpoint)), {}
-        build_model(config.model, **config.model_kwargs).load_state_dict(state)  # fail early on a wrong checkpoint
+        state, metrics = load_network_state(Path(config.checkpoint), "--checkpoint"), {}  # `validate` checked it
     else:
         state, metrics = build_model(config.model, **config.model_kwargs).state_dict(), {}
     _save_state(path, state, metrics)
@@ -169,8 +182,7 @@ def masks_of_criteria(
     if not config.masks.criteria:
         return sizes, {}
     datamodule = build_datamodule(config)
-    if hasattr(datamodule, "seed"):
-        datamodule.seed = config.seed
+    seed_datamodule(datamodule, config.seed)
     datamodule.setup("fit")
     # The batches the `Pruning` callback scores on: a fit with that criterion prunes exactly the marked mask.
     loader = datamodule.train_eval_dataloader() if hasattr(datamodule, "train_eval_dataloader") else None
@@ -191,7 +203,7 @@ def ensure_masks(config: StudyConfig) -> list[dict[str, Any]]:
     """
     path = Path(config.study_dir) / MASKS_FILE
     if path.is_file():
-        return json.loads(path.read_text())["masks"]
+        return read_json(path, "Delete it and rerun: the same config draws the same masks again.")["masks"]
     sizes, chosen = masks_of_criteria(config, pretrained_network(config))
     sample = config.masks.sample
     drawn = enumerate_masks(sizes) if sample is None else sample_masks(sizes, sample, config.masks.seed)

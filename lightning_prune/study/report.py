@@ -10,7 +10,6 @@ import csv
 import io
 import json
 import os
-import tempfile
 import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from lightning_prune._files import write_atomic
 from lightning_prune.outcome import finite_or_none
 
 RESULT_COLUMNS = (
@@ -57,25 +57,22 @@ _INT_COLUMNS = ("mask_id", "repeat", "params", "macs")
 _TEXT_COLUMNS = ("trial_id", "layer_masks", "criterion")
 
 
-# ------------------------------------------------------------------------------------------------ atomic files
-def write_atomic(path: Path, content: str | bytes) -> None:
-    """Write ``content`` to ``path`` through a temporary file and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = "wb" if isinstance(content, bytes) else "w"
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, mode) as file:
-            file.write(content)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
+# --------------------------------------------------------------------------------------------------- files
 def write_json(path: Path, payload: Any) -> None:
     """Atomic JSON (indented, NaN refused: use None)."""
     write_atomic(path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
+
+
+def read_json(path: Path, remedy: str = "Delete it and rerun to write it again.") -> Any:
+    """A JSON file the study wrote, or one clear error naming the file and what to do.
+
+    Raises:
+        ValueError: if the file is not valid JSON (a truncated copy, a full disk, a hand edit).
+    """
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"`{path}` must be a complete JSON file, got unreadable content ({error}). {remedy}") from None
 
 
 # ----------------------------------------------------------------------------------------------- results.csv

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-CRITERIA = ("l1", "taylor", "oracle")
+DEFAULT_CRITERIA = ("l1", "taylor", "oracle")
 # Data arguments that move or feed the data without changing it: a study copied to a cluster keeps its fingerprint.
 _DATA_ARGS_NOT_FINGERPRINTED = frozenset({"root", "download", "num_workers", "pin_memory", "persistent_workers"})
 _SHORT_NAME_PACKAGES = ("lightning_prune.data", "torch.optim", "torch.optim.lr_scheduler")
@@ -52,8 +52,8 @@ class MaskConfig:
     """Number of unique masks drawn at random; null enumerates every combination (252 for 5 of 10 filters)."""
     seed: int = 0
     """Seed of the mask sampling."""
-    criteria: list[str] = field(default_factory=lambda: list(CRITERIA))
-    """Criteria scored on the pretrained model whose masks are added and marked: any of l1, taylor, oracle."""
+    criteria: list[str] = field(default_factory=lambda: list(DEFAULT_CRITERIA))
+    """Criteria scored on the pretrained model whose masks are added and marked: l1, taylor, oracle or random."""
     calibration_batches: int = 10
     """Training batches the taylor and oracle criteria score on."""
 
@@ -117,50 +117,35 @@ class StudyConfig:
     """W&B project of the runs."""
 
 
-_FINGERPRINTED = ("model", "model_kwargs", "data", "pretrain", "checkpoint", "masks", "retrain", "repeats", "seed")
+_FINGERPRINTED = (
+    "model", "model_kwargs", "data", "pretrain", "checkpoint", "masks", "retrain", "repeats", "seed", "prune_mode"
+)  # fmt: skip
+# The parts that define the pretrained weights: a study_dir whose preparation never finished keeps them when only
+# other parts are corrected.
+PRETRAIN_DEFINING = ("model", "model_kwargs", "data", "pretrain", "checkpoint", "seed")
 
 
-def resolve_class(class_path: str) -> type:
+def resolve_class(class_path: str, base: type | None = None) -> type:
     """Import ``class_path`` (``package.module.Class``, or a bare name from the data/optimizer packages).
 
+    Args:
+        class_path: Where the class lives.
+        base: The class it must be a subclass of (nothing else in a config may be called), or None.
+
     Raises:
-        ValueError: if nothing importable has that name.
+        ValueError: if nothing importable has that name, or it is not a subclass of ``base``.
     """
     candidates = [class_path] if "." in class_path else [f"{pkg}.{class_path}" for pkg in _SHORT_NAME_PACKAGES]
     for candidate in candidates:
         module_name, _, attr = candidate.rpartition(".")
         try:
-            return getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError):
+            found = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError, ValueError):
             continue
+        if base is not None and not (isinstance(found, type) and issubclass(found, base)):
+            raise ValueError(f"`class_path` must name a subclass of {base.__name__}, got {class_path!r}.")
+        return found
     raise ValueError(f"`class_path` must name an importable class, got {class_path!r}.")
-
-
-def check_class_spec(spec: Any, flag: str) -> list[str]:
-    """Problems of a ``{class_path, init_args}`` dict (empty when fine)."""
-    if not isinstance(spec, dict) or "class_path" not in spec:
-        return [f"`--{flag}` must be a mapping with `class_path` (and optional `init_args`), got {spec!r}."]
-    problems = []
-    unknown = sorted(set(spec) - {"class_path", "init_args"})
-    if unknown:
-        problems.append(f"`--{flag}` must hold only `class_path` and `init_args`, got extra keys {unknown}.")
-    try:
-        resolve_class(spec["class_path"])
-    except ValueError:
-        problems.append(f"`--{flag}.class_path` must name an importable class, got {spec['class_path']!r}.")
-    if not isinstance(spec.get("init_args", {}), dict):
-        problems.append(f"`--{flag}.init_args` must be a mapping, got {spec['init_args']!r}.")
-    return problems
-
-
-def _check_recipe(recipe: RecipeConfig | None, flag: str) -> list[str]:
-    if recipe is None:
-        return []
-    problems = [] if recipe.epochs >= 1 else [f"`--{flag}.epochs` must be at least 1, got {recipe.epochs}."]
-    problems += check_class_spec(recipe.optimizer, f"{flag}.optimizer")
-    if recipe.lr_scheduler is not None:
-        problems += check_class_spec(recipe.lr_scheduler, f"{flag}.lr_scheduler")
-    return problems
 
 
 def parse_shard(shard: str | None) -> tuple[int, int]:
@@ -175,86 +160,6 @@ def parse_shard(shard: str | None) -> tuple[int, int]:
     if not (index.isdigit() and count.isdigit() and 0 <= int(index) < int(count)):
         raise ValueError(f"`--shard` must be `i/n` with 0 <= i < n, got {shard!r}.")
     return int(index), int(count)
-
-
-def validate(config: StudyConfig) -> None:
-    """Check the whole config before any compute; every problem is collected and reported at once.
-
-    Raises:
-        ValueError: listing every problem, each naming its flag.
-    """
-    problems: list[str] = []
-    from lightning_prune.models import available_models
-
-    if config.model not in available_models():
-        problems.append(f"`--model` must be one of {available_models()}, got {config.model!r}.")
-    problems += check_class_spec(config.data, "data")
-    sources = [
-        flag
-        for flag, given in (
-            ("pretrain", config.pretrain is not None),
-            ("checkpoint", config.checkpoint is not None),
-            ("model_kwargs.weights", config.model_kwargs.get("weights") is not None),
-        )
-        if given
-    ]
-    if len(sources) != 1:
-        problems.append(
-            "Provide exactly one pretrained source: --pretrain (a recipe), --checkpoint or --model_kwargs.weights, "
-            f"got {sources or 'none'}."
-        )
-    if config.checkpoint is not None and not Path(config.checkpoint).is_file():
-        problems.append(f"`--checkpoint` must be an existing file, got {str(config.checkpoint)!r}.")
-    problems += _check_recipe(config.pretrain, "pretrain")
-    problems += _check_recipe(config.retrain, "retrain")
-    masks = config.masks
-    if not masks.layers:
-        problems.append("`--masks.layers` must map at least one layer pattern to a ratio, got {}.")
-    problems += [
-        f"`--masks.layers[{pattern!r}]` must be a ratio in (0, 1), got {ratio}."
-        for pattern, ratio in masks.layers.items()
-        if not 0 < ratio < 1
-    ]
-    if masks.sample is not None and masks.sample < 1:
-        problems.append(f"`--masks.sample` must be at least 1 (or null to enumerate), got {masks.sample}.")
-    unknown = sorted(set(masks.criteria) - set(CRITERIA))
-    if unknown:
-        problems.append(f"`--masks.criteria` must be among {list(CRITERIA)}, got {unknown}.")
-    if masks.calibration_batches < 1:
-        problems.append(f"`--masks.calibration_batches` must be at least 1, got {masks.calibration_batches}.")
-    for flag, value, minimum in (("repeats", config.repeats, 1), ("workers", config.workers, 1)):
-        if value < minimum:
-            problems.append(f"`--{flag}` must be at least {minimum}, got {value}.")
-    if config.cpu_threads is not None and config.cpu_threads < 1:
-        problems.append(f"`--cpu_threads` must be at least 1 (or null), got {config.cpu_threads}.")
-    if config.batch_masks < 1:
-        problems.append(f"`--batch_masks` must be at least 1, got {config.batch_masks}.")
-    gpus = config.gpus_per_trial
-    if gpus <= 0 or (gpus > 1 and not float(gpus).is_integer()):
-        problems.append(f"`--gpus_per_trial` must be in (0, 1] or a whole number, got {config.gpus_per_trial}.")
-    if config.cpus_per_trial <= 0:
-        problems.append(f"`--cpus_per_trial` must be positive, got {config.cpus_per_trial}.")
-    try:
-        parse_shard(config.shard)
-    except ValueError as error:
-        problems.append(str(error))
-    if config.batching == "on" and config.model in available_models() and not _batchable(config):
-        problems.append(
-            f"`--batching on` needs a network without BatchNorm, Dropout or buffers, got {config.model!r}. "
-            "Use --batching auto or off."
-        )
-    if config.executor == "local" and config.address is not None:
-        problems.append("Can't provide --address with --executor local. Choose --executor ray.")
-    if problems:
-        raise ValueError("Invalid study config:\n  " + "\n  ".join(problems))
-
-
-def _batchable(config: StudyConfig) -> bool:
-    from lightning_prune.models import build_model
-    from lightning_prune.modules.batched import supports_batching
-
-    kwargs = {k: v for k, v in config.model_kwargs.items() if k != "weights"}  # the structure only: no download
-    return supports_batching(build_model(config.model, **kwargs))
 
 
 def _jsonable(value: Any) -> Any:

@@ -218,3 +218,41 @@ def test_mnist_mini_datamodule_trains_under_lightning():
     assert trainer.global_step == 6
     assert trainer.num_training_batches == 3
     assert 0.0 <= trainer.callback_metrics["val_acc"] <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("name", "damage", "message"),
+    [
+        ("train-images-idx3-ubyte", lambda data: data[:-100],
+         r"must hold 18,048 bytes as its header says \(23 x 28 x 28 values\), got 17,948 \(truncated or corrupt\)"),
+        ("t10k-labels-idx1-ubyte", lambda data: b"\x00\x00\x08\x03" + data[4:],
+         r"must start with the IDX magic number 0x00000801, got 0x00000803 \(not an IDX file, or corrupt\)"),
+        ("t10k-images-idx3-ubyte", lambda data: b"",
+         r"must start with the IDX magic number 0x00000803, got 0 bytes \(not an IDX file, or corrupt\)"),
+    ],
+)  # fmt: skip
+def test_mnist_datamodule_corrupt_idx_file_is_named_before_any_training(mnist_root, name, damage, message):
+    root, _ = mnist_root
+    path = root / "MNIST" / "raw" / name
+    path.write_bytes(damage(path.read_bytes()))
+    datamodule = MNISTDataModule(root=str(root))
+    with pytest.raises(ValueError, match=rf"^`{path}` {message}\. Copy it again, or delete .*MNIST/raw and set"):
+        datamodule.setup("fit")
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_mnist_datamodule_train_order_follows_the_epoch_lightning_sets(mnist_root, in_memory):
+    """Lightning calls `set_epoch` on the loader's sampler at every epoch start; a resumed fit sets the epoch it
+    resumes at and must see the order an uninterrupted fit sees there."""
+    root, _ = mnist_root
+
+    def loader():
+        dm = MNISTDataModule(root=str(root), batch_size=4, in_memory=in_memory, seed=3)
+        dm.setup("fit")
+        return dm.train_dataloader()
+
+    uninterrupted = loader()
+    orders = [_all(uninterrupted)[1].tolist() for _ in range(3)]
+    resumed = loader()
+    resumed.sampler.set_epoch(2)
+    assert _all(resumed)[1].tolist() == orders[2] != orders[1]

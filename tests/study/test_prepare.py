@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch import Callback
 from study_fakes import copy_study, tiny_study
 
+from lightning_prune.study import prepare as prepare_module
 from lightning_prune.study.prepare import ensure_masks, ensure_pretrained, plan_trials
+from lightning_prune.study.process_context import cpu_threads
 from lightning_prune.study.spec import RecipeConfig
-from lightning_prune.study.trial import cpu_threads, load_network_state, run_unit
+from lightning_prune.study.validation import validate
+from lightning_prune.study.weights import load_network_state
+from lightning_prune.study.worker import run_unit
 
 
 def test_pretraining_resumes_from_its_last_checkpoint(tiny_mnist_root, tmp_path):
@@ -41,8 +47,31 @@ def test_pretrained_weights_from_a_lightning_checkpoint(finished, tmp_path):
     for name in expected:
         torch.testing.assert_close(state[name], expected[name])
     wrong = dataclasses.replace(from_checkpoint, study_dir=tmp_path / "wrong", model="lenet5_mini_w20")
-    with pytest.raises(RuntimeError, match="size mismatch"):
-        ensure_pretrained(wrong)
+    message = r"`--checkpoint` must hold weights of the model 'lenet5_mini_w20', got .*last.ckpt', which does not fit"
+    with pytest.raises(ValueError, match=message + r" it \(size mismatch for conv1.weight"):
+        validate(wrong)
+
+
+@pytest.mark.parametrize("kind", ["truncated", "malicious"])
+def test_unreadable_or_unsafe_study_checkpoint_is_one_line(finished, tmp_path, kind):
+    config, _ = finished
+    bad = tmp_path / "bad.ckpt"
+    if kind == "truncated":
+        good = (Path(config.study_dir) / "pretrained.ckpt").read_bytes()
+        bad.write_bytes(good[: len(good) // 3])
+        message = r"`--checkpoint` must be a complete checkpoint written by torch.save, got .*bad.ckpt, which cannot"
+    else:
+        torch.save({"state_dict": _RunsCode()}, bad)
+        message = r"`--checkpoint` must hold only tensors and plain Python values, got .*bad.ckpt, whose loading"
+    study = dataclasses.replace(config, study_dir=tmp_path / "study", pretrain=None, checkpoint=bad)
+    with pytest.raises(ValueError, match=message):
+        validate(study)
+    assert not (tmp_path / "study").exists() and not Path("pwned").exists()
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
 
 
 def test_masks_are_saved_once_and_criteria_marked(finished, tmp_path):
@@ -80,3 +109,40 @@ def test_prepare_only_stops_before_the_trials(finished, tmp_path):
     copy = copy_study(config, tmp_path / "copy", prepare_only=True)
     assert run_study(copy) is None
     assert not list((tmp_path / "copy" / "trials").iterdir()) and not (tmp_path / "copy" / "results.csv").exists()
+
+
+class _KilledAtEpoch(Callback):
+    """Dies when training reaches ``epoch`` (as a killed process would, after the epochs before it finished)."""
+
+    def __init__(self, epoch: int, started: list[int]) -> None:
+        self.epoch, self.started = epoch, started
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.started.append(trainer.current_epoch)
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("killed")
+
+
+def test_pretraining_killed_mid_way_resumes_from_the_last_finished_epoch(tiny_mnist_root, tmp_path, monkeypatch):
+    recipe = RecipeConfig(epochs=3, lr_scheduler=None)
+    started: list[int] = []
+    real = prepare_module.Trainer
+
+    def with_callback(callback):
+        return lambda **kwargs: real(**{**kwargs, "callbacks": [*kwargs["callbacks"], callback]})
+
+    def pretrained(study_dir: Path) -> dict:
+        with cpu_threads(1):
+            return load_network_state(ensure_pretrained(tiny_study(tiny_mnist_root, study_dir, pretrain=recipe)))
+
+    monkeypatch.setattr(prepare_module, "Trainer", with_callback(_KilledAtEpoch(2, started)))
+    with pytest.raises(RuntimeError, match="killed"):
+        pretrained(tmp_path / "killed")
+    assert started == [0, 1, 2] and not (tmp_path / "killed" / "pretrained.ckpt").exists()
+    monkeypatch.setattr(prepare_module, "Trainer", with_callback(_KilledAtEpoch(-1, started)))
+    resumed = pretrained(tmp_path / "killed")
+    assert started == [0, 1, 2, 2]  # only the unfinished epoch ran again
+    monkeypatch.undo()
+    straight = pretrained(tmp_path / "straight")
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=0)

@@ -1,19 +1,22 @@
 import csv
 import json
+import os
 import random
+import stat
 
 import numpy as np
 import pytest
 from scipy import stats
 
+from lightning_prune._files import write_atomic
 from lightning_prune.outcome import retrain_outcome, short_retrain_epochs
 from lightning_prune.study.report import (
     RESULT_COLUMNS,
     SUMMARY_KEYS,
+    read_json,
     read_results_csv,
     scatter_plot,
     summarize,
-    write_atomic,
     write_results_csv,
 )
 
@@ -132,6 +135,27 @@ def test_write_atomic_replaces_and_leaves_no_temporary_on_failure(tmp_path):
         write_atomic(target, 3.0)  # not text or bytes: the write fails after the temporary exists
     assert target.read_text() == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_write_atomic_gives_files_the_usual_umask_permissions(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "results.csv", "a,b\n")
+        write_atomic(tmp_path / "pretrained.ckpt", lambda file: file.write(b"\x00"))
+    finally:
+        os.umask(previous)
+    for name in ("results.csv", "pretrained.ckpt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644  # readable by others, as `touch` makes it
+
+
+def test_read_json_names_a_truncated_file_and_the_remedy(tmp_path):
+    path = tmp_path / "m00001-r0.json"
+    path.write_text('{"trial_id": "m00001-r0", "final_te')
+    with pytest.raises(ValueError, match=r"`.*m00001-r0.json` must be a complete JSON file, got unreadable content "
+                                         r"\(Unterminated string.*\)\. Retrain it\.$"):  # fmt: skip
+        read_json(path, "Retrain it.")
+    path.write_text('{"ok": 1}')
+    assert read_json(path) == {"ok": 1}
 
 
 def test_retrain_outcome_against_a_brute_force_loop():

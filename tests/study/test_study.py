@@ -16,13 +16,15 @@ from study_fakes import copy_study
 
 from lightning_prune.models import build_model
 from lightning_prune.pruning import PruningStructure
-from lightning_prune.study import executors, runner
-from lightning_prune.study import trial as trial_module
+from lightning_prune.study import building, executors, path_choice, runner, worker
+from lightning_prune.study.batched_path import run_batched_trials
+from lightning_prune.study.building import build_datamodule
 from lightning_prune.study.prepare import plan_trials
+from lightning_prune.study.process_context import cpu_threads
 from lightning_prune.study.report import RESULT_COLUMNS, SUMMARY_KEYS, read_results_csv
 from lightning_prune.study.runner import run_study
 from lightning_prune.study.spec import RecipeConfig
-from lightning_prune.study.trial import build_datamodule, cpu_threads, load_network_state, run_batched_trials
+from lightning_prune.study.weights import load_network_state
 
 
 def _without_seconds(path: Path) -> list[dict]:
@@ -84,7 +86,7 @@ def test_rerun_retrains_nothing(finished, monkeypatch):
         raise AssertionError("a finished trial was run again")
 
     monkeypatch.setattr(executors, "run_unit", must_not_run)
-    monkeypatch.setattr(runner, "use_batched_path", must_not_run)
+    monkeypatch.setattr(path_choice, "use_batched_path", must_not_run)
     assert run_study(config) == summary
     assert len(list((Path(config.study_dir) / "wandb").glob("offline-run-*"))) == runs_before  # no new summary run
 
@@ -93,7 +95,7 @@ def test_interrupted_study_resumes_to_the_same_results(finished, tmp_path, monke
     config, _ = finished
     total = len(list(Path(config.study_dir, "trials").glob("*.json")))
     copy = copy_study(config, tmp_path / "copy", keep=total - 4)
-    real = trial_module.run_single_trial
+    real = worker.run_single_trial
     calls = []
 
     def killed_in_second_trial(*args, **kwargs):
@@ -102,11 +104,11 @@ def test_interrupted_study_resumes_to_the_same_results(finished, tmp_path, monke
             raise KeyboardInterrupt  # the process dies in the middle of a trial
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(trial_module, "run_single_trial", killed_in_second_trial)
+    monkeypatch.setattr(worker, "run_single_trial", killed_in_second_trial)
     with pytest.raises(KeyboardInterrupt):
         run_study(copy)
     assert len(list((tmp_path / "copy" / "trials").glob("*.json"))) == total - 3  # one more trial was saved
-    monkeypatch.setattr(trial_module, "run_single_trial", real)
+    monkeypatch.setattr(worker, "run_single_trial", real)
     run_study(copy)
     resumed = _without_seconds(tmp_path / "copy" / "results.csv")
     assert resumed == _without_seconds(Path(config.study_dir) / "results.csv")
@@ -138,7 +140,7 @@ def test_shards_partition_the_trials_and_the_last_one_reports(finished, tmp_path
         return [t.trial_id for t in trials]
 
     monkeypatch.setattr(executors, "run_unit", replay)
-    monkeypatch.setattr(runner, "use_batched_path", lambda *a: False)
+    monkeypatch.setattr(path_choice, "use_batched_path", lambda *a: False)
     for index in range(3):
         result = run_study(dataclasses.replace(copy, shard=f"{index}/3"))
         assert all(t.index % 3 == index for t in seen[f"{index}/3"])
@@ -167,29 +169,41 @@ def test_batched_path_reproduces_one_at_a_time(finished):
         assert batched["final_test_acc"] == pytest.approx(single["final_test_acc"], abs=1e-4)
 
 
-def test_batched_path_choice(finished, monkeypatch):
+def test_batched_path_choice(finished):
     config, _ = finished
     trials = plan_trials(config, json.loads((Path(config.study_dir) / "masks.json").read_text())["masks"])
-    assert not runner.use_batched_path(dataclasses.replace(config, batching="off"), trials)
-    assert runner.use_batched_path(dataclasses.replace(config, batching="on"), trials)
-    auto = dataclasses.replace(config, batching="auto")
-    monkeypatch.setattr(runner, "time_training_steps", lambda *a: (2.0, 1.0))
-    assert runner.use_batched_path(auto, trials)
-    monkeypatch.setattr(runner, "time_training_steps", lambda *a: (1.0, 2.0))
-    assert not runner.use_batched_path(auto, trials)
-    units = runner.make_units(dataclasses.replace(config, batch_masks=4), trials, batched=True)
+    assert path_choice.use_batched_path(dataclasses.replace(config, batching="off"), trials) is False
+    assert path_choice.use_batched_path(dataclasses.replace(config, batching="on"), trials) is True
+    assert path_choice.use_batched_path(dataclasses.replace(config, batching="auto"), trials) is None  # measured
+    assert path_choice.use_batched_path(dataclasses.replace(config, batching="auto"), trials[:2]) is False
+    units = path_choice.make_units(dataclasses.replace(config, batch_masks=4), trials, batched=True)
     assert [len(u) for u, _ in units] == [4, 2, 4, 2] and all({t.repeat for t in u} == {u[0].repeat} for u, _ in units)
-    resnet = dataclasses.replace(config, model="cifar_resnet20", batching="on")
-    with pytest.raises(ValueError, match="`--batching on` needs a network without BatchNorm"):
-        runner.use_batched_path(resnet, trials)
-    assert not runner.use_batched_path(dataclasses.replace(resnet, batching="auto"), trials)
+    resnet = dataclasses.replace(config, model="cifar_resnet20", batching="auto")
+    assert path_choice.use_batched_path(resnet, trials) is False
 
 
-def test_time_training_steps_measures_both_paths(finished):
-    config, _ = finished
-    trials = plan_trials(config, json.loads((Path(config.study_dir) / "masks.json").read_text())["masks"])[:3]
-    single, per_copy = runner.time_training_steps(config, build_model("lenet5_mini"), trials, steps=1)
-    assert single > 0 and per_copy > 0
+@pytest.mark.parametrize(("single_seconds", "batched_seconds"), [(2.0, 1.0), (1.0, 2.0)])
+def test_auto_batching_measures_the_real_paths_and_takes_the_faster(finished, tmp_path, monkeypatch, single_seconds,
+                                                                    batched_seconds):  # fmt: skip
+    config, summary = finished
+    copy = copy_study(config, tmp_path / "copy", batching="auto", batch_masks=3)
+    units = []
+
+    def replay(config_, trials, batched, gpu=None):  # the finished records, timed as if this path took `seconds`
+        units.append((len(trials), batched))
+        for trial in trials:
+            record = json.loads((Path(config.study_dir) / "trials" / f"{trial.trial_id}.json").read_text())
+            record["seconds"] = batched_seconds if batched else single_seconds
+            (Path(config_.study_dir) / "trials" / f"{trial.trial_id}.json").write_text(json.dumps(record))
+        return [t.trial_id for t in trials]
+
+    monkeypatch.setattr(executors, "run_unit", replay)
+    run_study(copy)
+    total = len(list(Path(config.study_dir, "trials").glob("*.json")))
+    assert units[:2] == [(1, False), (3, True)]  # one trial alone, then one batched unit: real work, kept
+    rest = units[2:]
+    assert all(batched == (batched_seconds < single_seconds) for _, batched in rest)
+    assert sum(n for n, _ in units) == total
 
 
 def test_cli_runs_a_study_from_yaml(finished, tmp_path):
@@ -208,6 +222,6 @@ def test_cli_runs_a_study_from_yaml(finished, tmp_path):
 
 def test_unit_helpers():
     recipe = RecipeConfig()
-    assert trial_module.class_callable(None) is None
-    optimizer = trial_module.class_callable(recipe.optimizer)([torch.nn.Parameter(torch.zeros(1))])
+    assert building.scheduler_factory(None) is None
+    optimizer = building.optimizer_factory(recipe.optimizer)([torch.nn.Parameter(torch.zeros(1))])
     assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["lr"] == 1e-3
