@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from lightning.pytorch import Trainer, seed_everything
 
-from lightning_prune.study.building import optimizer_factory, scheduler_factory, seed_datamodule, trainer_kwargs
 from lightning_prune.outcome import retrain_outcome
+from lightning_prune.study.building import optimizer_factory, scheduler_factory, seed_datamodule, trainer_kwargs
 from lightning_prune.study.seeding import SeedAtTrainStart
 from lightning_prune.study.spec import StudyConfig
 from lightning_prune.study.trial import Trial, trial_record
