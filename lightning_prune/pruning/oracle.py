@@ -39,11 +39,16 @@ def _ablated_parameters(
     return stacked
 
 
+def _main_output(output):
+    """The tensor output: a transformers model output also holds its KV cache, which neither vmap nor stack takes."""
+    return getattr(output, "logits", output)
+
+
 def _vmapped_outputs(network: nn.Module, stacked: dict[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
     """Outputs `[K, B, ...]` of the network under each of the K parameter variants, in one batched pass."""
 
     def run(variant: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        return functional_call(network, variant, (x,))
+        return _main_output(functional_call(network, variant, (x,)))
 
     return vmap(run, in_dims=(0, None))(stacked, inputs)
 
@@ -57,7 +62,7 @@ def _looped_outputs(network: nn.Module, stacked: dict[str, torch.Tensor], inputs
         for k in range(next(iter(stacked.values())).shape[0]):
             for name, variants in stacked.items():
                 parameters[name].data.copy_(variants[k])
-            outputs.append(network(inputs))
+            outputs.append(_main_output(network(inputs)))
     finally:
         for name, original in originals.items():
             parameters[name].data.copy_(original)
