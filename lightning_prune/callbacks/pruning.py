@@ -19,7 +19,7 @@ from lightning_prune.pruning.checkpoint import RECORD_VERSION, read_record, reso
 from lightning_prune.pruning.importance import CRITERIA, build_criterion, lowest_units
 from lightning_prune.pruning.masks import MaskGuard
 from lightning_prune.pruning.metrics import count_params_and_macs, evaluate_classifier
-from lightning_prune.pruning.structure import PruningStructure, check_ratios
+from lightning_prune.pruning.structure import PruningStructure, build_structure, check_ratios
 
 _HISTORY_KEYS = {"val_acc": ("val/acc",), "val_loss": ("val/loss",), "train_loss": ("train/loss_epoch", "train/loss")}
 
@@ -30,7 +30,8 @@ class Pruning(Callback):
     What the LightningModule must provide:
       - the network to prune as attribute `target` (default `model`; `""` = the module itself), called on a
         batch's inputs `x` where training batches are `(x, y)`;
-      - optionally `loss_fn(outputs, y)` (default cross-entropy), used by the `taylor` and `oracle` criteria;
+      - optionally `loss_fn(outputs, y)` (default cross-entropy), used by the `taylor` and `oracle` criteria, and
+        `evaluate_network(network, loader, device) -> (loss, acc)` for `pruned/*` (default: a classifier's);
       - optionally `example_input_array` (a tensor); otherwise the first training batch's `x[:1]` traces the graph;
       - optionally `start_retrain()`, called at the boundary; then `configure_optimizers` is called again through
         `trainer.strategy.setup_optimizers(trainer)` and must build a fresh optimizer over `self.parameters()`;
@@ -46,7 +47,9 @@ class Pruning(Callback):
     logger; `prune/indices` as a JSON hyperparameter. During retraining `retrain/epoch` is logged each epoch, and at
     the end `final/test_acc|test_loss|train_loss` (best val accuracy epoch), `last/...` (last epoch) and the mean/std
     over the last 5 epochs (`last5/...`). Everything is also kept on the callback: `pruned_indices`,
-    `pruned_metrics`, `retrain_history`, `final_metrics`.
+    `pruned_metrics`, `retrain_history`, `final_metrics`. A transformers model is saved at the end as
+    `<log dir>/pruned_hf` for `from_pretrained` when its pruned sizes are the same in every layer (else a warning
+    says why not).
 
     Args:
         criterion: `l1`, `taylor`, `oracle`, `random` or `explicit`.
@@ -126,13 +129,13 @@ class Pruning(Callback):
             rank_zero_warn(f"Pruning: prune epoch {self.prune_epoch} >= max_epochs {max_epochs}; it will not prune.")
         if any(isinstance(cb, ModelCheckpoint) and cb.save_weights_only for cb in trainer.callbacks):
             rank_zero_warn("Pruning: `save_weights_only` checkpoints carry no pruning record and cannot be restored.")
-        self._plan(PruningStructure(network, self._example_input(trainer, pl_module)))
+        self._plan(build_structure(network, self._example_input(trainer, pl_module)))
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.pruned and self.mode == "mask" and self._guard is None:  # resumed after pruning
             network = resolve_target(pl_module, self.target)
-            structure = PruningStructure(network, self._example_input(trainer, pl_module).to(pl_module.device))
+            structure = build_structure(network, self._example_input(trainer, pl_module).to(pl_module.device))
             self._guard = MaskGuard(network, structure.parameter_masks(self.pruned_indices))
 
     @override
@@ -162,6 +165,8 @@ class Pruning(Callback):
         self.final_metrics = summarize_history(self.retrain_history)
         if self.final_metrics:
             _log_to_loggers(trainer, self.final_metrics)
+        if self.pruned and trainer.is_global_zero:
+            self._save_pruned_pretrained(trainer, pl_module)
 
     @override
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
@@ -218,7 +223,7 @@ class Pruning(Callback):
     def _prune(self, trainer: Trainer, pl_module: LightningModule) -> None:
         network = resolve_target(pl_module, self.target)
         example = self._example_input(trainer, pl_module).to(pl_module.device)
-        structure = PruningStructure(network, example)
+        structure = build_structure(network, example)
         counts = self._plan(structure)
         criterion = build_criterion(self.criterion, **self._criterion_options())
         batches = []
@@ -226,7 +231,8 @@ class Pruning(Callback):
             batches = _calibration_batches(trainer, self.calibration_batches, pl_module.device)
         loss_fn = getattr(pl_module, "loss_fn", None) or F.cross_entropy
         scores = criterion.scores(structure, list(counts), batches, loss_fn)
-        indices = trainer.strategy.broadcast(lowest_units(scores, counts, self.global_pruning), src=0)
+        choose = getattr(structure, "choose_units", lowest_units)  # transformer heads: equal per KV group
+        indices = trainer.strategy.broadcast(choose(scores, counts, self.global_pruning), src=0)
 
         metrics: dict[str, float] = {}
         metrics["prune/params_before"], metrics["prune/macs_before"] = count_params_and_macs(network, example)
@@ -258,15 +264,37 @@ class Pruning(Callback):
             + ", ".join(f"{name}: {len(idxs)}" for name, idxs in indices.items())
         )
 
+    def _save_pruned_pretrained(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """transformers models: `save_pretrained` the pruned model as `<log dir>/pruned_hf` (see `hf_export`)."""
+        network = resolve_target(pl_module, self.target)
+        if not callable(getattr(network, "save_pretrained", None)):
+            return
+        from pathlib import Path
+
+        from lightning_prune.pruning.hf_export import save_pruned_pretrained
+
+        if self.mode == "mask":  # what the masks mean: the same model with the units removed
+            network = _pruned_copy(network, self._example_input(trainer, pl_module).to(pl_module.device),
+                                   self.pruned_indices)
+        folder = Path(trainer.log_dir or trainer.default_root_dir) / "pruned_hf"
+        reason = save_pruned_pretrained(network, folder)
+        if reason is None:
+            rank_zero_info(f"Pruning: saved the pruned model for `from_pretrained` to {folder}.")
+        else:
+            rank_zero_warn(f"Pruning: no {folder.name}/ written: {reason}. Reload the pruned model from the "
+                           "Lightning checkpoint instead (its pruning record replays the pruning).")
+
     def _measure(self, trainer: Trainer, network: torch.nn.Module, device: torch.device) -> dict[str, float]:
         metrics = {}
+        # A module may say how its network is evaluated (a causal LM: next-token loss and accuracy).
+        evaluate = getattr(trainer.lightning_module, "evaluate_network", None) or evaluate_classifier
         train_loader = _train_eval_loader(trainer) or _train_loader(trainer)
-        metrics["pruned/train_loss"], metrics["pruned/train_acc"] = evaluate_classifier(network, train_loader, device)
+        metrics["pruned/train_loss"], metrics["pruned/train_acc"] = evaluate(network, train_loader, device)
         test_loader = _test_loader(trainer)
         if test_loader is None:
             rank_zero_warn("Pruning: no test or val dataloader; `pruned/test_*` are not measured.")
         else:
-            metrics["pruned/test_loss"], metrics["pruned/test_acc"] = evaluate_classifier(network, test_loader, device)
+            metrics["pruned/test_loss"], metrics["pruned/test_acc"] = evaluate(network, test_loader, device)
         return metrics
 
 
@@ -341,7 +369,7 @@ def _pruned_copy(network: torch.nn.Module, example: torch.Tensor, indices: dict[
     import copy
 
     clone = copy.deepcopy(network)
-    PruningStructure(clone, example).prune(indices)
+    build_structure(clone, example).prune(indices)
     return clone
 
 
