@@ -17,6 +17,7 @@ from typing_extensions import override
 
 from lightning_prune.pruning.checkpoint import RECORD_VERSION, read_record, resolve_target
 from lightning_prune.pruning.importance import CRITERIA, build_criterion, lowest_units
+from lightning_prune.pruning.inputs import first_example, to_device
 from lightning_prune.pruning.masks import MaskGuard
 from lightning_prune.pruning.metrics import count_params_and_macs, evaluate_classifier
 from lightning_prune.pruning.structure import PruningStructure, build_structure, check_ratios
@@ -135,7 +136,7 @@ class Pruning(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.pruned and self.mode == "mask" and self._guard is None:  # resumed after pruning
             network = resolve_target(pl_module, self.target)
-            structure = build_structure(network, self._example_input(trainer, pl_module).to(pl_module.device))
+            structure = build_structure(network, to_device(self._example_input(trainer, pl_module), pl_module.device))
             self._guard = MaskGuard(network, structure.parameter_masks(self.pruned_indices))
 
     @override
@@ -217,12 +218,14 @@ class Pruning(Callback):
             example = getattr(pl_module, "example_input_array", None)
             if not isinstance(example, torch.Tensor):
                 example = _first_batch_inputs(trainer)
+            if isinstance(example, dict):  # keyword inputs (a multimodal batch): trace on the first example
+                return first_example(example)
             self._example = {"shape": [1, *example.shape[1:]], "dtype": str(example.dtype).removeprefix("torch.")}
         return torch.zeros(self._example["shape"], dtype=getattr(torch, self._example["dtype"]))
 
     def _prune(self, trainer: Trainer, pl_module: LightningModule) -> None:
         network = resolve_target(pl_module, self.target)
-        example = self._example_input(trainer, pl_module).to(pl_module.device)
+        example = to_device(self._example_input(trainer, pl_module), pl_module.device)
         structure = build_structure(network, example)
         counts = self._plan(structure)
         criterion = build_criterion(self.criterion, **self._criterion_options())
@@ -274,8 +277,8 @@ class Pruning(Callback):
         from lightning_prune.pruning.hf_export import save_pruned_pretrained
 
         if self.mode == "mask":  # what the masks mean: the same model with the units removed
-            network = _pruned_copy(network, self._example_input(trainer, pl_module).to(pl_module.device),
-                                   self.pruned_indices)
+            example = to_device(self._example_input(trainer, pl_module), pl_module.device)
+            network = _pruned_copy(network, example, self.pruned_indices)
         folder = Path(trainer.log_dir or trainer.default_root_dir) / "pruned_hf"
         reason = save_pruned_pretrained(network, folder)
         if reason is None:
@@ -415,7 +418,7 @@ def _calibration_batches(trainer: Trainer, count: int, device: torch.device) -> 
     """The first `count` training batches (eval-transform loader if the datamodule has one), on `device`."""
     batches = []
     for batch in _train_eval_loader(trainer) or _train_loader(trainer):
-        batches.append((batch[0].to(device), batch[1].to(device)))
+        batches.append((to_device(batch[0], device), batch[1].to(device)))
         if len(batches) == count:
             break
     return batches

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_prune.pruning.inputs import call_network, to_device
+
 IGNORE_INDEX = -100
 
 
@@ -57,10 +59,8 @@ def evaluate_causal_lm(
         network.eval()
         with torch.no_grad():
             for batch in batches:
-                inputs, labels = batch[0], batch[1]
-                if device is not None:
-                    inputs, labels = inputs.to(device), labels.to(device)
-                logits = _logits(network(inputs))
+                inputs, labels = to_device(batch[0], device), to_device(batch[1], device)
+                logits = _logits(call_network(network, inputs))
                 loss_sum += float(causal_lm_loss(logits, labels, reduction="sum"))
                 targets = labels[..., 1:]
                 scored = targets != IGNORE_INDEX

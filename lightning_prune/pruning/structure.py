@@ -20,6 +20,7 @@ import torch_pruning as tp
 from torch import nn
 
 from lightning_prune.pruning.attention import head_slices, is_head_prunable, prune_heads
+from lightning_prune.pruning.inputs import first_example
 from lightning_prune.pruning.slices import ParamSlice, group_slices, masks_from_slices
 
 LayerKind = Literal["channels", "heads", "kv_groups"]
@@ -77,7 +78,7 @@ def build_dependency_graph(network: nn.Module, example_input: torch.Tensor) -> t
         # Callers may sit in a validation hook: tracing needs autograd.
         with torch.inference_mode(False), torch.enable_grad():
             graph = tp.DependencyGraph().build_dependency(
-                network, example_input.clone(), output_transform=keep_outputs, verbose=False
+                network, first_example(example_input), output_transform=keep_outputs, verbose=False
             )
     finally:
         for module, training in modes.items():
@@ -339,8 +340,8 @@ def replay_pruning(network: nn.Module, record: dict, example_input: torch.Tensor
         graph.load_pruning_history([list(entry) for entry in record["history"]])
     for name, idxs in record.get("heads", {}).items():
         prune_heads(network, name, list(idxs))
-    if record.get("decoder_heads"):
-        from lightning_prune.pruning.transformer import replay_decoder_heads
+    if record.get("decoder_mlp") or record.get("decoder_heads"):
+        from lightning_prune.pruning.transformer import replay_decoder
 
-        replay_decoder_heads(network, record["decoder_heads"])
+        replay_decoder(network, record)
     sync_torchvision_attributes(network)

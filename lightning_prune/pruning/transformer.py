@@ -4,7 +4,8 @@ Three unit kinds, named after module names so layer patterns read as usual (`mod
 
 - `<...>.mlp` (`channels`): intermediate channels of a gated MLP (`gate_proj`, `up_proj`, `down_proj`). Channel `c`
   is row `c` of gate and up and column `c` of down. The group comes from Torch-Pruning's dependency graph, which
-  traces these blocks (silu(gate) * up -> down) and prunes them physically.
+  traces these blocks (silu(gate) * up -> down) and prunes them physically; where the model does not trace on
+  the example input, the same explicit rule does (`mlp_slices`, `prune_mlp_channels`; a test checks they agree).
 - `<...>.self_attn` (`heads`): query heads. With grouped-query attention (`G = heads / kv_heads > 1`) the same
   number of query heads must go from every KV group, so `repeat_kv` still pairs query head `j` with KV head
   `j // G'`; pruned counts are multiples of `kv_heads`. Without GQA (`G = 1`) a head goes with its own k and v.
@@ -14,9 +15,14 @@ Torch-Pruning cannot prune GQA heads (it prunes the head dimension, or breaks `n
 follow an explicit rule here, as `attention.py` does for `nn.MultiheadAttention`: a head is its q rows (and
 bias) and its o_proj columns; mask mode zeros them, which removes the head's output exactly; physical mode
 rebuilds the four projections with the kept rows/columns and sets `num_key_value_groups`.
+
+The replay record names the removed units (`decoder_mlp`, `decoder_heads`) and is replayed by the explicit rules,
+so restoring a checkpoint needs no example input (a multimodal batch is not stored in the record).
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 import torch_pruning as tp
@@ -113,6 +119,29 @@ def head_slices(name: str, attention: nn.Module, kind: str) -> list[ParamSlice]:
     return slices
 
 
+def mlp_slices(name: str, mlp: nn.Module) -> list[ParamSlice]:
+    """Parameter slices of every intermediate channel of a gated MLP: gate/up rows (and biases), down columns."""
+    channels = _as_long(list(range(mlp.gate_proj.out_features)))
+    slices = []
+    for proj in ("gate_proj", "up_proj"):
+        slices.append(ParamSlice(f"{name}.{proj}.weight", 0, channels, channels))
+        if getattr(mlp, proj).bias is not None:
+            slices.append(ParamSlice(f"{name}.{proj}.bias", 0, channels, channels))
+    slices.append(ParamSlice(f"{name}.down_proj.weight", 1, channels, channels))
+    return slices
+
+
+def prune_mlp_channels(mlp: nn.Module, channels: list[int]) -> None:
+    """Remove intermediate channels of a gated MLP in place (gate/up rows, down columns)."""
+    gone = set(channels)
+    kept = [c for c in range(mlp.gate_proj.out_features) if c not in gone]
+    mlp.gate_proj = _kept_linear(mlp.gate_proj, rows=kept)
+    mlp.up_proj = _kept_linear(mlp.up_proj, rows=kept)
+    mlp.down_proj = _kept_linear(mlp.down_proj, columns=kept)
+    if hasattr(mlp, "intermediate_size"):
+        mlp.intermediate_size = len(kept)
+
+
 def _kept_linear(linear: nn.Linear, rows: list[int] | None = None, columns: list[int] | None = None) -> nn.Linear:
     """A new linear holding only the given output rows / input columns of `linear` (same device and dtype)."""
     weight = linear.weight.detach()
@@ -166,9 +195,11 @@ def prune_attention_heads(attention: nn.Module, query_heads: list[int], kv_group
             setattr(attention, attribute, value)
 
 
-def replay_decoder_heads(network: nn.Module, record: dict[str, dict[str, list[int]]]) -> None:
-    """Redo `{attention: {"heads": [...], "kv_groups": [...]}}` (from `DecoderStructure.prune`) on `network`."""
-    for name, removed in record.items():
+def replay_decoder(network: nn.Module, record: dict) -> None:
+    """Redo the `decoder_mlp` and `decoder_heads` parts of a `DecoderStructure.prune` record on `network`."""
+    for name, channels in record.get("decoder_mlp", {}).items():
+        prune_mlp_channels(network.get_submodule(name), list(channels))
+    for name, removed in record.get("decoder_heads", {}).items():
         prune_attention_heads(network.get_submodule(name), list(removed["heads"]), list(removed["kv_groups"]))
 
 
@@ -180,17 +211,18 @@ class DecoderStructure(PruningStructure):
 
     Args:
         network: The model (not a copy: `prune` changes it), e.g. a `LlamaForCausalLM`.
-        example_input: Token ids `[1, T]` the model accepts (traces the MLP groups).
+        example_input: Token ids `[1, T]` (or a dict of keyword inputs) the model accepts, to trace the MLP groups
+            with Torch-Pruning; None, or a model that does not trace, uses the explicit MLP rule.
     """
 
-    def __init__(self, network: nn.Module, example_input: torch.Tensor) -> None:
+    def __init__(self, network: nn.Module, example_input: torch.Tensor | dict | None) -> None:
         self.network = network
         self.example_input = example_input
-        self.graph, _ = build_dependency_graph(network, example_input)
+        self.graph = self._trace(network, example_input)
         self.layers = decoder_units(network)
         self._groups = {}
         for name, layer in self.layers.items():
-            if layer.kind == "channels":
+            if layer.kind == "channels" and self.graph is not None:
                 gate = network.get_submodule(name).gate_proj
                 self._groups[name] = self.graph.get_pruning_group(
                     gate, tp.prune_linear_out_channels, list(range(layer.units))
@@ -198,6 +230,17 @@ class DecoderStructure(PruningStructure):
         self._slices: dict[str, list[ParamSlice]] = {}
         self._coupled: dict[str, list[str]] = {}
         self._pruned = False
+
+    @staticmethod
+    def _trace(network: nn.Module, example_input) -> object | None:
+        if example_input is None:
+            return None
+        try:
+            return build_dependency_graph(network, example_input)[0]
+        except (RuntimeError, TypeError, ValueError, AttributeError, IndexError, KeyError) as error:
+            warnings.warn(f"Torch-Pruning cannot trace {type(network).__name__} ({error}); MLP channels follow the "
+                          "explicit gate/up/down rule.", stacklevel=3)
+            return None
 
     def _merge_coupled(self, ordered: dict[str, float]) -> dict[str, float]:
         both = [n for n in ordered if n.endswith(KV_SUFFIX) and _attention_of(n) in ordered]
@@ -284,8 +327,10 @@ class DecoderStructure(PruningStructure):
         """Every parameter entry of each unit: MLP group from Torch-Pruning, head rows/columns from the rule."""
         if name not in self._slices:
             layer = self.layers[name]
-            if layer.kind == "channels":
+            if layer.kind == "channels" and self.graph is not None:
                 self._slices[name] = group_slices(self.graph, self._groups[name])
+            elif layer.kind == "channels":
+                self._slices[name] = mlp_slices(name, self.network.get_submodule(name))
             else:
                 attention = _attention_of(name)
                 self._slices[name] = head_slices(attention, self.network.get_submodule(attention), layer.kind)
@@ -299,26 +344,27 @@ class DecoderStructure(PruningStructure):
         """Remove the units physically: MLP channels through Torch-Pruning, heads and groups by the explicit rule.
 
         Returns:
-            The replay record: `{"history": Torch-Pruning history, "heads": {}, "decoder_heads": {attention:
-            {"heads": [...], "kv_groups": [...]}}}`, plain types.
+            The replay record: `{"history": [], "heads": {}, "decoder_mlp": {mlp: [channels]}, "decoder_heads":
+            {attention: {"heads": [...], "kv_groups": [...]}}}`, plain types (replayed by `replay_decoder`).
         """
         if self._pruned:
             raise RuntimeError("this PruningStructure has already pruned its network; build a new one.")
         self._pruned = True
+        mlp: dict[str, list[int]] = {}
         attention: dict[str, dict[str, list[int]]] = {}
         for name, idxs in indices.items():
             if not idxs:
                 continue
-            kind = self.layers[name].kind
+            kind, chosen = self.layers[name].kind, sorted(int(i) for i in idxs)
             if kind == "channels":
-                self._groups_for_prune(name, sorted(int(i) for i in idxs)).prune()
+                mlp[name] = chosen
+                if self.graph is not None:
+                    gate = self.network.get_submodule(name).gate_proj
+                    self.graph.get_pruning_group(gate, tp.prune_linear_out_channels, chosen).prune()
+                else:
+                    prune_mlp_channels(self.network.get_submodule(name), chosen)
                 continue
             entry = attention.setdefault(_attention_of(name), {"heads": [], "kv_groups": []})
-            entry["heads" if kind == "heads" else "kv_groups"] = sorted(int(i) for i in idxs)
-        replay_decoder_heads(self.network, attention)
-        history = [[str(n), bool(out), [int(i) for i in idxs]] for n, out, idxs in self.graph.pruning_history()]
-        return {"history": history, "heads": {}, "decoder_heads": attention}
-
-    def _groups_for_prune(self, name: str, idxs: list[int]):
-        gate = self.network.get_submodule(name).gate_proj
-        return self.graph.get_pruning_group(gate, tp.prune_linear_out_channels, idxs)
+            entry["heads" if kind == "heads" else "kv_groups"] = chosen
+        replay_decoder(self.network, {"decoder_heads": attention})
+        return {"history": [], "heads": {}, "decoder_mlp": mlp, "decoder_heads": attention}

@@ -183,3 +183,18 @@ def test_random_and_explicit_criteria_choose_valid_units():
     explicit = build_criterion("explicit", indices={"model.layers.1.mlp": [0, 9]})
     picked = structure.choose_units(explicit.scores(structure, ["model.layers.1.mlp"]), {"model.layers.1.mlp": 2})
     assert picked == {"model.layers.1.mlp": [0, 9]}
+
+
+def test_explicit_mlp_rule_matches_torch_pruning_slices_and_pruning():
+    traced, explicit = build_structure(tiny_qwen2(), EXAMPLE), build_structure(tiny_qwen2(), None)
+    assert explicit.graph is None
+
+    def as_dict(structure):
+        return {(p.param, p.dim): p.units.tolist() for p in structure.slices("model.layers.0.mlp")}
+
+    assert as_dict(explicit) == as_dict(traced)
+    indices = {"model.layers.0.mlp": [0, 7, 8], "model.layers.1.self_attn.kv_groups": [1]}
+    traced.prune(indices)
+    explicit.prune(indices)
+    ids, _ = token_batch()
+    torch.testing.assert_close(_logits(explicit.network, ids), _logits(traced.network, ids))

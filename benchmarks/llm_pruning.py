@@ -1,0 +1,135 @@
+"""What structured pruning buys on a decoder LM, and what the oracle costs to score its units.
+
+A random Llama (hidden 512, 8 layers, 8 query heads in 2 KV groups of head_dim 64, MLP 1408, vocabulary 32,000)
+is pruned physically at 50% of every layer's MLP channels and 25% of its query heads (one per KV group), by L1.
+
+1. Parameters before and after.
+2. Prefill time (one forward pass of `--prefill-batch` x `--prefill-length` tokens, no grad) and
+   forward+backward time (`--train-batch` x `--train-length` tokens, next-token loss), median of `--repeats`,
+   before and after; speed-up = before / after.
+3. Oracle scoring cost: wall time to score all query heads of all layers and the MLP channels of one layer on
+   one calibration batch (`--calib-batch` x `--calib-length`), in calibration passes per unit (time / units /
+   time of one plain forward pass over the same batch).
+
+Usage: `python benchmarks/llm_pruning.py --json benchmarks/results/llm_pruning_cpu.json [--threads 1]`
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from lightning_prune.pruning.importance import build_criterion
+from lightning_prune.pruning.lm_loss import causal_lm_loss
+from lightning_prune.pruning.structure import build_structure
+
+PATTERNS = {"model.layers.*.mlp": 0.5, "model.layers.*.self_attn": 0.25}
+
+
+def _model(device: torch.device) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=32000, hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
+        num_key_value_heads=2, head_dim=64, max_position_embeddings=2048, tie_word_embeddings=False,
+    )
+    return LlamaForCausalLM(config).to(device).eval()
+
+
+def _median_time(run: Callable[[], object], repeats: int, device: torch.device) -> float:
+    times = []
+    for _ in range(repeats + 1):  # the first run warms up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
+def _speeds(model: LlamaForCausalLM, args: argparse.Namespace, device: torch.device) -> dict[str, float]:
+    generator = torch.Generator().manual_seed(0)
+    prefill = torch.randint(0, 32000, (args.prefill_batch, args.prefill_length), generator=generator).to(device)
+    train = torch.randint(0, 32000, (args.train_batch, args.train_length), generator=generator).to(device)
+
+    def forward():
+        with torch.no_grad():
+            model(prefill, use_cache=False)
+
+    def forward_backward():
+        model.zero_grad(set_to_none=True)
+        causal_lm_loss(model(train, use_cache=False), train).backward()
+
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "prefill_s": _median_time(forward, args.repeats, device),
+        "forward_backward_s": _median_time(forward_backward, args.repeats, device),
+    }
+
+
+def _oracle_cost(model: LlamaForCausalLM, args: argparse.Namespace, device: torch.device) -> dict:
+    ids = torch.randint(0, 32000, (args.calib_batch, args.calib_length),
+                        generator=torch.Generator().manual_seed(1)).to(device)
+    batches = [(ids, ids)]
+    structure = build_structure(model, ids[:1, :8])
+    pass_s = _median_time(lambda: causal_lm_loss(model(ids, use_cache=False), ids), args.repeats, device)
+    oracle = build_criterion("oracle", chunk_size=args.chunk_size)
+    cost = {"calibration_pass_s": pass_s}
+    for label, layers in (("heads_all_layers", [f"model.layers.{i}.self_attn" for i in range(8)]),
+                          ("mlp_one_layer", ["model.layers.0.mlp"])):
+        units = sum(structure.layers[name].units for name in layers)
+        start = time.perf_counter()
+        with torch.no_grad():
+            oracle.scores(structure, layers, batches, causal_lm_loss)
+        seconds = time.perf_counter() - start
+        cost[label] = {"units": units, "seconds": seconds, "passes_per_unit": seconds / units / pass_s}
+    return cost
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--prefill-batch", type=int, default=1)
+    parser.add_argument("--prefill-length", type=int, default=512)
+    parser.add_argument("--train-batch", type=int, default=2)
+    parser.add_argument("--train-length", type=int, default=256)
+    parser.add_argument("--calib-batch", type=int, default=1)
+    parser.add_argument("--calib-length", type=int, default=128)
+    parser.add_argument("--chunk-size", type=int, default=16)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+
+    model = _model(device)
+    result: dict = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+                    "torch_threads": args.threads, "device": str(device), "args": vars(args) | {"json": str(args.json)}}
+    result["oracle"] = _oracle_cost(model, args, device)
+    result["before"] = _speeds(model, args, device)
+    pruned = copy.deepcopy(model)
+    structure = build_structure(pruned, torch.zeros(1, 8, dtype=torch.long, device=device))
+    counts = structure.pruned_counts(structure.select(PATTERNS))
+    scores = build_criterion("l1").scores(structure, list(counts))
+    structure.prune(structure.choose_units(scores, counts))
+    result["after"] = _speeds(pruned, args, device)
+    result["speedup"] = {key: result["before"][key] / result["after"][key]
+                         for key in ("prefill_s", "forward_backward_s")}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
