@@ -9,6 +9,7 @@ _LAZY = {
     "ImageNetDataModule": "lightning_prune.data.imagenet",
     "VideoQADataModule": "lightning_prune.data.video_qa",
     "TextDataModule": "lightning_prune.data.text",
+    "LlavaInstructDataModule": "lightning_prune.data.llava_instruct",
 }
 
 __all__ = sorted(_LAZY)

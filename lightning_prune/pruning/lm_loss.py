@@ -72,3 +72,34 @@ def evaluate_causal_lm(
     if count == 0:
         return float("nan"), float("nan")
     return loss_sum / count, correct / count
+
+
+def answer_losses(outputs, labels: torch.Tensor) -> torch.Tensor:
+    """Summed next-token loss of each sequence's labelled tokens: `[B]` (minus its answer log-likelihood)."""
+    logits = _logits(outputs)[..., :-1, :].float()
+    targets = labels[..., 1:].to(logits.device)
+    per_token = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
+    return per_token.sum(dim=-1)
+
+
+def multiple_choice_accuracy(
+    losses: torch.Tensor, question: torch.Tensor, option: torch.Tensor, gold: torch.Tensor
+) -> float:
+    """Share of questions whose lowest-loss option is the gold one (ties: the earlier option).
+
+    Args:
+        losses: `[N]` answer losses (`answer_losses`), one per (question, option) item.
+        question: `[N]` question index of each item.
+        option: `[N]` option index (-1: not a multiple-choice item, ignored).
+        gold: `[N]` 1 where the option is the question's answer.
+
+    Returns:
+        The accuracy, or nan without multiple-choice items.
+    """
+    best: dict[int, tuple[float, int, int]] = {}
+    for loss, q, o, g in zip(losses.tolist(), question.tolist(), option.tolist(), gold.tolist(), strict=True):
+        if o < 0:
+            continue
+        if q not in best or (loss, o) < best[q][:2]:
+            best[q] = (loss, o, g)
+    return sum(g for _, _, g in best.values()) / len(best) if best else float("nan")
