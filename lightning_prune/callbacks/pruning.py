@@ -65,6 +65,7 @@ class Pruning(Callback):
         l1_reduction: `sum` or `mean` of the absolute weights within a filter.
         target: Attribute of the LightningModule holding the network; patterns are relative to it.
         measure: Compute `pruned/*` loss and accuracy (two full passes over the data).
+        save_pretrained: Write `pruned_hf/` at the end for a transformers model.
     """
 
     def __init__(
@@ -81,6 +82,7 @@ class Pruning(Callback):
         l1_reduction: Literal["sum", "mean"] = "sum",
         target: str = "model",
         measure: bool = True,
+        save_pretrained: bool = True,
     ) -> None:
         super().__init__()
         problems = _argument_problems(
@@ -90,6 +92,7 @@ class Pruning(Callback):
         if problems:
             raise ValueError(" ".join(problems))
         self.criterion, self.mode, self.target, self.measure = criterion, mode, target, measure
+        self.save_pretrained = save_pretrained
         self.layers = dict(layers or {})
         self.indices = {name: list(idxs) for name, idxs in (indices or {}).items()}
         self.prune_epoch = 0 if prune_at == "start" else int(prune_at_epoch)
@@ -166,7 +169,7 @@ class Pruning(Callback):
         self.final_metrics = summarize_history(self.retrain_history)
         if self.final_metrics:
             _log_to_loggers(trainer, self.final_metrics)
-        if self.pruned and trainer.is_global_zero:
+        if self.pruned and self.save_pretrained and trainer.is_global_zero:
             self._save_pruned_pretrained(trainer, pl_module)
 
     @override

@@ -18,7 +18,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from typing_extensions import override
 
 from lightning_prune.pruning.inputs import to_device
-from lightning_prune.pruning.lm_loss import answer_losses, causal_lm_loss, multiple_choice_accuracy
+from lightning_prune.pruning.lm_loss import answer_losses, answer_matches, causal_lm_loss, multiple_choice_accuracy
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -47,35 +47,49 @@ def build_llava(model: str | None, config: dict[str, Any] | None, dtype: str):
     return LlavaForConditionalGeneration.from_pretrained(model, dtype=_DTYPES[dtype])
 
 
+def summarize_answers(entries: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]]) -> tuple[float, float]:
+    """(LM loss per answer token of the gold items, VQA accuracy) from per-batch `(losses, tokens, matches, meta)`.
+
+    The accuracy is multiple-choice when the items have options, else the share of answers whose every token is
+    the teacher-forced argmax (exact match), so a training set without options still gets an accuracy.
+    """
+    loss = torch.cat([entry[0] for entry in entries])
+    count = torch.cat([entry[1] for entry in entries])
+    matches = torch.cat([entry[2] for entry in entries])
+    meta = {key: torch.cat([entry[3][key] for entry in entries]) for key in ("question", "option", "gold")}
+    gold = meta["gold"].bool()
+    lm_loss = float(loss[gold].sum() / count[gold].sum().clamp(min=1))
+    if (meta["option"] >= 0).any():
+        return lm_loss, multiple_choice_accuracy(loss, meta["question"], meta["option"], meta["gold"])
+    return lm_loss, float(matches[gold].float().mean())
+
+
+def _answer_entry(logits, labels, meta) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+    return (answer_losses(logits, labels).cpu(), (labels[:, 1:] != -100).sum(1).cpu(),
+            answer_matches(logits, labels).cpu(), {key: value.cpu() for key, value in meta.items()})
+
+
 def evaluate_multimodal(network, batches, device=None) -> tuple[float, float]:
-    """(Mean LM loss per answer token over gold items, multiple-choice accuracy) over `(inputs, labels, meta)`."""
+    """(LM loss per answer token of the gold items, VQA accuracy) over `(inputs, labels, meta)` batches."""
     modes = {module: module.training for module in network.modules()}
-    losses, tokens, metas = [], [], []
+    entries = []
     try:
         network.eval()
         with torch.no_grad():
             for inputs, labels, meta in batches:
                 inputs, labels = to_device(inputs, device), labels.to(device) if device is not None else labels
-                losses.append(answer_losses(network(**inputs, use_cache=False), labels).cpu())
-                tokens.append((labels[:, 1:] != -100).sum(dim=1).cpu())
-                metas.append(meta)
+                entries.append(_answer_entry(network(**inputs, use_cache=False).logits, labels, meta))
     finally:
         for module, training in modes.items():
             module.training = training
-    if not losses:
-        return float("nan"), float("nan")
-    loss, count = torch.cat(losses), torch.cat(tokens)
-    meta = {key: torch.cat([m[key] for m in metas]) for key in ("question", "option", "gold")}
-    gold = meta["gold"].bool()
-    lm_loss = float(loss[gold].sum() / count[gold].sum()) if gold.any() else float("nan")
-    return lm_loss, multiple_choice_accuracy(loss, meta["question"], meta["option"], meta["gold"])
+    return summarize_answers(entries) if entries else (float("nan"), float("nan"))
 
 
 class MultimodalLM(LightningModule):
     """LLaVA-style instruction fine-tuning with pretrain/retrain recipes.
 
     Logs `train/loss`, `val/loss` (answer-token LM loss of the gold answers) and `val/acc` (multiple-choice VQA
-    accuracy), the same under `test/`.
+    accuracy; exact match of the answer tokens for sets without options), the same under `test/`.
 
     Args:
         model: Folder or Hub id of a LLaVA model (e.g. a TinyLLaVA checkpoint converted to transformers' format).
@@ -115,7 +129,7 @@ class MultimodalLM(LightningModule):
             if retrain_optimizer is not None
             else (optimizer, lr_scheduler if retrain_lr_scheduler is None else retrain_lr_scheduler),
         }
-        self._eval: list[tuple[torch.Tensor, torch.Tensor, dict]] = []
+        self._eval: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]] = []
 
     @override
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -147,19 +161,15 @@ class MultimodalLM(LightningModule):
 
     def _eval_step(self, batch) -> None:
         inputs, labels, meta = batch
-        self._eval.append((answer_losses(self(inputs), labels).cpu(), (labels[:, 1:] != -100).sum(1).cpu(),
-                           {key: value.cpu() for key, value in meta.items()}))
+        self._eval.append(_answer_entry(self(inputs), labels, meta))
 
     def _eval_epoch_end(self, stage: str) -> None:
         if not self._eval:
             return
-        loss = torch.cat([entry[0] for entry in self._eval])
-        count = torch.cat([entry[1] for entry in self._eval])
-        meta = {key: torch.cat([entry[2][key] for entry in self._eval]) for key in ("question", "option", "gold")}
+        loss, accuracy = summarize_answers(self._eval)
         self._eval = []
-        gold = meta["gold"].bool()
-        self.log(f"{stage}/loss", loss[gold].sum() / count[gold].sum().clamp(min=1))
-        self.log(f"{stage}/acc", multiple_choice_accuracy(loss, meta["question"], meta["option"], meta["gold"]))
+        self.log(f"{stage}/loss", loss)
+        self.log(f"{stage}/acc", accuracy)
 
     @override
     def validation_step(self, batch, batch_idx: int) -> None:

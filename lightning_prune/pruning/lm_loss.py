@@ -82,6 +82,14 @@ def answer_losses(outputs, labels: torch.Tensor) -> torch.Tensor:
     return per_token.sum(dim=-1)
 
 
+def answer_matches(outputs, labels: torch.Tensor) -> torch.Tensor:
+    """`[B]` bool: every labelled token of the sequence is the argmax next-token prediction (teacher-forced)."""
+    logits = _logits(outputs)[..., :-1, :]
+    targets = labels[..., 1:].to(logits.device)
+    scored = targets != IGNORE_INDEX
+    return ((logits.argmax(-1) == targets) | ~scored).all(dim=-1) & scored.any(dim=-1)
+
+
 def multiple_choice_accuracy(
     losses: torch.Tensor, question: torch.Tensor, option: torch.Tensor, gold: torch.Tensor
 ) -> float:

@@ -88,7 +88,7 @@ def use_batched_path(config: StudyConfig, pending: list[Trial]) -> bool:
     from lightning_prune.models import build_model
     from lightning_prune.modules.batched import supports_batching
 
-    if config.batching == "off":
+    if config.batching == "off" or config.module is not None:
         return False
     network = build_model(config.model, **config.model_kwargs)
     if not supports_batching(network):

@@ -70,6 +70,10 @@ class StudyConfig:
     """Network name from `lightning_prune.models.available_models()`."""
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     """Arguments of the network builder; `{weights: IMAGENET1K_V1}` starts from torchvision's weights."""
+    module: dict[str, Any] | None = None
+    """Instead of `model`: a LightningModule as `class_path` + `init_args` exposing `model`, `loss_fn` and
+    `evaluate_network` (e.g. `lightning_prune.modules.CausalLM` with a random Llama config); recipes inject its
+    optimizers. Masks are drawn over its units, e.g. `{"model.layers.0.self_attn": 0.5}`."""
     data: dict[str, Any] = field(
         default_factory=lambda: {"class_path": "lightning_prune.data.MNISTMiniDataModule", "init_args": {}}
     )
@@ -186,7 +190,9 @@ def validate(config: StudyConfig) -> None:
     problems: list[str] = []
     from lightning_prune.models import available_models
 
-    if config.model not in available_models():
+    if config.module is not None:
+        problems += check_module_spec(config)
+    elif config.model not in available_models():
         problems.append(f"`--model` must be one of {available_models()}, got {config.model!r}.")
     problems += check_class_spec(config.data, "data")
     sources = [
@@ -198,9 +204,10 @@ def validate(config: StudyConfig) -> None:
         )
         if given
     ]
-    if len(sources) != 1:
+    if len(sources) != 1 and not (config.module is not None and not sources):  # a module may bring its weights
         problems.append(
-            "Provide exactly one pretrained source: --pretrain (a recipe), --checkpoint or --model_kwargs.weights, "
+            "Provide exactly one pretrained source: --pretrain (a recipe), --checkpoint or --model_kwargs.weights "
+            "(or none with a --module that loads its own weights), "
             f"got {sources or 'none'}."
         )
     if config.checkpoint is not None and not Path(config.checkpoint).is_file():
@@ -238,7 +245,8 @@ def validate(config: StudyConfig) -> None:
         parse_shard(config.shard)
     except ValueError as error:
         problems.append(str(error))
-    if config.batching == "on" and config.model in available_models() and not _batchable(config):
+    registry_net = config.module is None and config.model in available_models()
+    if config.batching == "on" and registry_net and not _batchable(config):
         problems.append(
             f"`--batching on` needs a network without BatchNorm, Dropout or buffers, got {config.model!r}. "
             "Use --batching auto or off."
@@ -247,6 +255,22 @@ def validate(config: StudyConfig) -> None:
         problems.append("Can't provide --address with --executor local. Choose --executor ray.")
     if problems:
         raise ValueError("Invalid study config:\n  " + "\n  ".join(problems))
+
+
+def check_module_spec(config: StudyConfig) -> list[str]:
+    """Problems of `--module`: a LightningModule class spec, with nothing asking for the batched path."""
+    problems = check_class_spec(config.module, "module")
+    if not problems:
+        from lightning.pytorch import LightningModule
+
+        cls = resolve_class(config.module["class_path"])
+        if not (isinstance(cls, type) and issubclass(cls, LightningModule)):
+            problems.append(f"`--module.class_path` must name a LightningModule subclass, got {cls!r}.")
+    if config.batching == "on":
+        problems.append("`--batching on` must not be used with `--module` (its masks retrain one at a time), got on.")
+    if config.model_kwargs.get("weights") is not None:
+        problems.append("`--model_kwargs` must be empty with `--module` (give the weights in its init_args).")
+    return problems
 
 
 def _batchable(config: StudyConfig) -> bool:
@@ -270,6 +294,8 @@ def _jsonable(value: Any) -> Any:
 def defining_config(config: StudyConfig) -> dict[str, Any]:
     """The parts of ``config`` that define results, as plain JSON types (data class paths resolved)."""
     parts = {name: _jsonable(asdict(config)[name]) for name in _FINGERPRINTED}
+    if config.module is not None:  # only then: fingerprints of registry-network studies stay as they were
+        parts["module"] = _jsonable(config.module)
     data = dict(parts["data"])
     data["class_path"] = _qualified_name(data["class_path"])
     data["init_args"] = {

@@ -199,23 +199,17 @@ def run_single_trial(config: StudyConfig, trial: Trial, state: dict[str, torch.T
         The trial record (what ``trials/<trial_id>.json`` holds).
     """
     from lightning_prune.callbacks import CorrelationCallback, Pruning
-    from lightning_prune.modules import ImageClassifier
+    from lightning_prune.study.modules import study_module
 
     started = time.perf_counter()
     seed_everything(trial.seed, verbose=False)
     retrain = config.retrain
-    module = ImageClassifier(
-        model=config.model,
-        model_kwargs=config.model_kwargs,
-        optimizer=class_callable(retrain.optimizer),
-        lr_scheduler=class_callable(retrain.lr_scheduler),
-        retrain_optimizer=class_callable(retrain.optimizer),
-        retrain_lr_scheduler=class_callable(retrain.lr_scheduler),
-    )
+    module = study_module(config, retrain)
     module.model.load_state_dict(state)
     if hasattr(datamodule, "seed"):
         datamodule.seed = trial.seed  # the repeat's data order
-    pruning = Pruning(criterion="explicit", indices=trial.layer_masks, mode=config.prune_mode, prune_at="start")
+    pruning = Pruning(criterion="explicit", indices=trial.layer_masks, mode=config.prune_mode, prune_at="start",
+                      save_pretrained=False)
     correlation = CorrelationCallback()
     logger = wandb_logger(config, trial.trial_id, "trial", _identity(trial.__dict__))
     try:
