@@ -7,9 +7,9 @@ is pruned physically at 50% of every layer's MLP channels and 25% of its query h
 2. Prefill time (one forward pass of `--prefill-batch` x `--prefill-length` tokens, no grad) and
    forward+backward time (`--train-batch` x `--train-length` tokens, next-token loss), median of `--repeats`,
    before and after; speed-up = before / after.
-3. Oracle scoring cost: wall time to score all query heads of all layers and the MLP channels of one layer on
-   one calibration batch (`--calib-batch` x `--calib-length`), in calibration passes per unit (time / units /
-   time of one plain forward pass over the same batch).
+3. Oracle scoring cost: wall time to score all query heads of all layers (and with `--oracle-mlp` the 1,408 MLP
+   channels of one layer) on one calibration batch (`--calib-batch` x `--calib-length`), in calibration passes
+   per unit (time / units / time of one plain forward pass over the same batch).
 
 Usage: `python benchmarks/llm_pruning.py --json benchmarks/results/llm_pruning_cpu.json [--threads 1]`
 """
@@ -85,14 +85,17 @@ def _oracle_cost(model: LlamaForCausalLM, args: argparse.Namespace, device: torc
     pass_s = _median_time(lambda: causal_lm_loss(model(ids, use_cache=False), ids), args.repeats, device)
     oracle = build_criterion("oracle", chunk_size=args.chunk_size)
     cost = {"calibration_pass_s": pass_s}
-    for label, layers in (("heads_all_layers", [f"model.layers.{i}.self_attn" for i in range(8)]),
-                          ("mlp_one_layer", ["model.layers.0.mlp"])):
+    sets = [("heads_all_layers", [f"model.layers.{i}.self_attn" for i in range(8)])]
+    if args.oracle_mlp:
+        sets.append(("mlp_one_layer", ["model.layers.0.mlp"]))
+    for label, layers in sets:
         units = sum(structure.layers[name].units for name in layers)
         start = time.perf_counter()
         with torch.no_grad():
             oracle.scores(structure, layers, batches, causal_lm_loss)
         seconds = time.perf_counter() - start
         cost[label] = {"units": units, "seconds": seconds, "passes_per_unit": seconds / units / pass_s}
+        print(label, cost[label], flush=True)
     return cost
 
 
@@ -109,6 +112,7 @@ def main() -> None:
     parser.add_argument("--calib-batch", type=int, default=1)
     parser.add_argument("--calib-length", type=int, default=128)
     parser.add_argument("--chunk-size", type=int, default=16)
+    parser.add_argument("--oracle-mlp", action="store_true", help="also score one layer's 1,408 MLP channels")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -118,6 +122,7 @@ def main() -> None:
                     "torch_threads": args.threads, "device": str(device), "args": vars(args) | {"json": str(args.json)}}
     result["oracle"] = _oracle_cost(model, args, device)
     result["before"] = _speeds(model, args, device)
+    print("before", result["before"], flush=True)
     pruned = copy.deepcopy(model)
     structure = build_structure(pruned, torch.zeros(1, 8, dtype=torch.long, device=device))
     counts = structure.pruned_counts(structure.select(PATTERNS))

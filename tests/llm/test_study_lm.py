@@ -53,3 +53,21 @@ def test_lm_study_samples_kv_group_and_mlp_masks_and_records_the_pruned_train_lo
     assert trial["pruned_train_loss"] == pytest.approx(float(expected), rel=1e-4)
     assert len(masks[0]["layer_masks"]["model.layers.0.mlp"]) == 8
 
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"module": {"class_path": "torch.nn.Linear"}}, r"`--module.class_path` must name a LightningModule subclass"),
+        ({"batching": "on"}, r"`--batching on` must not be used with `--module`"),
+        ({"module": {"class_path": "lightning_prune.modules.CausalLM", "extra": 1}}, r"extra keys \['extra'\]"),
+    ],
+)
+def test_lm_study_bad_module_spec_is_one_clear_message(overrides, message):
+    from lightning_prune.study.spec import validate
+
+    fields = {"module": {"class_path": "lightning_prune.modules.CausalLM", "init_args": {"config": _LLAMA}},
+              "data": {"class_path": "lightning_prune.data.TextDataModule", "init_args": {}},
+              "masks": MaskConfig(layers={"model.layers.0.mlp": 0.5}), **overrides}
+    with pytest.raises(ValueError, match=message):
+        validate(StudyConfig(**fields))
