@@ -57,23 +57,30 @@ def _median_time(run: Callable[[], object], repeats: int, device: torch.device) 
     return statistics.median(times[1:])
 
 
-def _speeds(model: LlamaForCausalLM, args: argparse.Namespace, device: torch.device) -> dict[str, float]:
+def _speeds(models: dict[str, LlamaForCausalLM], args: argparse.Namespace, device: torch.device) -> dict:
+    """Prefill and forward+backward times of each model, measured in alternation (round-robin over the models,
+    `--repeats` rounds after a warm-up) so that load from other processes on a shared machine hits them alike."""
     generator = torch.Generator().manual_seed(0)
     prefill = torch.randint(0, 32000, (args.prefill_batch, args.prefill_length), generator=generator).to(device)
     train = torch.randint(0, 32000, (args.train_batch, args.train_length), generator=generator).to(device)
 
-    def forward():
+    def forward(model):
         with torch.no_grad():
             model(prefill, use_cache=False)
 
-    def forward_backward():
+    def forward_backward(model):
         model.zero_grad(set_to_none=True)
         causal_lm_loss(model(train, use_cache=False), train).backward()
 
+    times: dict[str, dict[str, list[float]]] = {name: {"prefill_s": [], "forward_backward_s": []} for name in models}
+    for _ in range(args.repeats):
+        for name, model in models.items():
+            times[name]["prefill_s"].append(_median_time(lambda m=model: forward(m), 1, device))
+            times[name]["forward_backward_s"].append(_median_time(lambda m=model: forward_backward(m), 1, device))
     return {
-        "params": sum(p.numel() for p in model.parameters()),
-        "prefill_s": _median_time(forward, args.repeats, device),
-        "forward_backward_s": _median_time(forward_backward, args.repeats, device),
+        name: {"params": sum(p.numel() for p in model.parameters()),
+               **{key: statistics.median(values) for key, values in times[name].items()}}
+        for name, model in models.items()
     }
 
 
@@ -104,7 +111,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--prefill-batch", type=int, default=1)
     parser.add_argument("--prefill-length", type=int, default=512)
     parser.add_argument("--train-batch", type=int, default=2)
@@ -121,14 +128,12 @@ def main() -> None:
     result: dict = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
                     "torch_threads": args.threads, "device": str(device), "args": vars(args) | {"json": str(args.json)}}
     result["oracle"] = _oracle_cost(model, args, device)
-    result["before"] = _speeds(model, args, device)
-    print("before", result["before"], flush=True)
     pruned = copy.deepcopy(model)
     structure = build_structure(pruned, torch.zeros(1, 8, dtype=torch.long, device=device))
     counts = structure.pruned_counts(structure.select(PATTERNS))
     scores = build_criterion("l1").scores(structure, list(counts))
     structure.prune(structure.choose_units(scores, counts))
-    result["after"] = _speeds(pruned, args, device)
+    result.update(_speeds({"before": model, "after": pruned}, args, device))
     result["speedup"] = {key: result["before"][key] / result["after"][key]
                          for key in ("prefill_s", "forward_backward_s")}
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -57,3 +57,26 @@ def test_causal_lm_folder_without_lm_head_is_rejected(tmp_path):
     LlamaModel(LlamaConfig(**{k: v for k, v in TINY.items() if k != "model_type"})).save_pretrained(tmp_path / "m")
     with pytest.raises(ValueError, match=r"`model` must be a causal LM with an LM head .* \['LlamaModel'\]"):
         CausalLM(model=str(tmp_path / "m"))
+
+
+def test_globally_pruned_llama_reloads_from_its_lightning_checkpoint(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lightning_prune.callbacks.pruning import Pruning
+
+    ids = torch.randint(0, 64, (8, 12), generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(TensorDataset(ids, ids), batch_size=4)
+    module = CausalLM(config=TINY)
+    pruning = Pruning(criterion="l1", layers={"model.layers.*.mlp": 0.5}, global_pruning=True, prune_at_epoch=1,
+                      measure=False)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    trainer = Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, callbacks=[pruning, checkpoint], default_root_dir=tmp_path)
+    with pytest.warns(UserWarning, match=r"no pruned_hf/ written: sizes differ per layer"):
+        trainer.fit(module, loader, loader)
+    sizes = [layer.mlp.down_proj.in_features for layer in module.model.model.layers]
+    assert sum(sizes) == 48 and len(set(sizes)) == 2  # global ranking: per-layer sizes differ
+    reloaded = CausalLM.load_from_checkpoint(tmp_path / "last.ckpt").eval()
+    assert [layer.mlp.down_proj.in_features for layer in reloaded.model.model.layers] == sizes
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids), module.eval()(ids))
