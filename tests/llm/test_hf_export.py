@@ -48,3 +48,29 @@ def test_sizes_differing_per_layer_are_not_exported_and_say_why(tmp_path):
                       "cannot express")
     assert not (tmp_path / "out").exists()
     assert "is not a transformers PreTrainedModel" in save_pruned_pretrained(nn.Linear(2, 2), tmp_path / "x")
+
+
+def test_mask_mode_fit_exports_the_physically_pruned_equivalent(tmp_path):
+    from lightning.pytorch import Trainer
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lightning_prune.callbacks.pruning import Pruning
+    from lightning_prune.modules.causal_lm import CausalLM
+
+    torch.manual_seed(0)
+    module = CausalLM(config={"model_type": "llama", "vocab_size": 64, "hidden_size": 32, "intermediate_size": 48,
+                              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                              "head_dim": 8, "max_position_embeddings": 64})
+    ids = torch.randint(0, 64, (8, 12), generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(TensorDataset(ids, ids), batch_size=4)
+    pruning = Pruning(criterion="taylor", layers={"model.layers.*.self_attn": 0.5, "model.layers.*.mlp": 0.25},
+                      mode="mask", prune_at_epoch=1, calibration_batches=2, measure=False)
+    trainer = Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, callbacks=[pruning],
+                      default_root_dir=tmp_path)
+    trainer.fit(module, loader, loader)
+    assert sum(p.numel() for p in module.model.parameters()) == pruning.pruned_metrics["prune/params_before"]
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned_hf").eval()
+    assert sum(p.numel() for p in reloaded.parameters()) == pruning.pruned_metrics["prune/params_after"]
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, module.model.eval()(ids).logits, atol=1e-5, rtol=1e-5)
