@@ -20,12 +20,14 @@ from lightning_prune.callbacks._checkpoints import (
     plain_hyperparameters,
     restart_best_tracking,
 )
+from lightning_prune.callbacks._export import pruned_copy, save_pruned_hf
 from lightning_prune.outcome import MetricNames, final_metrics, pruned_metric_names, retrain_outcome
 from lightning_prune.pruning.checkpoint import RECORD_VERSION, read_record, resolve_target
 from lightning_prune.pruning.importance import build_criterion, lowest_units
+from lightning_prune.pruning.inputs import first_example, to_device
 from lightning_prune.pruning.masks import MaskGuard
 from lightning_prune.pruning.metrics import count_params_and_macs, evaluate_classifier
-from lightning_prune.pruning.structure import PruningStructure
+from lightning_prune.pruning.structure import PruningStructure, build_structure
 
 
 class Pruning(Callback):
@@ -35,7 +37,8 @@ class Pruning(Callback):
       - the network to prune is its attribute `target` (default `model`; `""` = the module itself; a
         `torch.compile`d network is pruned through the module it wraps), called on a batch's inputs `x` where
         training batches are `(x, y)`; the first training batch's `x[:1]` traces the graph unless the module has an
-        `example_input_array` tensor; `loss_fn(outputs, y)` if it has one (else cross-entropy) for `taylor`/`oracle`;
+        `example_input_array` tensor; `loss_fn(outputs, y)` if it has one (else cross-entropy) for `taylor`/
+        `oracle`, and `evaluate_network(network, loader, device) -> (loss, acc)` for `pruned/*` (else a classifier's);
       - at the boundary `configure_optimizers` is called again (through `trainer.strategy.setup_optimizers`) and
         builds a fresh optimizer and schedule over the current parameters; a module may also define
         `start_retrain()` to switch to a retrain recipe first;
@@ -79,6 +82,7 @@ class Pruning(Callback):
         split: `val`, or `test` when the validation loader is the test split (as in the oracle-pruning study):
             names `pruned/<split>_*`, `final/<split>_*` and the history fields.
         restart_best: Restart `ModelCheckpoint`/`EarlyStopping` best tracking at the boundary.
+        save_pretrained: Write `<log dir>/pruned_hf/` at the end for a transformers model (`from_pretrained`).
     """
 
     def __init__(
@@ -100,6 +104,7 @@ class Pruning(Callback):
         train_loss_key: str = "train/loss",
         split: Literal["val", "test"] = "val",
         restart_best: bool = True,
+        save_pretrained: bool = True,
     ) -> None:
         super().__init__()
         self.names = MetricNames(acc=acc_key, loss=loss_key, train_loss=train_loss_key, split=split)
@@ -114,7 +119,7 @@ class Pruning(Callback):
         self.indices = {name: list(idxs) for name, idxs in (indices or {}).items()}
         self.prune_epoch = 0 if prune_at == "start" else int(prune_at_epoch)
         self.global_pruning, self.calibration_batches, self.seed = global_pruning, calibration_batches, seed
-        self.l1_reduction, self.restart_best = l1_reduction, restart_best
+        self.l1_reduction, self.restart_best, self.save_pretrained = l1_reduction, restart_best, save_pretrained
         self.pruned_indices: dict[str, list[int]] = {}
         self.pruned_metrics: dict[str, float] = {}
         self.retrain_history: list[dict[str, float]] = []
@@ -166,7 +171,7 @@ class Pruning(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.pruned and self.mode == "mask" and self._guard is None:  # resumed after pruning
             network = resolve_target(pl_module, self.target)
-            structure = PruningStructure(network, self._example_input(trainer, pl_module).to(pl_module.device))
+            structure = build_structure(network, to_device(self._example_input(trainer, pl_module), pl_module.device))
             self._guard = MaskGuard(network, structure.parameter_masks(self.pruned_indices))
 
     @override
@@ -199,6 +204,9 @@ class Pruning(Callback):
         if self.retrain_history:
             self.final_metrics = final_metrics(retrain_outcome(self.retrain_history, split=self.names.split))
             _log_to_loggers(trainer, self.final_metrics)
+        if self.pruned and self.save_pretrained and trainer.is_global_zero:
+            example = to_device(self._example_input(trainer, pl_module), pl_module.device)
+            save_pruned_hf(trainer, resolve_target(pl_module, self.target), example, self.pruned_indices, self.mode)
 
     @override
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
@@ -247,7 +255,7 @@ class Pruning(Callback):
         ):
             raise ValueError(f"criterion {self.criterion!r} must have training data, got no train dataloader.")
         network = resolve_target(pl_module, self.target)
-        self._plan(PruningStructure(network, self._example_input(trainer, pl_module).to(pl_module.device)))
+        self._plan(build_structure(network, to_device(self._example_input(trainer, pl_module), pl_module.device)))
         self._checked_plan = True
 
     def _plan(self, structure: PruningStructure) -> dict[str, int]:
@@ -292,13 +300,15 @@ class Pruning(Callback):
                                      "and no train data.")
                 with isolate_rng():  # reading a batch must not shift the training shuffle
                     example = _loaders.first_inputs(loader)
+            if isinstance(example, dict):  # keyword inputs (a multimodal batch): trace on the first example
+                return first_example(example)
             self._example = {"shape": [1, *example.shape[1:]], "dtype": str(example.dtype).removeprefix("torch.")}
         return torch.zeros(self._example["shape"], dtype=getattr(torch, self._example["dtype"]))
 
     def _prune(self, trainer: Trainer, pl_module: LightningModule) -> None:
         network = resolve_target(pl_module, self.target)
-        example = self._example_input(trainer, pl_module).to(pl_module.device)
-        structure = PruningStructure(network, example)
+        example = to_device(self._example_input(trainer, pl_module), pl_module.device)
+        structure = build_structure(network, example)
         counts = self._plan(structure)
         criterion = build_criterion(self.criterion, **self._criterion_options())
         batches = []
@@ -306,7 +316,8 @@ class Pruning(Callback):
             batches = _calibration_batches(trainer, self.calibration_batches, pl_module.device)
         loss_fn = getattr(pl_module, "loss_fn", None) or F.cross_entropy
         scores = criterion.scores(structure, list(counts), batches, loss_fn)
-        indices = trainer.strategy.broadcast(lowest_units(scores, counts, self.global_pruning), src=0)
+        choose = getattr(structure, "choose_units", lowest_units)  # transformer heads: equal per KV group
+        indices = trainer.strategy.broadcast(choose(scores, counts, self.global_pruning), src=0)
 
         metrics: dict[str, float] = {}
         metrics["prune/params_before"], metrics["prune/macs_before"] = count_params_and_macs(network, example)
@@ -317,7 +328,7 @@ class Pruning(Callback):
             inexact = [name for name in indices if not structure.mask_is_exact(name)]
             if inexact:
                 rank_zero_warn(f"Pruning: masking {inexact} is not exactly removal (a LayerNorm/GroupNorm spans them).")
-            measured = _pruned_copy(network, example, indices)
+            measured = pruned_copy(network, example, indices)
             self._guard = MaskGuard(network, structure.parameter_masks(indices))
         metrics["prune/params_after"], metrics["prune/macs_after"] = count_params_and_macs(measured, example)
         self.pruned_indices, self._pruned_at = indices, trainer.current_epoch
@@ -353,15 +364,17 @@ class Pruning(Callback):
         names = pruned_metric_names(self.names.split)
         split = self.names.split
         metrics = {}
+        # A module may say how its network is evaluated (a causal LM: next-token loss and accuracy).
+        evaluate = getattr(trainer.lightning_module, "evaluate_network", None) or evaluate_classifier
         train_loader = _loaders.train_eval_loader(trainer, who="Pruning")
-        metrics[names["train_loss"]], metrics[names["train_acc"]] = evaluate_classifier(network, train_loader, device)
+        metrics[names["train_loss"]], metrics[names["train_acc"]] = evaluate(network, train_loader, device)
         eval_loader = _loaders.eval_loader(trainer)
         if eval_loader is None:
             rank_zero_warn(f"Pruning: no validation loader is known yet, so `pruned/{split}_*` are not measured; "
                            "loaders passed to `fit` directly are known after the first validation: use a DataModule "
                            "or keep the sanity check (num_sanity_val_steps > 0).")
         else:
-            loss, acc = evaluate_classifier(network, eval_loader, device)
+            loss, acc = evaluate(network, eval_loader, device)
             metrics[names[f"{split}_loss"]], metrics[names[f"{split}_acc"]] = loss, acc
         return metrics
 
@@ -371,21 +384,12 @@ def _log_to_loggers(trainer: Trainer, metrics: dict[str, float]) -> None:
         logger.log_metrics(metrics, step=trainer.global_step)
 
 
-def _pruned_copy(network: torch.nn.Module, example: torch.Tensor, indices: dict[str, list[int]]) -> torch.nn.Module:
-    """A physically pruned deep copy (to count what mask mode would save)."""
-    import copy
-
-    clone = copy.deepcopy(network)
-    PruningStructure(clone, example).prune(indices)
-    return clone
-
-
 def _calibration_batches(trainer: Trainer, count: int, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The first `count` training batches (eval-transform loader if the data has one), on `device`."""
     batches = []
     with isolate_rng():  # reading batches must not shift the training shuffle
         for batch in _loaders.train_eval_loader(trainer):
-            batches.append((batch[0].to(device), batch[1].to(device)))
+            batches.append((to_device(batch[0], device), batch[1].to(device)))
             if len(batches) == count:
                 break
     return batches

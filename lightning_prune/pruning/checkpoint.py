@@ -65,6 +65,8 @@ def _state_prefix(module: nn.Module, network: nn.Module) -> str:
 def example_input(record: dict, device: torch.device | str | None = None) -> torch.Tensor:
     """The zero example input a record was traced with."""
     spec = record["example_input"]
+    if spec is None:  # keyword inputs (a multimodal batch) are not stored; decoder replays need none
+        return None
     return torch.zeros(spec["shape"], dtype=getattr(torch, spec["dtype"]), device=device)
 
 

@@ -23,6 +23,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from lightning_prune.pruning.inputs import call_network
 from lightning_prune.pruning.structure import PruningStructure
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -98,7 +99,7 @@ def taylor_scores(
             for p in parameters.values():
                 p.grad = None
             with torch.inference_mode(False), torch.enable_grad():
-                loss_fn(network(inputs), targets).backward()
+                loss_fn(call_network(network, inputs), targets).backward()
             for name in layers:
                 units = structure.layers[name].units
                 batch_score = torch.zeros(units, dtype=torch.float64)

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
+from lightning_prune.pruning.inputs import first_example
+
 
 def count_params_and_macs(network: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:
     """Parameters and multiply-accumulates of one forward pass on a single example (Torch-Pruning's counter).
@@ -21,7 +23,7 @@ def count_params_and_macs(network: nn.Module, example_input: torch.Tensor) -> tu
         `(parameters, macs)`.
     """
     with torch.inference_mode(False), torch.no_grad():
-        macs, params = tp.utils.count_ops_and_params(network, example_input[:1].clone())
+        macs, params = tp.utils.count_ops_and_params(network, first_example(example_input))
     return int(params), int(macs)
 
 

@@ -19,6 +19,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from lightning_prune.pruning.importance import Batch, LossFn, _require_batches
+from lightning_prune.pruning.inputs import call_network
 from lightning_prune.pruning.slices import ParamSlice
 from lightning_prune.pruning.structure import PruningStructure
 
@@ -39,11 +40,17 @@ def _ablated_parameters(
     return stacked
 
 
+def _main_output(output):
+    """The tensor output: a transformers model output also holds its KV cache, which neither vmap nor stack takes."""
+    return getattr(output, "logits", output)
+
+
 def _vmapped_outputs(network: nn.Module, stacked: dict[str, torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
     """Outputs `[K, B, ...]` of the network under each of the K parameter variants, in one batched pass."""
 
     def run(variant: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        return functional_call(network, variant, (x,))
+        args, kwargs = ((), x) if isinstance(x, dict) else ((x,), None)  # dict inputs are keyword arguments
+        return _main_output(functional_call(network, variant, args, kwargs))
 
     return vmap(run, in_dims=(0, None))(stacked, inputs)
 
@@ -57,7 +64,7 @@ def _looped_outputs(network: nn.Module, stacked: dict[str, torch.Tensor], inputs
         for k in range(next(iter(stacked.values())).shape[0]):
             for name, variants in stacked.items():
                 parameters[name].data.copy_(variants[k])
-            outputs.append(network(inputs))
+            outputs.append(_main_output(call_network(network, inputs)))
     finally:
         for name, original in originals.items():
             parameters[name].data.copy_(original)
@@ -105,7 +112,7 @@ def oracle_scores(
         with torch.no_grad(), warnings.catch_warnings():
             # nn.MultiheadAttention's fused eval kernel has no vmap rule; vmap's slower fallback is still right.
             warnings.filterwarnings("ignore", message="There is a performance drop")
-            base = sum(float(loss_fn(network(x), y)) * len(y) for x, y in batches) / total
+            base = sum(float(loss_fn(call_network(network, x), y)) * len(y) for x, y in batches) / total
             for name in layers:
                 units = structure.layers[name].units
                 slices = structure.slices(name)

@@ -20,9 +20,10 @@ import torch_pruning as tp
 from torch import nn
 
 from lightning_prune.pruning.attention import head_slices, is_head_prunable, prune_heads
+from lightning_prune.pruning.inputs import first_example
 from lightning_prune.pruning.slices import ParamSlice, group_slices, masks_from_slices
 
-LayerKind = Literal["channels", "heads"]
+LayerKind = Literal["channels", "heads", "kv_groups"]
 # Float error guard for `ratio * units` (0.29 * 100 is 28.999999999999996 in binary floating point).
 _RATIO_EPSILON = 1e-9
 
@@ -68,6 +69,8 @@ def build_dependency_graph(network: nn.Module, example_input: torch.Tensor) -> t
     outputs: list[torch.Tensor] = []
 
     def keep_outputs(out):
+        # A transformers output also holds the KV cache, which is no output to trace: keep the logits.
+        out = getattr(out, "logits", out)
         outputs.extend(tp.utils.flatten_as_list(out))
         return out
 
@@ -75,7 +78,7 @@ def build_dependency_graph(network: nn.Module, example_input: torch.Tensor) -> t
         # Callers may sit in a validation hook: tracing needs autograd.
         with torch.inference_mode(False), torch.enable_grad():
             graph = tp.DependencyGraph().build_dependency(
-                network, example_input.clone(), output_transform=keep_outputs, verbose=False
+                network, first_example(example_input), output_transform=keep_outputs, verbose=False
             )
     finally:
         for module, training in modes.items():
@@ -321,6 +324,15 @@ class PruningStructure:
         return {"history": history, "heads": heads}
 
 
+def build_structure(network: nn.Module, example_input: torch.Tensor) -> PruningStructure:
+    """The structure of `network`: transformer decoder units (`transformer.py`) if it has any, else channels/heads."""
+    from lightning_prune.pruning.transformer import DecoderStructure, has_decoder_units
+
+    if has_decoder_units(network):
+        return DecoderStructure(network, example_input)
+    return PruningStructure(network, example_input)
+
+
 def replay_pruning(network: nn.Module, record: dict, example_input: torch.Tensor) -> None:
     """Redo a pruning `record` (from `PruningStructure.prune`) on a freshly built, unpruned network."""
     if record.get("history"):
@@ -328,4 +340,8 @@ def replay_pruning(network: nn.Module, record: dict, example_input: torch.Tensor
         graph.load_pruning_history([list(entry) for entry in record["history"]])
     for name, idxs in record.get("heads", {}).items():
         prune_heads(network, name, list(idxs))
+    if record.get("decoder_mlp") or record.get("decoder_heads"):
+        from lightning_prune.pruning.transformer import replay_decoder
+
+        replay_decoder(network, record)
     sync_torchvision_attributes(network)

@@ -36,7 +36,7 @@ def use_batched_path(config: StudyConfig, pending: list[Trial]) -> bool | None:
     from lightning_prune.models import build_model
     from lightning_prune.modules.batched import supports_batching
 
-    if config.batching == "off":
+    if config.batching == "off" or config.module is not None:  # a configured module retrains one at a time
         return False
     kwargs = {k: v for k, v in config.model_kwargs.items() if k != "weights"}  # the structure only: no download
     if not supports_batching(build_model(config.model, **kwargs)):

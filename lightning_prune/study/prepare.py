@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import itertools
 import shutil
 import time
 from collections.abc import Iterator
@@ -25,15 +24,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_prune._files import write_atomic
-from lightning_prune.models import build_model
 from lightning_prune.study.building import (
     build_datamodule,
-    optimizer_factory,
-    scheduler_factory,
     seed_datamodule,
     trainer_kwargs,
 )
 from lightning_prune.study.masks import count_masks, enumerate_masks, mask_key, sample_masks
+from lightning_prune.study.modules import first_batches, study_module, study_network, study_scoring
 from lightning_prune.study.process_context import quiet_lightning
 from lightning_prune.study.report import read_json, write_json
 from lightning_prune.study.spec import (
@@ -112,16 +109,9 @@ def _save_state(path: Path, state: dict[str, torch.Tensor], metrics: dict[str, A
 
 def _pretrain(config: StudyConfig) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """Run the pretrain recipe as one Lightning fit, resuming from ``study_dir/pretrain/last.ckpt`` if present."""
-    from lightning_prune.modules import ImageClassifier
-
     recipe = config.pretrain
     seed_everything(config.seed, verbose=False)
-    module = ImageClassifier(
-        model=config.model,
-        model_kwargs=config.model_kwargs,
-        optimizer=optimizer_factory(recipe.optimizer),
-        lr_scheduler=scheduler_factory(recipe.lr_scheduler),
-    )
+    module = study_module(config, recipe)
     datamodule = build_datamodule(config)
     seed_datamodule(datamodule, config.seed)
     folder = Path(config.study_dir) / "pretrain"
@@ -146,20 +136,21 @@ def ensure_pretrained(config: StudyConfig) -> Path:
     if path.is_file():
         return path
     if config.pretrain is not None:
-        rank_zero_info(f"Pretraining {config.model} for {config.pretrain.epochs} epochs into {path}.")
+        what = config.module["class_path"] if config.module is not None else config.model
+        rank_zero_info(f"Pretraining {what} for {config.pretrain.epochs} epochs into {path}.")
         with quiet_lightning():
             state, metrics = _pretrain(config)
     elif config.checkpoint is not None:
         state, metrics = load_network_state(Path(config.checkpoint), "--checkpoint"), {}  # `validate` checked it
     else:
-        state, metrics = build_model(config.model, **config.model_kwargs).state_dict(), {}
+        state, metrics = study_network(config).state_dict(), {}
     _save_state(path, state, metrics)
     return path
 
 
 def pretrained_network(config: StudyConfig) -> torch.nn.Module:
     """The network with the study's pretrained weights, in eval mode."""
-    network = build_model(config.model, **config.model_kwargs)
+    network = study_network(config)
     network.load_state_dict(load_network_state(Path(config.study_dir) / PRETRAINED_FILE))
     return network.eval()
 
@@ -174,23 +165,23 @@ def masks_of_criteria(
         ``{criterion: {layer: pruned indices}}`` scored on ``calibration_batches`` training batches.
     """
     from lightning_prune.pruning.importance import build_criterion, lowest_units
-    from lightning_prune.pruning.structure import PruningStructure
+    from lightning_prune.pruning.structure import build_structure
 
-    structure = PruningStructure(network, torch.zeros(1, *network.input_shape))
-    counts = structure.pruned_counts(structure.select(config.masks.layers))
-    sizes = {name: (structure.layers[name].units, count) for name, count in counts.items()}
-    if not config.masks.criteria:
-        return sizes, {}
     datamodule = build_datamodule(config)
     seed_datamodule(datamodule, config.seed)
     datamodule.setup("fit")
     # The batches the `Pruning` callback scores on: a fit with that criterion prunes exactly the marked mask.
     loader = datamodule.train_eval_dataloader() if hasattr(datamodule, "train_eval_dataloader") else None
-    batches = list(itertools.islice(loader or datamodule.train_dataloader(), config.masks.calibration_batches))
+    batches = first_batches(loader or datamodule.train_dataloader(), config.masks.calibration_batches)
+    example, loss_fn = study_scoring(config, network, batches)
+    structure = build_structure(network, example)
+    counts = structure.pruned_counts(structure.select(config.masks.layers))
+    sizes = {name: (structure.layers[name].units, count) for name, count in counts.items()}
+    choose = getattr(structure, "choose_units", lowest_units)  # transformer heads: equal per KV group
     chosen = {}
     for criterion in config.masks.criteria:
-        scores = build_criterion(criterion).scores(structure, list(counts), batches)
-        chosen[criterion] = lowest_units(scores, counts)
+        scores = build_criterion(criterion).scores(structure, list(counts), batches, loss_fn)
+        chosen[criterion] = choose(scores, counts)
     return sizes, chosen
 
 

@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch import Trainer, seed_everything
 
 from lightning_prune.outcome import retrain_outcome
-from lightning_prune.study.building import optimizer_factory, scheduler_factory, seed_datamodule, trainer_kwargs
+from lightning_prune.study.building import seed_datamodule, trainer_kwargs
 from lightning_prune.study.seeding import SeedAtTrainStart
 from lightning_prune.study.spec import StudyConfig
 from lightning_prune.study.trial import PRE_KEYS, Trial, trial_record
@@ -27,24 +27,17 @@ def run_single_trial(
         The trial record (what ``trials/<trial_id>.json`` holds).
     """
     from lightning_prune.callbacks import CorrelationCallback, Pruning
-    from lightning_prune.modules import ImageClassifier
+    from lightning_prune.study.modules import study_module
 
     started = time.perf_counter()
     seed_everything(trial.seed, verbose=False)
     retrain = config.retrain
-    module = ImageClassifier(
-        model=config.model,
-        model_kwargs=config.model_kwargs,
-        optimizer=optimizer_factory(retrain.optimizer),
-        lr_scheduler=scheduler_factory(retrain.lr_scheduler),
-        retrain_optimizer=optimizer_factory(retrain.optimizer),
-        retrain_lr_scheduler=scheduler_factory(retrain.lr_scheduler),
-    )
+    module = study_module(config, retrain)
     module.model.load_state_dict(state)
     seed_datamodule(datamodule, trial.seed)
     # The study's validation loader is the test split: its outcomes are named test_* (split="test").
     pruning = Pruning(criterion="explicit", indices=trial.layer_masks, mode=config.prune_mode, prune_at="start",
-                      split="test")
+                      split="test", save_pretrained=False)
     correlation = CorrelationCallback(split="test")
     logger = wandb_logger(config, trial.trial_id, "trial", trial_identity(trial.__dict__))
     try:

@@ -70,6 +70,10 @@ class StudyConfig:
     """Network name from `lightning_prune.models.available_models()`."""
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     """Arguments of the network builder; `{weights: IMAGENET1K_V1}` starts from torchvision's weights."""
+    module: dict[str, Any] | None = None
+    """Instead of `model`: a LightningModule as `class_path` + `init_args` exposing `model`, `loss_fn` and
+    `evaluate_network` (e.g. `lightning_prune.modules.CausalLM` with a random Llama config); recipes inject its
+    optimizers. Masks are drawn over its units, e.g. `{"model.layers.0.self_attn": 0.5}`."""
     data: dict[str, Any] = field(
         default_factory=lambda: {"class_path": "lightning_prune.data.MNISTMiniDataModule", "init_args": {}}
     )
@@ -175,6 +179,8 @@ def _jsonable(value: Any) -> Any:
 def defining_config(config: StudyConfig) -> dict[str, Any]:
     """The parts of ``config`` that define results, as plain JSON types (data class paths resolved)."""
     parts = {name: _jsonable(asdict(config)[name]) for name in _FINGERPRINTED}
+    if config.module is not None:  # only then: fingerprints of registry-network studies stay as they were
+        parts["module"] = _jsonable(config.module)
     data = dict(parts["data"])
     data["class_path"] = _qualified_name(data["class_path"])
     data["init_args"] = {

@@ -29,9 +29,10 @@ def study_criteria() -> tuple[str, ...]:
 def _slot_bases() -> dict[str, type]:
     """What each ``class_path`` slot must name (nothing else in a config may be called)."""
     import torch
-    from lightning.pytorch import LightningDataModule
+    from lightning.pytorch import LightningDataModule, LightningModule
 
     return {
+        "module": LightningModule,
         "data": LightningDataModule,
         "optimizer": torch.optim.Optimizer,
         "lr_scheduler": torch.optim.lr_scheduler.LRScheduler,
@@ -49,6 +50,8 @@ def _try_build(cls: type, slot: str, init_args: dict[str, Any]) -> None:
     """Build the object once on a dummy parameter, so that a wrong value fails here and not after pretraining."""
     import torch
 
+    if slot == "module":  # built at preparation: a module may load its weights (no download here)
+        return
     if slot == "data":
         cls(**init_args)
         return
@@ -78,7 +81,7 @@ def check_class_spec(spec: Any, flag: str, slot: str) -> list[str]:
         cls = resolve_class(str(spec["class_path"]), base)
     except ValueError as error:
         return [str(error).replace("`class_path`", f"`--{flag}.class_path`", 1)]
-    names, open_ended = _accepted_arguments(cls, skip=0 if slot == "data" else 1)
+    names, open_ended = _accepted_arguments(cls, skip=0 if slot in ("data", "module") else 1)
     typos = sorted(set(init_args) - set(names))
     if typos and not open_ended:
         return [f"`--{flag}.init_args` must be among {names} for {cls.__name__}, got unexpected {typos}."]
@@ -178,9 +181,24 @@ def batching_problem(config: StudyConfig, network) -> str | None:
     return None
 
 
+def _check_module(config: StudyConfig) -> list[str]:
+    """Problems of `--module` (a LightningModule instead of a registry network); its mask plan is checked when the
+    study is prepared, since tracing a transformers model needs a calibration example."""
+    problems = check_class_spec(config.module, "module", "module")
+    if config.batching == "on":
+        problems.append("`--batching on` must not be used with `--module` (its masks retrain one at a time), got on.")
+    if config.model_kwargs.get("weights") is not None:
+        problems.append("`--model_kwargs` must be empty with `--module` (give the weights in its init_args).")
+    if not config.masks.layers:
+        problems.append("`--masks.layers` must map at least one layer pattern to a ratio, got {}.")
+    return problems + _check_ratios(config.masks.layers)
+
+
 def _check_model(config: StudyConfig) -> list[str]:
     from lightning_prune.models import available_models
 
+    if config.module is not None:
+        return _check_module(config)
     if config.model not in available_models():
         return [f"`--model` must be one of {available_models()}, got {config.model!r}."]
     if not config.masks.layers:
@@ -206,7 +224,7 @@ def _check_sources(config: StudyConfig) -> list[str]:
         if present
     ]
     problems = []
-    if len(given) != 1:
+    if len(given) != 1 and not (config.module is not None and not given):  # a module may bring its own weights
         problems.append(
             "`--pretrain`, `--checkpoint` or `--model_kwargs.weights` must give exactly one pretrained source, "
             f"got {given or 'none'}."
@@ -227,7 +245,7 @@ def _check_checkpoint(config: StudyConfig) -> list[str]:
         state = load_network_state(Path(config.checkpoint), "--checkpoint")
     except ValueError as error:
         return [str(error)]
-    if config.model not in available_models():
+    if config.module is not None or config.model not in available_models():
         return []
     try:
         build_model(config.model, **config.model_kwargs).load_state_dict(state)

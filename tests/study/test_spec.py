@@ -47,6 +47,12 @@ def test_paper_settings_are_all_shipped():
         "resnet18_imagenet_blockconv1_50",
         "vit_b16_imagenet_heads_mlp_50",
         "quickstart",
+        # language models and MLLMs (tests/llm)
+        "tiny_llama_mlp",
+        "tiny_llama_heads",
+        "tiny_llava_mlp",
+        "tinyllava_mlp_50",
+        "tinyllava_kvgroups_50",
     }
     assert lenet_single | combos | variants | others == names
 

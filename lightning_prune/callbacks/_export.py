@@ -1,0 +1,43 @@
+"""The Pruning callback's outputs beside the checkpoint: a physically pruned copy (what mask mode saves) and the
+`save_pretrained` folder of a pruned transformers model."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from lightning_prune.pruning.structure import build_structure
+
+
+def pruned_copy(network: torch.nn.Module, example: Any, indices: dict[str, list[int]]) -> torch.nn.Module:
+    """A physically pruned deep copy (to count what mask mode saves, or to export it)."""
+    clone = copy.deepcopy(network)
+    build_structure(clone, example).prune(indices)
+    return clone
+
+
+def save_pruned_hf(
+    trainer: Trainer, network: torch.nn.Module, example: Any, indices: dict[str, list[int]], mode: str
+) -> None:
+    """transformers models: `save_pretrained` the pruned model as `<log dir>/pruned_hf` (see `hf_export`).
+
+    Nothing happens for networks without `save_pretrained`; in mask mode the physically pruned equivalent is saved.
+    """
+    if not callable(getattr(network, "save_pretrained", None)):
+        return
+    from lightning_prune.pruning.hf_export import save_pruned_pretrained
+
+    if mode == "mask":  # what the masks mean: the same model with the units removed
+        network = pruned_copy(network, example, indices)
+    folder = Path(trainer.log_dir or trainer.default_root_dir) / "pruned_hf"
+    reason = save_pruned_pretrained(network, folder)
+    if reason is None:
+        rank_zero_info(f"Pruning: saved the pruned model for `from_pretrained` to {folder}.")
+    else:
+        rank_zero_warn(f"Pruning: no {folder.name}/ written: {reason}. Reload the pruned model from the "
+                       "Lightning checkpoint instead (its pruning record replays the pruning).")
