@@ -17,21 +17,15 @@ so scoring neither updates BatchNorm statistics nor depends on dropout draws; th
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
+from lightning_prune.pruning.calibration import Batch, LossFn, require_batches
+from lightning_prune.pruning.oracle import oracle_scores
 from lightning_prune.pruning.structure import PruningStructure
-
-Batch = tuple[torch.Tensor, torch.Tensor]
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def _require_batches(batches: Sequence[Batch], criterion: str) -> None:
-    if len(batches) == 0:
-        raise ValueError(f"criterion {criterion!r} must get at least one calibration batch, got none.")
 
 
 def l1_scores(
@@ -86,7 +80,7 @@ def taylor_scores(
     Raises:
         ValueError: If `batches` is empty.
     """
-    _require_batches(batches, "taylor")
+    require_batches(batches, "taylor")
     network = structure.network
     parameters = dict(network.named_parameters())
     saved_grads = {name: p.grad for name, p in parameters.items()}
@@ -224,8 +218,6 @@ class OracleCriterion(Criterion):
         self.chunk_size = chunk_size
 
     def scores(self, structure, layers, batches=(), loss_fn=F.cross_entropy):
-        from lightning_prune.pruning.oracle import oracle_scores
-
         return oracle_scores(structure, layers, batches, loss_fn, chunk_size=self.chunk_size)
 
 

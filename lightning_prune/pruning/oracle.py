@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
-from lightning_prune.pruning.importance import Batch, LossFn, _require_batches
+from lightning_prune.pruning.calibration import Batch, LossFn, require_batches
 from lightning_prune.pruning.slices import ParamSlice
 from lightning_prune.pruning.structure import PruningStructure
 
@@ -91,7 +91,7 @@ def oracle_scores(
     Raises:
         ValueError: If `batches` is empty or `chunk_size` is below 1.
     """
-    _require_batches(batches, "oracle")
+    require_batches(batches, "oracle")
     if chunk_size < 1:
         raise ValueError(f"`chunk_size` must be at least 1, got {chunk_size}.")
     network = structure.network

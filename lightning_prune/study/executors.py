@@ -28,6 +28,25 @@ def visible_gpus(config: StudyConfig) -> int:
     return torch.cuda.device_count()
 
 
+Executor = Callable[[StudyConfig, Sequence[Unit], OnDone], None]
+_EXECUTORS: dict[str, Executor] = {}
+
+
+def register_executor(name: str) -> Callable[[Executor], Executor]:
+    """Make an executor available to `StudyConfig.executor` under `name` (a decorator)."""
+
+    def register(executor: Executor) -> Executor:
+        _EXECUTORS[name] = executor
+        return executor
+
+    return register
+
+
+def executor_names() -> tuple[str, ...]:
+    """Names `StudyConfig.executor` accepts, in registration order."""
+    return tuple(_EXECUTORS)
+
+
 def run_in_process(config: StudyConfig, units: Sequence[Unit], on_done: OnDone) -> None:
     """One unit after another in this process (GPU 0 when there is one)."""
     gpu = 0 if visible_gpus(config) else None
@@ -76,6 +95,14 @@ def run_local_workers(config: StudyConfig, units: Sequence[Unit], on_done: OnDon
             raise
 
 
+@register_executor("local")
+def run_local(config: StudyConfig, units: Sequence[Unit], on_done: OnDone) -> None:
+    """`local`: in this process when ``config.workers`` is 1, else in that many spawned worker processes."""
+    runner = run_in_process if config.workers == 1 else run_local_workers
+    runner(config, units, on_done)
+
+
+@register_executor("ray")
 def run_ray(config: StudyConfig, units: Sequence[Unit], on_done: OnDone) -> None:
     """Ray tasks: on the cluster at ``config.address`` or an already initialised Ray, else a local Ray.
 
@@ -111,12 +138,12 @@ def _ray_unit(config: StudyConfig, trials: list[Trial], batched: bool) -> list[s
 
 
 def execute(config: StudyConfig, units: Sequence[Unit], on_done: OnDone) -> None:
-    """Run ``units`` with the executor the config names."""
-    if not units:
-        return
-    if config.executor == "ray":
-        run_ray(config, units, on_done)
-    elif config.workers == 1:
-        run_in_process(config, units, on_done)
-    else:
-        run_local_workers(config, units, on_done)
+    """Run ``units`` with the executor the config names (one of `executor_names()`).
+
+    Raises:
+        ValueError: If no executor is registered under ``config.executor``.
+    """
+    if config.executor not in _EXECUTORS:
+        raise ValueError(f"`executor` must be one of {list(_EXECUTORS)}, got {config.executor!r}.")
+    if units:
+        _EXECUTORS[config.executor](config, units, on_done)

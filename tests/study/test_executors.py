@@ -49,3 +49,21 @@ def test_execute_without_units_does_nothing(finished):
     config, _ = finished
     executors.execute(config, [], on_done=lambda n: pytest.fail("nothing to report"))
     assert executors.visible_gpus(config) == 0  # accelerator cpu
+
+
+def test_executor_registry_matches_the_config_choices():
+    import typing
+
+    from lightning_prune.study.spec import StudyConfig
+
+    choices = typing.get_args(typing.get_type_hints(StudyConfig)["executor"])
+    assert executors.executor_names() == choices == ("local", "ray")
+
+
+def test_execute_refuses_an_unregistered_executor(finished):
+    import dataclasses
+
+    config, _ = finished
+    bad = dataclasses.replace(config, executor="slurm")
+    with pytest.raises(ValueError, match=r"`executor` must be one of \['local', 'ray'\], got 'slurm'"):
+        executors.execute(bad, [([], False)], on_done=lambda n: None)
