@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from lightning_prune.pruning.calibration import Batch, LossFn, require_batches
+from lightning_prune.pruning.distributed import sum_across_ranks
 from lightning_prune.pruning.oracle import oracle_scores
 from lightning_prune.pruning.structure import PruningStructure
 
@@ -67,6 +68,7 @@ def taylor_scores(
 
     For every batch `b`, `score_u += (sum over the unit's group entries of g_b * w)^2`, where `g_b` is the gradient
     of the batch's mean loss (own backward passes, network in eval mode). Existing `.grad` values are put back.
+    Under torch.distributed every rank must call it: the sums run over all ranks' batches (`sum_across_ranks`).
 
     Args:
         structure: The network's structure.
@@ -106,7 +108,14 @@ def taylor_scores(
             p.grad = saved_grads[name]
         for module, training in modes.items():
             module.training = training
-    return scores
+    return _summed_across_ranks(scores)
+
+
+def _summed_across_ranks(scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per-layer scores summed over all ranks in one collective (unchanged in a single process)."""
+    names = list(scores)
+    total = sum_across_ranks(torch.cat([scores[name] for name in names] or [torch.zeros(0, dtype=torch.float64)]))
+    return dict(zip(names, total.split([len(scores[name]) for name in names]), strict=True))
 
 
 def random_scores(structure: PruningStructure, layers: Sequence[str], seed: int = 0) -> dict[str, torch.Tensor]:
