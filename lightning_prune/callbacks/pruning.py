@@ -15,7 +15,9 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from typing_extensions import override
 
+from lightning_prune.callbacks import _distributed
 from lightning_prune.pruning.checkpoint import RECORD_VERSION, read_record, resolve_target
+from lightning_prune.pruning.distributed import agreed, rank_batches
 from lightning_prune.pruning.importance import CRITERIA, build_criterion, lowest_units
 from lightning_prune.pruning.masks import MaskGuard
 from lightning_prune.pruning.metrics import count_params_and_macs, evaluate_classifier
@@ -116,11 +118,9 @@ class Pruning(Callback):
         if stage != "fit" or self.pruned:
             return
         network = resolve_target(pl_module, self.target)
-        if self.mode == "physical" and trainer.world_size > 1:
-            raise ValueError("`mode='physical'` must run in a single process, got a multi-process strategy; "
-                             "use `mode='mask'`.")
-        if build_criterion(self.criterion, **self._criterion_options()).needs_data and not _has_train_data(trainer):
-            raise ValueError(f"criterion {self.criterion!r} must have training data, got no train dataloader.")
+        _distributed.check_strategy(trainer.strategy, self.mode)
+        if build_criterion(self.criterion, **self._criterion_options()).needs_data:
+            _distributed.check_train_data(self.criterion, _has_train_data(trainer))
         max_epochs = getattr(trainer, "max_epochs", None)
         if max_epochs is not None and max_epochs >= 0 and self.prune_epoch >= max_epochs:
             rank_zero_warn(f"Pruning: prune epoch {self.prune_epoch} >= max_epochs {max_epochs}; it will not prune.")
@@ -226,12 +226,13 @@ class Pruning(Callback):
             batches = _calibration_batches(trainer, self.calibration_batches, pl_module.device)
         loss_fn = getattr(pl_module, "loss_fn", None) or F.cross_entropy
         scores = criterion.scores(structure, list(counts), batches, loss_fn)
-        indices = trainer.strategy.broadcast(lowest_units(scores, counts, self.global_pruning), src=0)
+        indices = agreed(lowest_units(scores, counts, self.global_pruning), "Pruning's pruned indices")
 
         metrics: dict[str, float] = {}
         metrics["prune/params_before"], metrics["prune/macs_before"] = count_params_and_macs(network, example)
         if self.mode == "physical":
             self._history = structure.prune(indices)
+            _distributed.rebuild_wrapper(trainer)  # DDP's buckets hold the replaced parameters
             measured = network
         else:
             inexact = [name for name in indices if not structure.mask_is_exact(name)]
@@ -252,6 +253,7 @@ class Pruning(Callback):
         _log_to_loggers(trainer, metrics)
         for logger in trainer.loggers:
             logger.log_hyperparams({"prune/indices": json.dumps(indices)})
+        _distributed.log_rank_indices(indices)
         rank_zero_info(
             f"Pruning ({self.criterion}, {self.mode}) at epoch {trainer.current_epoch}: "
             f"{metrics['prune/params_before']:,} -> {metrics['prune/params_after']:,} parameters; "
@@ -384,10 +386,10 @@ def _first_batch_inputs(trainer: Trainer) -> torch.Tensor:
 
 
 def _calibration_batches(trainer: Trainer, count: int, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The first `count` training batches (eval-transform loader if the datamodule has one), on `device`."""
-    batches = []
-    for batch in _train_eval_loader(trainer) or _train_loader(trainer):
-        batches.append((batch[0].to(device), batch[1].to(device)))
-        if len(batches) == count:
-            break
-    return batches
+    """`count` training batches (eval-transform loader if the datamodule has one), on `device`.
+
+    In one process the first `count`; under DDP rank r takes batches r, r + world, ... so the ranks' union is the
+    first `world * count` batches, which the criteria then reduce over.
+    """
+    loader = _train_eval_loader(trainer) or _train_loader(trainer)
+    return [(batch[0].to(device), batch[1].to(device)) for batch in rank_batches(loader, count)]

@@ -252,10 +252,13 @@ def test_pruning_rejects_a_pattern_matching_nothing_before_training(tmp_path):
     assert trainer.global_step == 0
 
 
-def _stub_trainer(world_size: int = 1, has_data: bool = True) -> SimpleNamespace:
+def _stub_trainer(world_size: int = 1, has_data: bool = True, strategy=None) -> SimpleNamespace:
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+
     source = SimpleNamespace(is_defined=lambda: has_data, dataloader=lambda: [] if not has_data else None)
     return SimpleNamespace(world_size=world_size, callbacks=[], datamodule=None,
-                           fit_loop=SimpleNamespace(_data_source=source), train_dataloader=None)
+                           fit_loop=SimpleNamespace(_data_source=source), train_dataloader=None,
+                           strategy=strategy or SingleDeviceStrategy("cpu"))
 
 
 def test_pruning_setup_checks_what_needs_the_trainer():
@@ -263,8 +266,11 @@ def test_pruning_setup_checks_what_needs_the_trainer():
     with pytest.raises(ValueError, match="criterion 'taylor' must have training data, got no train dataloader"):
         Pruning(criterion="taylor", layers={"conv1": 0.5}, prune_at="start").setup(_stub_trainer(has_data=False),
                                                                                      module, "fit")
-    with pytest.raises(ValueError, match="`mode='physical'` must run in a single process"):
-        Pruning(layers={"conv1": 0.5}, prune_at="start").setup(_stub_trainer(world_size=2), module, "fit")
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    with pytest.raises(ValueError, match="`mode='physical'` must run under a strategy whose model wrapper can be "
+                                         "rebuilt after pruning .*got FSDPStrategy; use `mode='mask'`"):
+        Pruning(layers={"conv1": 0.5}, prune_at="start").setup(_stub_trainer(strategy=FSDPStrategy()), module, "fit")
     with pytest.raises(ValueError, match="`target` must name an nn.Module attribute of UserModule"):
         Pruning(layers={"conv1": 0.5}, prune_at="start", target="net").setup(_stub_trainer(), module, "fit")
     with pytest.raises(ValueError, match="must trace the network on an input, got no `example_input_array`"):

@@ -76,3 +76,4 @@ def scores_job(rank: int) -> dict:
         disagreement = str(error)
     return {"taylor": taylor, "oracle": oracle, "chosen": chosen, "disagreement": disagreement,
             "shard": rank_batches(iter(range(10)), 3), "without": ranks_without(rank != 1)}
+
