@@ -11,11 +11,12 @@ from __future__ import annotations
 import multiprocessing
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
 
 import torch
 
 from lightning_prune.study.spec import StudyConfig
-from lightning_prune.study.trial import Trial, run_unit
+from lightning_prune.study.trial import Trial, run_unit, trial_path
 
 Unit = tuple[list[Trial], bool]  # (trials, batched)
 OnDone = Callable[[int], None]
@@ -107,16 +108,19 @@ def run_ray(config: StudyConfig, units: Sequence[Unit], on_done: OnDone) -> None
     """Ray tasks: on the cluster at ``config.address`` or an already initialised Ray, else a local Ray.
 
     Each task reserves ``cpus_per_trial`` CPUs and, when the cluster has GPUs, ``gpus_per_trial`` of a GPU (so
-    that with 0.25 four small trials share one GPU); Ray sets the task's visible device.
+    that with 0.25 four small trials share one GPU); Ray sets the task's visible device. A task whose worker or
+    node dies is retried (up to ``_RAY_RETRIES`` times) on another worker; a retried unit whose trials all have
+    records already is not run again, so no finished trial runs twice. If the retries run out the study stops with
+    the error and a rerun of the same command runs only the trials without records.
     """
     import ray
 
     if not ray.is_initialized():
         ray.init(address=config.address, include_dashboard=False, log_to_driver=False)
     has_gpus = ray.cluster_resources().get("GPU", 0) > 0 and config.accelerator != "cpu"
-    task = ray.remote(num_cpus=config.cpus_per_trial, num_gpus=config.gpus_per_trial if has_gpus else 0)(
-        _ray_unit
-    )
+    task = ray.remote(
+        num_cpus=config.cpus_per_trial, num_gpus=config.gpus_per_trial if has_gpus else 0, max_retries=_RAY_RETRIES
+    )(_ray_unit)
     pending = {task.remote(config, trials, batched): len(trials) for trials, batched in units}
     try:
         while pending:
@@ -131,7 +135,13 @@ def run_ray(config: StudyConfig, units: Sequence[Unit], on_done: OnDone) -> None
         raise
 
 
+# Retries of a task after its worker process or node died (Ray's own default for tasks, stated here on purpose).
+_RAY_RETRIES = 3
+
+
 def _ray_unit(config: StudyConfig, trials: list[Trial], batched: bool) -> list[str]:
+    if all(trial_path(Path(config.study_dir), trial.trial_id).is_file() for trial in trials):
+        return []  # a retry of a unit that finished before its worker died
     # Ray narrows CUDA_VISIBLE_DEVICES to the task's GPU, which is then device 0.
     gpu = 0 if torch.cuda.is_available() and config.accelerator != "cpu" else None
     return run_unit(config, trials, batched, gpu)

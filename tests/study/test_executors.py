@@ -67,3 +67,134 @@ def test_execute_refuses_an_unregistered_executor(finished):
     bad = dataclasses.replace(config, executor="slurm")
     with pytest.raises(ValueError, match=r"`executor` must be one of \['local', 'ray'\], got 'slurm'"):
         executors.execute(bad, [([], False)], on_done=lambda n: None)
+
+
+# ------------------------------------------------------------------------- a real multi-process local Ray cluster
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _cluster_processes(temp_dir: str, port: int) -> list:
+    """The processes of the cluster this test started (found by its temp dir or GCS port) and their children."""
+    import psutil
+
+    mine = []
+    for proc in psutil.process_iter(["cmdline"]):
+        line = " ".join(proc.info["cmdline"] or [])
+        if temp_dir in line or f"127.0.0.1:{port}" in line:
+            mine.append(proc)
+    children = [child for proc in mine for child in _safe_children(proc)]
+    return list({proc.pid: proc for proc in mine + children}.values())
+
+
+def _safe_children(proc) -> list:
+    import psutil
+
+    try:
+        return proc.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+@pytest.fixture
+def ray_cluster(tmp_path):
+    """`ray start --head` plus a second `ray start --address` on this machine: two nodes of one CPU each.
+
+    Ray's GCS listens on every interface whatever the node address, so the cluster takes a fresh token (Ray's token
+    authentication) that only this test's processes know; the study's driver runs in its own process with it (Ray
+    reads the token when it is imported). Teardown kills exactly the processes it started.
+    """
+    import os
+    import secrets
+    import subprocess
+    import sys
+    import tempfile
+
+    import lightning_prune
+
+    pytest.importorskip("ray")
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    root = str(Path(lightning_prune.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+           "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    temp_dir, port = tempfile.mkdtemp(prefix="ray", dir="/tmp"), _free_port()  # short: Ray's socket paths
+    common = ["--num-cpus=1", "--num-gpus=0", "--object-store-memory=100000000", "--disable-usage-stats"]
+    try:
+        for command in (
+            ["--head", f"--port={port}", f"--temp-dir={temp_dir}", "--include-dashboard=false"],
+            [f"--address=127.0.0.1:{port}"],
+        ):
+            started = subprocess.run([ray_bin, "start", "--node-ip-address=127.0.0.1", *command, *common], env=env,
+                                     capture_output=True, text=True, timeout=300)
+            assert started.returncode == 0, started.stderr[-3000:]
+        yield {"address": f"127.0.0.1:{port}", "temp_dir": temp_dir, "port": port, "env": env}
+    finally:
+        import psutil
+
+        processes = _cluster_processes(temp_dir, port)
+        for proc in processes:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(processes, timeout=30)
+
+
+def _kill_one_trial_worker(cluster: dict, trials_dir: Path, before: int, killed: list, stop) -> None:
+    """Once a new trial record exists, SIGKILL one Ray worker process that is running a unit (`ray::_ray_unit`)."""
+    import time
+
+    while not stop.is_set():
+        if len(list(trials_dir.glob("*.json"))) > before:
+            for proc in _cluster_processes(cluster["temp_dir"], cluster["port"]):
+                try:
+                    running = " ".join(proc.cmdline()).startswith("ray::_ray_unit")
+                except Exception:
+                    continue
+                if running:
+                    killed.append({p.name: p.stat().st_mtime_ns for p in trials_dir.glob("*.json")})
+                    proc.kill()
+                    return
+        time.sleep(0.2)
+
+
+_DRIVER = """
+import json, pickle, sys
+from lightning_prune.study.runner import run_study
+print(json.dumps(run_study(pickle.load(open(sys.argv[1], "rb")))))
+"""
+
+
+def test_ray_study_survives_a_killed_worker_on_a_two_node_cluster(finished, ray_cluster, tmp_path):
+    import pickle
+    import subprocess
+    import sys
+    import threading
+
+    config, summary = finished
+    copy = _missing(finished, tmp_path / "copy", 4, executor="ray", address=ray_cluster["address"],
+                    cpus_per_trial=1.0)
+    trials_dir = Path(copy.study_dir) / "trials"
+    before = len(list(trials_dir.glob("*.json")))
+    killed: list[dict] = []
+    stop = threading.Event()
+    killer = threading.Thread(target=_kill_one_trial_worker, args=(ray_cluster, trials_dir, before, killed, stop))
+    killer.start()
+    (tmp_path / "config.pkl").write_bytes(pickle.dumps(copy))
+    try:
+        driver = subprocess.run([sys.executable, "-c", _DRIVER, str(tmp_path / "config.pkl")], env=ray_cluster["env"],
+                                capture_output=True, text=True, timeout=900)
+    finally:
+        stop.set()
+        killer.join()
+    assert driver.returncode == 0, driver.stderr[-3000:]
+    assert json.loads(driver.stdout.strip().splitlines()[-1]) == summary  # the killed unit ran again elsewhere
+    assert killed, "no worker was running a trial once the first record was written"
+    after = {p.name: p.stat().st_mtime_ns for p in trials_dir.glob("*.json")}
+    assert len(after) == len(list(Path(config.study_dir, "trials").glob("*.json")))
+    assert {name: after[name] for name in killed[0]} == killed[0]  # no finished trial was written again
+    assert _rows(tmp_path / "copy") == _rows(Path(config.study_dir))
