@@ -16,6 +16,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from typing_extensions import override
 
 from lightning_prune.callbacks import _distributed
+from lightning_prune.pruning.budget import budget_problems, check_reachable, indices_for_budget
 from lightning_prune.pruning.checkpoint import RECORD_VERSION, read_record, resolve_target
 from lightning_prune.pruning.distributed import agreed, rank_batches
 from lightning_prune.pruning.importance import CRITERIA, build_criterion, lowest_units
@@ -63,6 +64,9 @@ class Pruning(Callback):
         l1_reduction: `sum` or `mean` of the absolute weights within a filter.
         target: Attribute of the LightningModule holding the network; patterns are relative to it.
         measure: Compute `pruned/*` loss and accuracy (two full passes over the data).
+        budget: `{"macs": f}` or `{"params": f}`: instead of pruning each layer's ratio, prune globally over the
+            selected layers (lowest scores first, each layer at most its ratio) until the measured MACs or
+            parameters are at most `f` of the unpruned network's, within one unit; `budget/*` is logged.
     """
 
     def __init__(
@@ -79,14 +83,19 @@ class Pruning(Callback):
         l1_reduction: Literal["sum", "mean"] = "sum",
         target: str = "model",
         measure: bool = True,
+        budget: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         problems = _argument_problems(
             criterion, layers, indices, mode, prune_at, prune_at_epoch, global_pruning, calibration_batches,
             l1_reduction,
         )
+        problems += budget_problems(budget)
+        if budget is not None and criterion == "explicit":
+            problems.append("`budget` must be None for criterion 'explicit' (the indices are given).")
         if problems:
             raise ValueError(" ".join(problems))
+        self.budget = dict(budget) if budget else None
         self.criterion, self.mode, self.target, self.measure = criterion, mode, target, measure
         self.layers = dict(layers or {})
         self.indices = {name: list(idxs) for name, idxs in (indices or {}).items()}
@@ -126,7 +135,9 @@ class Pruning(Callback):
             rank_zero_warn(f"Pruning: prune epoch {self.prune_epoch} >= max_epochs {max_epochs}; it will not prune.")
         if any(isinstance(cb, ModelCheckpoint) and cb.save_weights_only for cb in trainer.callbacks):
             rank_zero_warn("Pruning: `save_weights_only` checkpoints carry no pruning record and cannot be restored.")
-        self._plan(PruningStructure(network, self._example_input(trainer, pl_module)))
+        counts = self._plan(PruningStructure(network, self._example_input(trainer, pl_module)))
+        if self.budget:
+            check_reachable(network, self._example_input(trainer, pl_module), counts, self.budget)
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -226,7 +237,12 @@ class Pruning(Callback):
             batches = _calibration_batches(trainer, self.calibration_batches, pl_module.device)
         loss_fn = getattr(pl_module, "loss_fn", None) or F.cross_entropy
         scores = criterion.scores(structure, list(counts), batches, loss_fn)
-        indices = agreed(lowest_units(scores, counts, self.global_pruning), "Pruning's pruned indices")
+        budget_report: dict[str, float] = {}
+        if self.budget:
+            choice, budget_report = indices_for_budget(network, example, scores, counts, self.budget)
+        else:
+            choice = lowest_units(scores, counts, self.global_pruning)
+        indices = agreed(choice, "Pruning's pruned indices")
 
         metrics: dict[str, float] = {}
         metrics["prune/params_before"], metrics["prune/macs_before"] = count_params_and_macs(network, example)
@@ -241,6 +257,7 @@ class Pruning(Callback):
             measured = _pruned_copy(network, example, indices)
             self._guard = MaskGuard(network, structure.parameter_masks(indices))
         metrics["prune/params_after"], metrics["prune/macs_after"] = count_params_and_macs(measured, example)
+        metrics.update(budget_report)
         self.pruned_indices, self._pruned_at = indices, trainer.current_epoch
 
         if callable(getattr(pl_module, "start_retrain", None)):

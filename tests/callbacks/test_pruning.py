@@ -306,3 +306,33 @@ def test_pruning_with_image_classifier_and_taylor(tmp_path):
     # no datamodule: the train loader and the val loader are measured
     assert pruning.pruned_metrics["pruned/test_loss"] == pytest.approx(pruning.pruned_metrics["pruned/train_loss"])
     assert pruning.final_metrics["last/test_acc"] == pruning.retrain_history[0]["val_acc"]
+
+
+def test_pruning_budget_reaches_the_measured_macs_target_and_logs_it(tmp_path):
+    from lightning_prune.pruning import count_params_and_macs
+
+    module = UserModule()
+    example = torch.zeros(1, 1, 8, 8)
+    _, macs_before = count_params_and_macs(module.model, example)
+    pruning = Pruning(layers={"conv1": 0.9, "conv2": 0.75}, budget={"macs": 0.5}, prune_at="start")
+    trainer = _trainer(tmp_path, [pruning], max_epochs=1)
+    trainer.fit(module, datamodule=DataModule())
+    _, macs_after = count_params_and_macs(module.model, example)
+    assert macs_after <= 0.5 * macs_before == 0.5 * pruning.pruned_metrics["budget/macs_before"]
+    assert pruning.pruned_metrics["budget/macs_after"] == pruning.pruned_metrics["prune/macs_after"] == macs_after
+    rows = list(csv.DictReader((tmp_path / "logs" / "version_0" / "metrics.csv").open()))
+    assert any(row.get("budget/macs_reached") for row in rows)
+
+
+def test_pruning_budget_is_refused_before_training_when_unreachable_or_malformed(tmp_path):
+    module = UserModule()
+    pruning = Pruning(layers={"conv1": 0.5}, budget={"macs": 0.1}, prune_at="start")
+    trainer = _trainer(tmp_path, [pruning], max_epochs=1)
+    with pytest.raises(ValueError, match=r"`budget` \{'macs': 0.1\} must be reachable by the selected layers: "
+                                         r"pruning \['conv1'\] as far as allowed leaves 0\.\d+ of the macs"):
+        trainer.fit(module, datamodule=DataModule())
+    assert trainer.global_step == 0
+    with pytest.raises(ValueError, match=r"`budget` must be one of \{'macs': f\} or \{'params': f\}"):
+        Pruning(layers={"conv1": 0.5}, budget={"flops": 0.5}, prune_at="start")
+    with pytest.raises(ValueError, match="`budget` must be None for criterion 'explicit'"):
+        Pruning(criterion="explicit", indices={"conv1": [0]}, budget={"macs": 0.5}, prune_at="start")
