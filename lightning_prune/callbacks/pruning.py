@@ -59,7 +59,8 @@ class Pruning(Callback):
         prune_at: `"start"`: prune before the first epoch (pretrained weights).
         prune_at_epoch: Prune after this many (pretrain) epochs. Exactly one of `prune_at`/`prune_at_epoch`.
         global_pruning: Rank units across all selected layers (the issue's `global: true`) instead of per layer.
-        calibration_batches: Training batches read by `taylor` and `oracle`.
+        calibration_batches: Training batches read by `taylor` and `oracle` (per rank under `ddp`, where the
+            statistics are summed over all ranks; see `lightning_prune.pruning.distributed`).
         seed: Seed of the `random` criterion.
         l1_reduction: `sum` or `mean` of the absolute weights within a filter.
         target: Attribute of the LightningModule holding the network; patterns are relative to it.
