@@ -269,7 +269,8 @@ def test_pruning_setup_checks_what_needs_the_trainer():
     from lightning.pytorch.strategies import FSDPStrategy
 
     with pytest.raises(ValueError, match="`mode='physical'` must run under a strategy whose model wrapper can be "
-                                         "rebuilt after pruning .*got FSDPStrategy; use `mode='mask'`"):
+                                         "rebuilt after pruning .*got FSDPStrategy; use `strategy: ddp`, or "
+                                         "`mode='mask'`"):
         Pruning(layers={"conv1": 0.5}, prune_at="start").setup(_stub_trainer(strategy=FSDPStrategy()), module, "fit")
     with pytest.raises(ValueError, match="`target` must name an nn.Module attribute of UserModule"):
         Pruning(layers={"conv1": 0.5}, prune_at="start", target="net").setup(_stub_trainer(), module, "fit")
