@@ -1,4 +1,8 @@
-"""Local worker processes and Ray run the missing trials of a study and reproduce its results."""
+"""Local worker processes and Ray run the missing trials of a study and reproduce its results.
+
+Ray is tested on a real two-node local cluster (`ray start --head` + `ray start --address`) with a worker killed
+partway, which also covers a plain run of trials as Ray tasks.
+"""
 
 from __future__ import annotations
 
@@ -30,19 +34,6 @@ def test_local_workers_run_missing_trials_in_spawned_processes(finished, tmp_pat
     assert _rows(tmp_path / "copy") == _rows(Path(config.study_dir))
     record = json.loads(sorted((tmp_path / "copy" / "trials").glob("*.json"))[-1].read_text())
     assert record["path"] == "single"
-
-
-def test_ray_executor_runs_trials_as_tasks(finished, tmp_path):
-    ray = pytest.importorskip("ray")
-    config, summary = finished
-    # Each task takes both CPUs, so the two tasks run one after the other in one (reused) Ray worker.
-    copy = _missing(finished, tmp_path / "copy", 2, executor="ray", cpus_per_trial=2.0)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        assert run_study(copy) == summary
-    finally:
-        ray.shutdown()
-    assert _rows(tmp_path / "copy") == _rows(Path(config.study_dir))
 
 
 def test_execute_without_units_does_nothing(finished):
