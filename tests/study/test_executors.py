@@ -101,6 +101,7 @@ def ray_cluster(tmp_path):
     """
     import os
     import secrets
+    import shutil
     import subprocess
     import sys
     import tempfile
@@ -133,6 +134,7 @@ def ray_cluster(tmp_path):
             except psutil.NoSuchProcess:
                 pass
         psutil.wait_procs(processes, timeout=30)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _kill_one_trial_worker(cluster: dict, trials_dir: Path, before: int, killed: list, stop) -> None:
