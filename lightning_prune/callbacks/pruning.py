@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.seed import isolate_rng
 from typing_extensions import override
 
-from lightning_prune.callbacks import _loaders
+from lightning_prune.callbacks import _distributed, _loaders
 from lightning_prune.callbacks._arguments import argument_problems
 from lightning_prune.callbacks._checkpoints import (
     install_structure_restore,
@@ -22,7 +22,9 @@ from lightning_prune.callbacks._checkpoints import (
 )
 from lightning_prune.callbacks._export import pruned_copy, save_pruned_hf
 from lightning_prune.outcome import MetricNames, final_metrics, pruned_metric_names, retrain_outcome
+from lightning_prune.pruning.budget import budget_problems, check_reachable, indices_for_budget
 from lightning_prune.pruning.checkpoint import RECORD_VERSION, read_record, resolve_target
+from lightning_prune.pruning.distributed import agreed, rank_batches
 from lightning_prune.pruning.importance import build_criterion, lowest_units
 from lightning_prune.pruning.inputs import first_example, to_device
 from lightning_prune.pruning.masks import MaskGuard
@@ -71,11 +73,15 @@ class Pruning(Callback):
         prune_at: `"start"`: prune before the first epoch (pretrained weights).
         prune_at_epoch: Prune after this many (pretrain) epochs. Exactly one of `prune_at`/`prune_at_epoch`.
         global_pruning: Rank units across all selected layers (the issue's `global: true`) instead of per layer.
-        calibration_batches: Training batches read by `taylor` and `oracle`.
+        calibration_batches: Training batches read by `taylor` and `oracle` (per rank under `ddp`, where the
+            statistics are summed over all ranks; see `lightning_prune.pruning.distributed`).
         seed: Seed of the `random` criterion.
         l1_reduction: `sum` or `mean` of the absolute weights within a filter.
         target: Attribute of the LightningModule holding the network; patterns are relative to it.
         measure: Compute `pruned/*` loss and accuracy (two full passes over the data).
+        budget: `{"macs": f}` or `{"params": f}`: instead of pruning each layer's ratio, prune globally over the
+            selected layers (lowest scores first, each layer at most its ratio) until the measured MACs or
+            parameters are at most `f` of the unpruned network's, within one unit; `budget/*` is logged.
         acc_key: Logged accuracy of the validation loader.
         loss_key: Logged loss of the validation loader.
         train_loss_key: Logged epoch-mean training loss.
@@ -105,6 +111,7 @@ class Pruning(Callback):
         split: Literal["val", "test"] = "val",
         restart_best: bool = True,
         save_pretrained: bool = True,
+        budget: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         self.names = MetricNames(acc=acc_key, loss=loss_key, train_loss=train_loss_key, split=split)
@@ -112,8 +119,12 @@ class Pruning(Callback):
             criterion, layers, indices, mode, prune_at, prune_at_epoch, global_pruning, calibration_batches,
             l1_reduction,
         ) + self.names.problems()
+        problems += budget_problems(budget)
+        if budget is not None and criterion == "explicit":
+            problems.append("`budget` must be None for criterion 'explicit' (the indices are given).")
         if problems:
             raise ValueError(" ".join(problems))
+        self.budget = dict(budget) if budget else None
         self.criterion, self.mode, self.target, self.measure = criterion, mode, target, measure
         self.layers = dict(layers or {})
         self.indices = {name: list(idxs) for name, idxs in (indices or {}).items()}
@@ -147,9 +158,7 @@ class Pruning(Callback):
         if stage != "fit" or self.pruned:
             return
         resolve_target(pl_module, self.target)
-        if self.mode == "physical" and trainer.world_size > 1:
-            raise ValueError("`mode='physical'` must run in a single process, got a multi-process strategy; "
-                             "use `mode='mask'`.")
+        _distributed.check_strategy(trainer.strategy, self.mode)
         max_epochs = trainer.max_epochs
         if max_epochs is not None and max_epochs >= 0 and self.prune_epoch >= max_epochs:
             raise ValueError(
@@ -250,12 +259,13 @@ class Pruning(Callback):
         """Before any training step: the criterion has its data, and the layers/ratios/indices fit the network."""
         if self._checked_plan:
             return
-        if build_criterion(self.criterion, **self._criterion_options()).needs_data and not _loaders.has_train_data(
-            trainer
-        ):
-            raise ValueError(f"criterion {self.criterion!r} must have training data, got no train dataloader.")
+        if build_criterion(self.criterion, **self._criterion_options()).needs_data:
+            _distributed.check_train_data(self.criterion, _loaders.has_train_data(trainer))  # raises on every rank
         network = resolve_target(pl_module, self.target)
-        self._plan(build_structure(network, to_device(self._example_input(trainer, pl_module), pl_module.device)))
+        example = to_device(self._example_input(trainer, pl_module), pl_module.device)
+        counts = self._plan(build_structure(network, example))
+        if self.budget:
+            check_reachable(network, example, counts, self.budget)
         self._checked_plan = True
 
     def _plan(self, structure: PruningStructure) -> dict[str, int]:
@@ -317,12 +327,18 @@ class Pruning(Callback):
         loss_fn = getattr(pl_module, "loss_fn", None) or F.cross_entropy
         scores = criterion.scores(structure, list(counts), batches, loss_fn)
         choose = getattr(structure, "choose_units", lowest_units)  # transformer heads: equal per KV group
-        indices = trainer.strategy.broadcast(choose(scores, counts, self.global_pruning), src=0)
+        budget_report: dict[str, float] = {}
+        if self.budget:
+            choice, budget_report = indices_for_budget(network, example, scores, counts, self.budget)
+        else:
+            choice = choose(scores, counts, self.global_pruning)
+        indices = agreed(choice, "Pruning's pruned indices")  # rank 0's choice; every rank checks it agrees
 
         metrics: dict[str, float] = {}
         metrics["prune/params_before"], metrics["prune/macs_before"] = count_params_and_macs(network, example)
         if self.mode == "physical":
             self._history = structure.prune(indices)
+            _distributed.rebuild_wrapper(trainer)  # DDP's buckets hold the replaced parameters
             measured = network
         else:
             inexact = [name for name in indices if not structure.mask_is_exact(name)]
@@ -331,6 +347,7 @@ class Pruning(Callback):
             measured = pruned_copy(network, example, indices)
             self._guard = MaskGuard(network, structure.parameter_masks(indices))
         metrics["prune/params_after"], metrics["prune/macs_after"] = count_params_and_macs(measured, example)
+        metrics.update(budget_report)
         self.pruned_indices, self._pruned_at = indices, trainer.current_epoch
 
         if callable(getattr(pl_module, "start_retrain", None)):
@@ -344,6 +361,7 @@ class Pruning(Callback):
         _log_to_loggers(trainer, metrics)
         for logger in trainer.loggers:
             logger.log_hyperparams({"prune/indices": json.dumps(indices)})
+        _distributed.log_rank_indices(indices)
         rank_zero_info(
             f"Pruning ({self.criterion}, {self.mode}) at epoch {trainer.current_epoch}: "
             f"{metrics['prune/params_before']:,} -> {metrics['prune/params_after']:,} parameters; "
@@ -385,11 +403,11 @@ def _log_to_loggers(trainer: Trainer, metrics: dict[str, float]) -> None:
 
 
 def _calibration_batches(trainer: Trainer, count: int, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The first `count` training batches (eval-transform loader if the data has one), on `device`."""
-    batches = []
+    """`count` training batches (eval-transform loader if the data has one), on `device`.
+
+    In one process the first `count`; under DDP rank r takes batches r, r + world, ... so the ranks' union is the
+    first `world * count` batches, which the criteria then reduce over.
+    """
     with isolate_rng():  # reading batches must not shift the training shuffle
-        for batch in _loaders.train_eval_loader(trainer):
-            batches.append((to_device(batch[0], device), batch[1].to(device)))
-            if len(batches) == count:
-                break
-    return batches
+        loader = _loaders.train_eval_loader(trainer)
+        return [(to_device(batch[0], device), batch[1].to(device)) for batch in rank_batches(loader, count)]

@@ -17,22 +17,17 @@ so scoring neither updates BatchNorm statistics nor depends on dropout draws; th
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
+from lightning_prune.pruning.calibration import Batch, LossFn, require_batches
+from lightning_prune.pruning.distributed import sum_across_ranks
 from lightning_prune.pruning.inputs import call_network
+from lightning_prune.pruning.oracle import oracle_scores
 from lightning_prune.pruning.structure import PruningStructure
-
-Batch = tuple[torch.Tensor, torch.Tensor]
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def _require_batches(batches: Sequence[Batch], criterion: str) -> None:
-    if len(batches) == 0:
-        raise ValueError(f"criterion {criterion!r} must get at least one calibration batch, got none.")
 
 
 def l1_scores(
@@ -74,6 +69,7 @@ def taylor_scores(
 
     For every batch `b`, `score_u += (sum over the unit's group entries of g_b * w)^2`, where `g_b` is the gradient
     of the batch's mean loss (own backward passes, network in eval mode). Existing `.grad` values are put back.
+    Under torch.distributed every rank must call it: the sums run over all ranks' batches (`sum_across_ranks`).
 
     Args:
         structure: The network's structure.
@@ -87,7 +83,7 @@ def taylor_scores(
     Raises:
         ValueError: If `batches` is empty.
     """
-    _require_batches(batches, "taylor")
+    require_batches(batches, "taylor")
     network = structure.network
     parameters = dict(network.named_parameters())
     saved_grads = {name: p.grad for name, p in parameters.items()}
@@ -113,7 +109,14 @@ def taylor_scores(
             p.grad = saved_grads[name]
         for module, training in modes.items():
             module.training = training
-    return scores
+    return _summed_across_ranks(scores)
+
+
+def _summed_across_ranks(scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per-layer scores summed over all ranks in one collective (unchanged in a single process)."""
+    names = list(scores)
+    total = sum_across_ranks(torch.cat([scores[name] for name in names] or [torch.zeros(0, dtype=torch.float64)]))
+    return dict(zip(names, total.split([len(scores[name]) for name in names]), strict=True))
 
 
 def random_scores(structure: PruningStructure, layers: Sequence[str], seed: int = 0) -> dict[str, torch.Tensor]:
@@ -225,8 +228,6 @@ class OracleCriterion(Criterion):
         self.chunk_size = chunk_size
 
     def scores(self, structure, layers, batches=(), loss_fn=F.cross_entropy):
-        from lightning_prune.pruning.oracle import oracle_scores
-
         return oracle_scores(structure, layers, batches, loss_fn, chunk_size=self.chunk_size)
 
 

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
-from lightning_prune.pruning.importance import Batch, LossFn, _require_batches
+from lightning_prune.pruning.calibration import Batch, LossFn, require_batches
+from lightning_prune.pruning.distributed import sum_across_ranks
 from lightning_prune.pruning.inputs import call_network
 from lightning_prune.pruning.slices import ParamSlice
 from lightning_prune.pruning.structure import PruningStructure
@@ -83,6 +84,7 @@ def oracle_scores(
 
     The loss over the batches is the sample-weighted mean of `loss_fn` per batch; the score of unit `u` is
     `loss(without u) - loss(network)`, so a unit whose removal changes nothing scores 0 and higher = keep.
+    Under torch.distributed every rank must call it: the losses are sample-weighted over all ranks' batches.
 
     Args:
         structure: The network's structure.
@@ -98,21 +100,20 @@ def oracle_scores(
     Raises:
         ValueError: If `batches` is empty or `chunk_size` is below 1.
     """
-    _require_batches(batches, "oracle")
+    require_batches(batches, "oracle")
     if chunk_size < 1:
         raise ValueError(f"`chunk_size` must be at least 1, got {chunk_size}.")
     network = structure.network
     parameters = dict(network.named_parameters())
     modes = {module: module.training for module in network.modules()}
-    total = sum(len(targets) for _, targets in batches)
     forward: Callable = _vmapped_outputs if batched else _looped_outputs
-    scores = {}
+    summed: dict[str, torch.Tensor] = {}  # sample-weighted loss sums of each ablation, this rank's batches
     try:
         network.eval()
         with torch.no_grad(), warnings.catch_warnings():
             # nn.MultiheadAttention's fused eval kernel has no vmap rule; vmap's slower fallback is still right.
             warnings.filterwarnings("ignore", message="There is a performance drop")
-            base = sum(float(loss_fn(call_network(network, x), y)) * len(y) for x, y in batches) / total
+            base = sum(float(loss_fn(call_network(network, x), y)) * len(y) for x, y in batches)
             for name in layers:
                 units = structure.layers[name].units
                 slices = structure.slices(name)
@@ -132,8 +133,13 @@ def oracle_scores(
                             outputs = forward(network, stacked, x)
                         for k, unit in enumerate(chunk):
                             losses[unit] += float(loss_fn(outputs[k], y)) * len(y)
-                scores[name] = losses / total - base
+                summed[name] = losses
     finally:
         for module, training in modes.items():
             module.training = training
-    return scores
+    # One collective for everything: [ablation sums of every layer..., base sum, sample count].
+    samples = float(sum(len(targets) for _, targets in batches))
+    flat = sum_across_ranks(torch.cat([*summed.values(), torch.tensor([base, samples], dtype=torch.float64)]))
+    total, base_mean = flat[-1], flat[-2] / flat[-1]
+    pieces = flat[:-2].split([len(summed[name]) for name in summed])
+    return {name: piece / total - base_mean for name, piece in zip(summed, pieces, strict=True)}

@@ -11,11 +11,12 @@ from __future__ import annotations
 import multiprocessing
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
 
 import torch
 
 from lightning_prune.study.spec import StudyConfig
-from lightning_prune.study.trial import Trial
+from lightning_prune.study.trial import Trial, trial_path
 from lightning_prune.study.worker import run_unit
 
 Unit = tuple[list[Trial], bool]  # (trials, batched)
@@ -27,6 +28,25 @@ def visible_gpus(config: StudyConfig) -> int:
     if config.accelerator == "cpu" or not torch.cuda.is_available():
         return 0
     return torch.cuda.device_count()
+
+
+Executor = Callable[[StudyConfig, Sequence[Unit], OnDone], None]
+_EXECUTORS: dict[str, Executor] = {}
+
+
+def register_executor(name: str) -> Callable[[Executor], Executor]:
+    """Make an executor available to `StudyConfig.executor` under `name` (a decorator)."""
+
+    def register(executor: Executor) -> Executor:
+        _EXECUTORS[name] = executor
+        return executor
+
+    return register
+
+
+def executor_names() -> tuple[str, ...]:
+    """Names `StudyConfig.executor` accepts, in registration order."""
+    return tuple(_EXECUTORS)
 
 
 def run_in_process(config: StudyConfig, units: Sequence[Unit], on_done: OnDone) -> None:
@@ -77,20 +97,31 @@ def run_local_workers(config: StudyConfig, units: Sequence[Unit], on_done: OnDon
             raise
 
 
+@register_executor("local")
+def run_local(config: StudyConfig, units: Sequence[Unit], on_done: OnDone) -> None:
+    """`local`: in this process when ``config.workers`` is 1, else in that many spawned worker processes."""
+    runner = run_in_process if config.workers == 1 else run_local_workers
+    runner(config, units, on_done)
+
+
+@register_executor("ray")
 def run_ray(config: StudyConfig, units: Sequence[Unit], on_done: OnDone) -> None:
     """Ray tasks: on the cluster at ``config.address`` or an already initialised Ray, else a local Ray.
 
     Each task reserves ``cpus_per_trial`` CPUs and, when the cluster has GPUs, ``gpus_per_trial`` of a GPU (so
-    that with 0.25 four small trials share one GPU); Ray sets the task's visible device.
+    that with 0.25 four small trials share one GPU); Ray sets the task's visible device. A task whose worker or
+    node dies is retried (up to ``_RAY_RETRIES`` times) on another worker; a retried unit whose trials all have
+    records already is not run again, so no finished trial runs twice. If the retries run out the study stops with
+    the error and a rerun of the same command runs only the trials without records.
     """
     import ray
 
     if not ray.is_initialized():
         ray.init(address=config.address, include_dashboard=False, log_to_driver=False)
     has_gpus = ray.cluster_resources().get("GPU", 0) > 0 and config.accelerator != "cpu"
-    task = ray.remote(num_cpus=config.cpus_per_trial, num_gpus=config.gpus_per_trial if has_gpus else 0)(
-        _ray_unit
-    )
+    task = ray.remote(
+        num_cpus=config.cpus_per_trial, num_gpus=config.gpus_per_trial if has_gpus else 0, max_retries=_RAY_RETRIES
+    )(_ray_unit)
     pending = {task.remote(config, trials, batched): len(trials) for trials, batched in units}
     try:
         while pending:
@@ -105,19 +136,25 @@ def run_ray(config: StudyConfig, units: Sequence[Unit], on_done: OnDone) -> None
         raise
 
 
+# Retries of a task after its worker process or node died (Ray's own default for tasks, stated here on purpose).
+_RAY_RETRIES = 3
+
+
 def _ray_unit(config: StudyConfig, trials: list[Trial], batched: bool) -> list[str]:
+    if all(trial_path(Path(config.study_dir), trial.trial_id).is_file() for trial in trials):
+        return []  # a retry of a unit that finished before its worker died
     # Ray narrows CUDA_VISIBLE_DEVICES to the task's GPU, which is then device 0.
     gpu = 0 if torch.cuda.is_available() and config.accelerator != "cpu" else None
     return run_unit(config, trials, batched, gpu)
 
 
 def execute(config: StudyConfig, units: Sequence[Unit], on_done: OnDone) -> None:
-    """Run ``units`` with the executor the config names."""
-    if not units:
-        return
-    if config.executor == "ray":
-        run_ray(config, units, on_done)
-    elif config.workers == 1:
-        run_in_process(config, units, on_done)
-    else:
-        run_local_workers(config, units, on_done)
+    """Run ``units`` with the executor the config names (one of `executor_names()`).
+
+    Raises:
+        ValueError: If no executor is registered under ``config.executor``.
+    """
+    if config.executor not in _EXECUTORS:
+        raise ValueError(f"`executor` must be one of {list(_EXECUTORS)}, got {config.executor!r}.")
+    if units:
+        _EXECUTORS[config.executor](config, units, on_done)

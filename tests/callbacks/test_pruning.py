@@ -252,12 +252,15 @@ def test_pruning_rejects_a_pattern_matching_nothing_before_training(tmp_path):
     assert trainer.global_step == 0
 
 
-def _stub_trainer(module, world_size: int = 1, has_data: bool = True) -> SimpleNamespace:
+def _stub_trainer(module, world_size: int = 1, has_data: bool = True, strategy=None) -> SimpleNamespace:
     """What setup and on_train_start read of a Trainer: the public loaders, the module and the strategy."""
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+
     loader = DataLoader(_dataset(0), batch_size=4) if has_data else None
+    strategy = strategy or SingleDeviceStrategy("cpu")
+    strategy.load_model_state_dict = lambda checkpoint, strict=True: None
     return SimpleNamespace(world_size=world_size, callbacks=[], datamodule=None, lightning_module=module,
-                           train_dataloader=loader, val_dataloaders=None, max_epochs=3, strategy=SimpleNamespace(
-                               load_model_state_dict=lambda checkpoint, strict=True: None))
+                           train_dataloader=loader, val_dataloaders=None, max_epochs=3, strategy=strategy)
 
 
 def _setup_and_start(callback, trainer, module):
@@ -270,8 +273,13 @@ def test_pruning_setup_checks_what_needs_the_trainer():
     with pytest.raises(ValueError, match="criterion 'taylor' must have training data, got no train dataloader"):
         _setup_and_start(Pruning(criterion="taylor", layers={"conv1": 0.5}, prune_at="start"),
                          _stub_trainer(module, has_data=False), module)
-    with pytest.raises(ValueError, match="`mode='physical'` must run in a single process"):
-        _setup_and_start(Pruning(layers={"conv1": 0.5}, prune_at="start"), _stub_trainer(module, world_size=2), module)
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    with pytest.raises(ValueError, match="`mode='physical'` must run under a strategy whose model wrapper can be "
+                                         "rebuilt after pruning .*got FSDPStrategy; use `strategy: ddp`, or "
+                                         "`mode='mask'`"):
+        _setup_and_start(Pruning(layers={"conv1": 0.5}, prune_at="start"),
+                         _stub_trainer(module, strategy=FSDPStrategy()), module)
     with pytest.raises(ValueError, match="`target` must name an nn.Module attribute of UserModule"):
         _setup_and_start(Pruning(layers={"conv1": 0.5}, prune_at="start", target="net"), _stub_trainer(module), module)
     with pytest.raises(ValueError, match="must trace the network on an input, got no `example_input_array`"):
@@ -334,3 +342,33 @@ def test_pruning_reads_batches_without_shifting_the_training_shuffle():
     assert torch.equal(torch.get_rng_state(), state)
     next(iter(trainer.train_dataloader))  # control: reading a shuffled loader does move the RNG
     assert not torch.equal(torch.get_rng_state(), state)
+
+
+def test_pruning_budget_reaches_the_measured_macs_target_and_logs_it(tmp_path):
+    from lightning_prune.pruning import count_params_and_macs
+
+    module = UserModule()
+    example = torch.zeros(1, 1, 8, 8)
+    _, macs_before = count_params_and_macs(module.model, example)
+    pruning = Pruning(layers={"conv1": 0.9, "conv2": 0.75}, budget={"macs": 0.5}, prune_at="start")
+    trainer = _trainer(tmp_path, [pruning], max_epochs=1)
+    trainer.fit(module, datamodule=DataModule())
+    _, macs_after = count_params_and_macs(module.model, example)
+    assert macs_after <= 0.5 * macs_before == 0.5 * pruning.pruned_metrics["budget/macs_before"]
+    assert pruning.pruned_metrics["budget/macs_after"] == pruning.pruned_metrics["prune/macs_after"] == macs_after
+    rows = list(csv.DictReader((tmp_path / "logs" / "version_0" / "metrics.csv").open()))
+    assert any(row.get("budget/macs_reached") for row in rows)
+
+
+def test_pruning_budget_is_refused_before_training_when_unreachable_or_malformed(tmp_path):
+    module = UserModule()
+    pruning = Pruning(layers={"conv1": 0.5}, budget={"macs": 0.1}, prune_at="start")
+    trainer = _trainer(tmp_path, [pruning], max_epochs=1)
+    with pytest.raises(ValueError, match=r"`budget` \{'macs': 0.1\} must be reachable by the selected layers: "
+                                         r"pruning \['conv1'\] as far as allowed leaves 0\.\d+ of the macs"):
+        trainer.fit(module, datamodule=DataModule())
+    assert trainer.global_step == 0
+    with pytest.raises(ValueError, match=r"`budget` must be one of \{'macs': f\} or \{'params': f\}"):
+        Pruning(layers={"conv1": 0.5}, budget={"flops": 0.5}, prune_at="start")
+    with pytest.raises(ValueError, match="`budget` must be None for criterion 'explicit'"):
+        Pruning(criterion="explicit", indices={"conv1": [0]}, budget={"macs": 0.5}, prune_at="start")

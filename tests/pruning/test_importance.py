@@ -178,3 +178,17 @@ def test_build_criterion_by_name():
     with pytest.raises(ValueError, match=r"`criterion` must be one of \['l1', 'taylor', 'oracle', 'random', "
                                          r"'explicit'\], got 'magnitude'"):
         build_criterion("magnitude")
+
+
+def test_oracle_module_imports_no_criterion_module():
+    """The criteria import the oracle, never the other way round (no import cycle, no private helpers across)."""
+    import ast
+    import inspect
+
+    from lightning_prune.pruning import oracle
+
+    imported = {
+        node.module for node in ast.walk(ast.parse(inspect.getsource(oracle))) if isinstance(node, ast.ImportFrom)
+    }
+    assert "lightning_prune.pruning.importance" not in imported
+    assert "lightning_prune.pruning.calibration" in imported
