@@ -10,6 +10,7 @@ decode step (mean), prefill / per-token decode / end-to-end latency and peak mem
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Literal
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -31,22 +32,26 @@ class DyCoke(Callback):
             (chosen by layer L - 1's attention); layers < L attend to everything.
         decode_prune_ratio: P in [0, 1): share of the visual tokens the layers >= L skip.
         window: frames per merging window (the paper: 4).
-        reuse_threshold: keep the previous step's selection when the attention vectors' cosine similarity is at least
-            this; `None` re-selects at every step.
+        reuse_threshold: a decode step whose attention vector is at least this cosine-similar to the previous step's
+            is *similar*; `None`: no step is.
         log_prefix: prefix of the logged metric names.
+        variant: `official` (default) reproduces the published DyCoke code exactly: its merged token order, its
+            windows, its decode candidates, and similar steps run unpruned. `refined` is ours: spatial order, every
+            window merged, similar steps reuse the previous selection (see the README's DyCoke section).
     """
 
     def __init__(
         self,
         merging_ratio: float = 0.7,
         prune_layer: int = 3,
-        decode_prune_ratio: float = 0.7,
+        decode_prune_ratio: float = 0.8,
         window: int = 4,
         reuse_threshold: float | None = 0.9,
         log_prefix: str = "dycoke",
+        variant: Literal["official", "refined"] = "official",
     ) -> None:
         super().__init__()
-        self.settings = DyCokeSettings(merging_ratio, prune_layer, decode_prune_ratio, window, reuse_threshold)
+        self.settings = DyCokeSettings(merging_ratio, prune_layer, decode_prune_ratio, window, reuse_threshold, variant)
         self.log_prefix = log_prefix
         self._hooks: DyCokeHooks | None = None
         self._timer: GenerationTimer | None = None

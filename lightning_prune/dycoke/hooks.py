@@ -28,7 +28,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from lightning_prune.dycoke.attention import STATE_KWARG, WRAPPED_IMPLEMENTATIONS, register_attention_functions
 from lightning_prune.dycoke.kv_pruning import DecodePruning, gather_positions
-from lightning_prune.dycoke.ttm import ttm_keep_positions
+from lightning_prune.dycoke.ttm import VARIANTS, ttm_keep_positions
 
 
 @dataclass(frozen=True)
@@ -40,15 +40,21 @@ class DyCokeSettings:
         prune_layer: L >= 1, first LLM layer whose decode-step attention sees only the selected visual tokens.
         decode_prune_ratio: P in [0, 1), share of the visual tokens layers >= L skip at each decode step.
         window: frames per TTM window (>= 1).
-        reuse_threshold: reuse the previous step's selection when the attention vectors' cosine similarity is
-            at least this (in [-1, 1]); `None` re-selects every step.
+        reuse_threshold: a decode step is *similar* to the previous one when the attention vectors' cosine
+            similarity is at least this (in [-1, 1]); `None`: never.
+        variant: `official` reproduces the published code (merged order, dropped frames, candidates, similar steps
+            unpruned); `refined` is ours (spatial order, every window merged, similar steps reuse the selection).
+
+    K = 0 turns merging off in both variants (the published code turns DyCoke off as a whole instead; run at K = 0 it
+    would still reorder tokens and drop an odd last frame), so K = 0 and P = 0 reproduce the model without DyCoke.
     """
 
     merging_ratio: float = 0.7
     prune_layer: int = 3
-    decode_prune_ratio: float = 0.7
+    decode_prune_ratio: float = 0.8
     window: int = 4
     reuse_threshold: float | None = 0.9
+    variant: str = "official"
 
     def __post_init__(self) -> None:
         problems = []
@@ -62,6 +68,10 @@ class DyCokeSettings:
             problems.append(f"`window` must be an integer >= 1, got {self.window!r}.")
         if self.reuse_threshold is not None and not -1.0 <= self.reuse_threshold <= 1.0:
             problems.append(f"`reuse_threshold` must be in [-1, 1] or None, got {self.reuse_threshold}.")
+        if self.variant not in VARIANTS:
+            problems.append(f"`variant` must be one of {list(VARIANTS)}, got {self.variant!r}.")
+        elif self.variant == "official" and self.window != 4:
+            problems.append(f"`window` must be 4 with variant='official' (the published code's), got {self.window!r}.")
         if problems:
             raise ValueError(" ".join(problems))
 
@@ -129,7 +139,8 @@ class DyCokeHooks:
         self.tokens_per_frame = ((grid + 1) // 2) ** 2  # LLaVA-OneVision pools the patch grid 2x (ceil)
         self.video_token_id = self.base.config.video_token_id
         self.pruning = DecodePruning(
-            self.settings.prune_layer, self.settings.decode_prune_ratio, self.settings.reuse_threshold, profile
+            self.settings.prune_layer, self.settings.decode_prune_ratio, self.settings.reuse_threshold, profile,
+            self.settings.variant,
         )
         self.stats: list[GenerationStats] = []
         self._forward_parameters = inspect.signature(self.base.forward)
@@ -155,6 +166,7 @@ class DyCokeHooks:
             self._handle.remove()
             self._handle = None
             self.base.set_attn_implementation({"text_config": self._original_attention})
+        self._sync_current()
         self.pruning.reset()
         self._merged = self._current = None
 
@@ -182,6 +194,8 @@ class DyCokeHooks:
     def _sync_current(self) -> None:
         if self._current is not None:
             self._current.reused_steps = self.pruning.reused_steps
+            if self.pruning.attended_lengths:
+                self._current.attended_kv_lengths = [round(n) for n in self.pruning.attended_lengths]
             self._current.overhead_s = self.pruning.overhead_s
 
     def _before_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -241,6 +255,8 @@ class DyCokeHooks:
         kwargs["pixel_values_videos"] = None
         input_ids = kwargs["input_ids"]
         visual_positions = (input_ids == self.video_token_id).nonzero()[:, 1].view(batch, -1)
+        if self.settings.variant == "official":
+            visual_positions = visual_positions[:, :-2]  # as published: not the last frame token, not the newline
         self.pruning.start(visual_positions, input_ids.shape[1])
         self._current = GenerationStats(
             batch_size=batch,
@@ -258,7 +274,8 @@ class DyCokeHooks:
         kept = []
         for sample in features:
             frames = sample[: num_frames * per_frame].view(num_frames, per_frame, -1)
-            positions = ttm_keep_positions(frames, self.settings.merging_ratio, self.settings.window)
+            positions = ttm_keep_positions(frames, self.settings.merging_ratio, self.settings.window,
+                                           self.settings.variant)
             kept.append(torch.cat([positions.to(features.device), newline]))
         return torch.stack(kept)
 
@@ -302,9 +319,7 @@ class DyCokeHooks:
         full = past + 1
         self._current.full_kv_lengths.append(full)
         if self.pruning.active:
-            kwargs[STATE_KWARG] = self.pruning
-            pruned = self.pruning.visual_positions.shape[1] - self.pruning.keep
-            self._current.attended_kv_lengths.append(full - pruned)
+            kwargs[STATE_KWARG] = self.pruning  # the attended lengths are recorded by the scoring layer
         else:
             self._current.attended_kv_lengths.append(full)
 
