@@ -7,7 +7,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 import lightning_prune.dycoke.attention as dycoke_attention
 from lightning_prune.dycoke import ttm_keep_positions
-from lightning_prune.dycoke.hooks import DyCokeHooks, DyCokeSettings, find_llava_onevision
+from lightning_prune.dycoke.hooks import DyCokeHooks, DyCokeSettings
 from lightning_prune.dycoke.kv_pruning import DecodePruning
 
 TOKENS_PER_FRAME = 16
@@ -191,9 +191,14 @@ def test_hooks_reject_other_attention_implementations(tiny_llava, monkeypatch):
         DyCokeHooks(tiny_llava[0])
 
 
-def test_hooks_reject_a_model_without_llava_onevision():
-    with pytest.raises(TypeError, match=r"needs a module containing a transformers `LlavaOnevisionModel`, got Linear"):
-        find_llava_onevision(torch.nn.Linear(2, 2))
+def test_hooks_reject_a_model_without_a_family_adapter():
+    with pytest.raises(TypeError, match=r"no family adapter for Linear; supported families: \['llava_onevision'"):
+        DyCokeHooks(torch.nn.Linear(2, 2))
+
+
+def test_hooks_reject_an_unknown_or_mismatched_family(tiny_llava):
+    with pytest.raises(ValueError, match=r"`family` must be one of \['llava_onevision'.*\], got 'gemma'"):
+        DyCokeHooks(tiny_llava[0], family="gemma")
 
 
 def test_hooks_refuse_to_install_twice(tiny_llava):
