@@ -15,6 +15,7 @@ from lightning_prune.dycoke.families.base import FamilyAdapter, VideoTokens
 # name -> "module:AdapterClass" (imported on first use: each pulls in its transformers model file)
 _FAMILIES = {
     "llava_onevision": "lightning_prune.dycoke.families.llava_onevision:LlavaOnevisionAdapter",
+    "llava_next_video": "lightning_prune.dycoke.families.llava_next_video:LlavaNextVideoAdapter",
 }
 
 FAMILY_NAMES = tuple(_FAMILIES)
