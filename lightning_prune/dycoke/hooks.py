@@ -160,12 +160,15 @@ class DyCokeHooks:
         register_attention_functions()
         self.base.set_attn_implementation({"text_config": WRAPPED_IMPLEMENTATIONS[self._original_attention]})
         self._handle = self.base.register_forward_pre_hook(self._before_forward, with_kwargs=True)
+        self._family_handles = self.family.attach(self.base)
         return self
 
     def remove(self) -> None:
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
+            for handle in self._family_handles:
+                handle.remove()
             self.base.set_attn_implementation({"text_config": self._original_attention})
         self._sync_current()
         self.pruning.reset()
@@ -230,6 +233,12 @@ class DyCokeHooks:
                 f"Every prompt must hold {video_length} video tokens (one video per sample), "
                 f"got {is_video.sum(dim=1).tolist()}."
             )
+        if any(frames.shape[:2] != video.frames[0].shape[:2] for frames in video.frames):
+            raise ValueError(
+                "Every video in a batch must have the same frames and tokens per frame, got (F, N) = "
+                f"{[tuple(frames.shape[:2]) for frames in video.frames]}."
+            )
+        original = dict(kwargs)
         original_length = input_ids.shape[1]
         trailing = torch.arange(video_length - video.trailing, video_length, device=input_ids.device)
         if self.settings.merging_ratio > 0 and video.num_frames > 1:
@@ -249,7 +258,7 @@ class DyCokeHooks:
             sources = columns.clone()
             sources[is_video.gather(1, columns)] = kept_video.flatten()
             self._merged = _MergedPrompt(original_length, columns)
-            self._shorten_prompt(module, kwargs, sources)
+            self._shorten_prompt(module, kwargs, original, sources)
         input_ids = kwargs["input_ids"]
         visual_positions = (input_ids == self.video_token_id).nonzero()[:, 1].view(batch, -1)
         if self.settings.variant == "official":
@@ -269,7 +278,7 @@ class DyCokeHooks:
         """`[M]` kept positions among one sample's frame tokens, in merged-sequence order."""
         return ttm_keep_positions(frames, self.settings.merging_ratio, self.settings.window, self.settings.variant)
 
-    def _shorten_prompt(self, module: nn.Module, kwargs: dict, sources: torch.Tensor) -> None:
+    def _shorten_prompt(self, module: nn.Module, kwargs: dict, original: dict, sources: torch.Tensor) -> None:
         columns = self._merged.kept_columns
         kwargs["input_ids"] = kwargs["input_ids"].gather(1, columns)
         if kwargs.get("mm_token_type_ids") is not None:
@@ -279,7 +288,7 @@ class DyCokeHooks:
             if not (isinstance(mask, torch.Tensor) and mask.dim() == 2):
                 raise ValueError("DyCoke needs a 2-D `attention_mask` [batch, sequence] (or none).")
             kwargs["attention_mask"] = mask.gather(1, columns)
-        self.family.merged_positions(module, kwargs, sources, self._merged.removed)
+        self.family.merged_positions(module, kwargs, original, sources, self._merged.removed)
 
     def _decode(self, kwargs: dict, past: int) -> None:
         tokens = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs.get("inputs_embeds")

@@ -16,6 +16,8 @@ from lightning_prune.dycoke.families.base import FamilyAdapter, VideoTokens
 _FAMILIES = {
     "llava_onevision": "lightning_prune.dycoke.families.llava_onevision:LlavaOnevisionAdapter",
     "llava_next_video": "lightning_prune.dycoke.families.llava_next_video:LlavaNextVideoAdapter",
+    "qwen2_5_vl": "lightning_prune.dycoke.families.qwen2_5_vl:Qwen2_5_VLAdapter",
+    "qwen3_vl": "lightning_prune.dycoke.families.qwen3_vl:Qwen3VLAdapter",
 }
 
 FAMILY_NAMES = tuple(_FAMILIES)

@@ -77,6 +77,10 @@ class FamilyAdapter:
         base_class = self.load_class(self.base_class)
         return next((m for m in model.modules() if isinstance(m, base_class)), None)
 
+    def attach(self, base: nn.Module) -> list:
+        """Hooks the adapter itself needs while DyCoke is installed (their handles; `remove()` drops them)."""
+        return []
+
     def video_token_id(self, base: nn.Module) -> int:
         return base.config.video_token_id
 
@@ -103,12 +107,15 @@ class FamilyAdapter:
     # Positions. Default (1-D RoPE, LLaVA families): the merged prompt is numbered 0, 1, ... as if the dropped tokens
     # had never been there, which is what the published code does (it builds the shorter sequence).
 
-    def merged_positions(self, base: nn.Module, kwargs: dict, sources: torch.Tensor, removed: int) -> None:
+    def merged_positions(
+        self, base: nn.Module, kwargs: dict, original: dict, sources: torch.Tensor, removed: int
+    ) -> None:
         """Set `kwargs["position_ids"]` for the shortened prompt (`kwargs` already shortened).
 
         Args:
             base: the base model.
             kwargs: the forward's keyword arguments, `input_ids` / `attention_mask` already shortened.
+            original: the forward's keyword arguments as they came (the whole prompt).
             sources: `[B, S']` for each position of the shortened prompt, the column of the original prompt whose
                 token now sits there (merged video tokens may come in another order than their columns).
             removed: S - S', the same for every sample.
