@@ -58,17 +58,18 @@ class Qwen2_5_VLAdapter(MultimodalRopeAdapter):
             Qwen2VLVideoProcessor,
         )
 
+        overrides = dict(overrides)
         merged = merge_config(TINY_DEFAULTS, overrides)
+        vision = merged["vision_config"]
+        side = merged.pop("frame_side", 8 * vision["patch_size"])  # frames are resized to side x side pixels
         tokenizer = qwen_tokenizer()
         merged["text_config"] = {"vocab_size": len(tokenizer), **token_ids(tokenizer), **merged["text_config"]}
         config = Qwen2_5_VLConfig(**merged, **special_ids(tokenizer))
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             model = Qwen2_5_VLForConditionalGeneration(config)
-        vision = merged["vision_config"]
         patches = {"patch_size": vision["patch_size"], "merge_size": vision["spatial_merge_size"],
                    "temporal_patch_size": vision["temporal_patch_size"]}
-        side = 8 * vision["patch_size"]
         processor = Qwen2_5_VLProcessor(
             image_processor=Qwen2VLImageProcessor(**patches),
             tokenizer=tokenizer,

@@ -77,21 +77,23 @@ class Qwen3VLAdapter(MultimodalRopeAdapter):
         from transformers import Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
         from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
+        overrides = dict(overrides)
         merged = merge_config(TINY_DEFAULTS, overrides)
+        vision = merged["vision_config"]
+        side = merged.pop("frame_side", 8 * vision["patch_size"])  # the largest frame side kept as it is
         tokenizer = qwen_tokenizer()
         merged["text_config"] = {"vocab_size": len(tokenizer), **token_ids(tokenizer), **merged["text_config"]}
         config = Qwen3VLConfig(**merged, **special_ids(tokenizer))
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             model = Qwen3VLForConditionalGeneration(config)
-        vision = merged["vision_config"]
         patches = {"patch_size": vision["patch_size"], "merge_size": vision["spatial_merge_size"],
                    "temporal_patch_size": vision["temporal_patch_size"]}
-        side = 8 * vision["patch_size"]
         processor = Qwen3VLProcessor(
             image_processor=Qwen2VLImageProcessor(**patches),
             tokenizer=tokenizer,
-            video_processor=Qwen3VLVideoProcessor(**patches, size={"shortest_edge": side * side,
+            # Qwen3-VL bounds the pixels of the whole video: frames of `side` pixels stay as they are (up to 64).
+            video_processor=Qwen3VLVideoProcessor(**patches, size={"shortest_edge": 2 * (8 * vision["patch_size"]) ** 2,
                                                                    "longest_edge": 64 * side * side},
                                                   do_sample_frames=False, cap_pixels_per_frame=False),
             chat_template=chat_template("<|video_pad|>"),
