@@ -1,10 +1,11 @@
 """`DyCoke`: training-free token compression for a video LLM during `predict` / `test`.
 
-Drop it into any Lightning run whose module holds a transformers LLaVA-OneVision model and calls `generate` (or
-`forward`) on it: at predict/test start it installs temporal token merging and dynamic KV-cache pruning
-(`lightning_prune.dycoke.hooks`), at the end it removes them, and the model behaves exactly as before. Per batch it logs
-`dycoke/*` to every logger: visual tokens before and after merging, the KV length the pruned layers attend to at each
-decode step (mean), prefill / per-token decode / end-to-end latency and peak memory; a summary goes to the console.
+Drop it into any Lightning run whose module holds a transformers video LLM of a supported family (LLaVA-OneVision,
+LLaVA-NeXT-Video, Qwen2.5-VL, Qwen3-VL: `lightning_prune.dycoke.families`) and calls `generate` (or `forward`) on it:
+at predict/test start it installs temporal token merging and dynamic KV-cache pruning (`lightning_prune.dycoke.hooks`),
+at the end it removes them, and the model behaves exactly as before. Per batch it logs `dycoke/*` to every logger:
+visual tokens before and after merging, the KV length the pruned layers attend to at each decode step (mean), prefill /
+per-token decode / end-to-end latency and peak memory; a summary goes to the console.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ _STAGES = ("predict", "test")
 
 
 class DyCoke(Callback):
-    """DyCoke (Tao et al., CVPR 2025) on a LLaVA-OneVision model, for `predict` and `test`.
+    """DyCoke (Tao et al., CVPR 2025) on a video LLM, for `predict` and `test`.
 
     Args:
         merging_ratio: K in [0, 1): share of each merged frame's visual tokens that temporal token merging drops.
@@ -62,7 +63,7 @@ class DyCoke(Callback):
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage in _STAGES:
-            # Checks the module (a LLaVA-OneVision inside, L below its layer count, attention) before any batch runs.
+            # Checks the module (a supported family inside, L below its layer count, attention) before any batch runs.
             self._hooks = DyCokeHooks(pl_module, self.settings)
 
     @override
