@@ -1,16 +1,23 @@
 """Benchmark DyCoke against the full model: latency (prefill, per-token decode, end to end) and inference memory.
 
-    python benchmarks/dycoke.py --json runs/bench/dycoke.json               # CPU: random mid-size LLaVA-OneVision
+    python benchmarks/dycoke.py --json runs/bench/dycoke.json                        # CPU: random mid-size model
+    python benchmarks/dycoke.py --json out.json --family qwen2_5_vl --variant official --batch-size 4
     python benchmarks/dycoke.py --json out.json --model llava-hf/llava-onevision-qwen2-0.5b-ov-hf --device cuda
 
-Same synthetic moving-shapes video (32 frames x 196 tokens by default), same prompt, greedy decoding of exactly
-`--new-tokens` tokens. Memory: each variant generates once in its own process; inference memory is the peak during
-generation minus the footprint once the model is loaded and the inputs are prepared (CUDA: `max_memory_allocated` minus
-the allocated bytes then; CPU: peak RSS minus the RSS then, with glibc's mmap threshold fixed so freed tensors leave the
-RSS). On a CPU the libraries' and weights' fixed footprint dwarfs what DyCoke changes, so the ratio is taken on what
-generation adds; absolute peaks are reported beside it. Latency: a third process alternates baseline and DyCoke
-generations (`--repeats` each, medians), so both see the same machine load. DyCoke's own decode-step work (scoring,
-top-k, cache selection) is timed in a last, profiled run and reported as a share of its decode step.
+Random models (no --model): per family an LLM of width 512 x 8 layers (grouped KV heads, a 32k vocabulary) that
+dominates a 1-layer vision tower of the family's real geometry: LLaVA-OneVision 384 x 384 frames -> 196 tokens,
+LLaVA-NeXT-Video 336 x 336 -> 144, Qwen2.5-VL 448 x 448 -> 256 per temporal patch of 2 frames, Qwen3-VL 512 x 512 ->
+256 per temporal patch. Same synthetic moving-shapes video (32 frames by default) for every sample, questions of
+different lengths (so batches are padded), greedy decoding of exactly `--new-tokens` tokens.
+
+Memory: each variant generates once in its own process; generation-added memory is the peak during generation minus
+the footprint once the model is loaded and the inputs are prepared (CUDA: `max_memory_allocated` minus the allocated
+bytes then; CPU: peak RSS minus the RSS then, with glibc's mmap threshold fixed so freed tensors leave the RSS). On a
+CPU the libraries' and weights' fixed footprint dwarfs what DyCoke changes, so the ratio is taken on what generation
+adds; absolute peaks are reported beside it. Latency: a third process alternates baseline and DyCoke generations
+(`--repeats` each, medians), so both see the same machine load. DyCoke's own decode-step work (scoring, top-k, cache
+selection) is timed in a last, profiled run and reported as a share of its decode step. The JSON carries
+`latency_ratio` (end to end, baseline / DyCoke) and `memory_ratio` (generation-added memory) at its top level.
 """
 
 from __future__ import annotations
@@ -25,21 +32,36 @@ import sys
 import tempfile
 from pathlib import Path
 
-# The random model when no --model is given: an LLM of width 512 x 8 layers (Qwen2's MLP ratio 5.5, grouped KV heads,
-# a 32k vocabulary) that dominates a small vision tower whose 384 x 384 frames (27 x 27 patches of 14) pool to
-# 14 x 14 = 196 tokens, as in LLaVA-OneVision.
+_TEXT = {"hidden_size": 512, "intermediate_size": 2816, "num_hidden_layers": 8, "num_attention_heads": 8,
+         "num_key_value_heads": 2, "vocab_size": 32000}
+_TINY_VISION = {"hidden_size": 64, "intermediate_size": 128}
+# The random model per family when no --model is given (see the module docstring).
 MID_SIZE = {
-    "text_config": {"hidden_size": 512, "intermediate_size": 2816, "num_hidden_layers": 8, "num_attention_heads": 8,
-                    "num_key_value_heads": 2, "vocab_size": 32000},
-    "vision_config": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 2,
-                      "image_size": 384, "patch_size": 14},
+    "llava_onevision": {"text_config": _TEXT, "vision_config": {
+        **_TINY_VISION, "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 384, "patch_size": 14}},
+    "llava_next_video": {"text_config": _TEXT, "vision_config": {
+        **_TINY_VISION, "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 336, "patch_size": 14}},
+    "qwen2_5_vl": {"text_config": {**_TEXT, "rope_parameters": {
+        "rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [8, 12, 12]}},
+        "vision_config": {**_TINY_VISION, "depth": 1, "num_heads": 2, "out_hidden_size": 512, "patch_size": 14,
+                          "window_size": 112}, "frame_side": 448},
+    "qwen3_vl": {"text_config": {**_TEXT, "head_dim": 64, "rope_parameters": {
+        "rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [8, 12, 12], "mrope_interleaved": True}},
+        "vision_config": {**_TINY_VISION, "depth": 1, "num_heads": 2, "out_hidden_size": 512, "patch_size": 16,
+                          "num_position_embeddings": 2304, "deepstack_visual_indexes": [0]}, "frame_side": 512},
 }
+_QUESTIONS = ["Which way does the red square move?", "What colour is the square that drifts slowly?",
+              "Which shape crosses the frame first, and where does it go?", "How many squares are there?"]
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, required=True, help="where to write the results")
     parser.add_argument("--model", default=None, help="Hub id or folder; default: the random mid-size model")
+    parser.add_argument("--family", default=None, choices=sorted(MID_SIZE),
+                        help="family of the random model (default llava_onevision), or forced for --model")
+    parser.add_argument("--variant", default="official", choices=["official", "refined"], help="DyCoke's variant")
+    parser.add_argument("--batch-size", type=int, default=1, help="samples per generation (padded prompts)")
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--frames", type=int, default=32)
@@ -47,9 +69,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=2, help="timed generations per variant")
     parser.add_argument("--merging-ratio", type=float, default=0.7)
     parser.add_argument("--prune-layer", type=int, default=3)
-    parser.add_argument("--decode-prune-ratio", type=float, default=0.7)
+    parser.add_argument("--decode-prune-ratio", type=float, default=0.8)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
-    parser.add_argument("--variant", choices=["baseline", "dycoke", "latency"], help=argparse.SUPPRESS)
+    parser.add_argument("--part", choices=["baseline", "dycoke", "latency"], help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -69,15 +91,18 @@ def _prepare(args: argparse.Namespace):
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.model:
-        module = VideoLLM(model_name_or_path=args.model, dtype=args.dtype)
+        module = VideoLLM(model_name_or_path=args.model, dtype=args.dtype, family=args.family)
     else:
-        module = VideoLLM(tiny_config=MID_SIZE, dtype=args.dtype)
+        family = args.family or "llava_onevision"
+        module = VideoLLM(tiny_config=MID_SIZE[family], dtype=args.dtype, family=family)
     module = module.to(torch.device(args.device)).eval()
     with tempfile.TemporaryDirectory() as folder:
-        video = write_video(Path(folder) / "shapes.mp4", moving_shapes_frames(2 * args.frames, 192, "right"))
+        side = 192 if args.model else MID_SIZE[args.family or "llava_onevision"].get("frame_side", 192)
+        video = write_video(Path(folder) / "shapes.mp4", moving_shapes_frames(2 * args.frames, side, "right"))
         frames = read_video_frames(video, args.frames)
-    batch = {"videos": [frames], "question": ["Which way does the red square move?"],
-             "options": [["left", "right", "up", "down"]]}
+    size = args.batch_size
+    batch = {"videos": [frames] * size, "question": [_QUESTIONS[i % len(_QUESTIONS)] for i in range(size)],
+             "options": [["left", "right", "up", "down"]] * size}
     return module.model, module.model_inputs(batch)
 
 
@@ -96,7 +121,7 @@ def measure_memory(args: argparse.Namespace) -> dict:
     from lightning_prune.dycoke.probe import peak_memory_bytes, reset_peak_memory, resident_memory_bytes
 
     model, inputs = _prepare(args)
-    if args.variant == "dycoke":
+    if args.part == "dycoke":
         DyCokeHooks(model, _settings(args)).install()
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -108,7 +133,7 @@ def measure_memory(args: argparse.Namespace) -> dict:
     prompt = inputs["input_ids"].shape[1]
     return {"memory_after_load_mb": loaded / 2**20, "peak_memory_mb": peak / 2**20,
             "inference_memory_mb": (peak - loaded) / 2**20, "prompt_tokens": int(prompt),
-            "tokens": tokens[0, prompt:].tolist()}
+            "tokens": tokens[:, prompt:].tolist()}
 
 
 def measure_latency(args: argparse.Namespace) -> dict:
@@ -155,7 +180,7 @@ def measure_latency(args: argparse.Namespace) -> dict:
             "llm_prompt_tokens": stats.prompt_tokens_after,
             "attended_kv_length_mean": statistics.mean(stats.attended_kv_lengths),
             "full_kv_length_mean": statistics.mean(stats.full_kv_lengths),
-            "reused_selection_steps": stats.reused_steps,
+            "similar_steps": stats.reused_steps,
             "decode_steps": len(stats.full_kv_lengths),
             "dycoke_step_work_s": per_step,
             "dycoke_step_work_share": per_step / profiled.decode_s_per_token,
@@ -166,7 +191,7 @@ def measure_latency(args: argparse.Namespace) -> dict:
 def _settings(args: argparse.Namespace):
     from lightning_prune.dycoke.hooks import DyCokeSettings
 
-    return DyCokeSettings(args.merging_ratio, args.prune_layer, args.decode_prune_ratio)
+    return DyCokeSettings(args.merging_ratio, args.prune_layer, args.decode_prune_ratio, variant=args.variant)
 
 
 def _machine(device: str, threads: int) -> dict:
@@ -183,8 +208,8 @@ def _machine(device: str, threads: int) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     args = _parse(argv)
-    if args.variant:
-        result = measure_latency(args) if args.variant == "latency" else measure_memory(args)
+    if args.part:
+        result = measure_latency(args) if args.part == "latency" else measure_memory(args)
         args.json.write_text(json.dumps(result))
         return result
     forwarded = list(argv if argv is not None else sys.argv[1:])
@@ -198,21 +223,32 @@ def main(argv: list[str] | None = None) -> dict:
         # also slow every large allocation down, so the latency run keeps glibc's defaults.)
         memory_env.setdefault("MALLOC_MMAP_THRESHOLD_", "131072")
     parts = {}
-    for variant in ("baseline", "dycoke", "latency"):
+    for name in ("baseline", "dycoke", "latency"):
         with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
             part = Path(handle.name)
-        command = [sys.executable, __file__, *forwarded, "--json", str(part), "--variant", variant]
-        subprocess.run(command, check=True, env=env if variant == "latency" else memory_env)
-        parts[variant] = json.loads(part.read_text())
+        command = [sys.executable, __file__, *forwarded, "--json", str(part), "--part", name]
+        subprocess.run(command, check=True, env=env if name == "latency" else memory_env)
+        parts[name] = json.loads(part.read_text())
         part.unlink()
     base = {**parts["baseline"], **parts["latency"]["baseline"]}
     dycoke = {**parts["dycoke"], **parts["latency"]["dycoke"]}
+    family = args.family or ("llava_onevision" if not args.model else None)
+    ratios = {
+        "end_to_end_latency": base["end_to_end_s"] / dycoke["end_to_end_s"],
+        "inference_memory": base["inference_memory_mb"] / dycoke["inference_memory_mb"],
+    }
     summary = {
-        "model": args.model or "random LLaVA-OneVision " + json.dumps(MID_SIZE),
+        "latency_ratio": ratios["end_to_end_latency"],
+        "memory_ratio": ratios["inference_memory"],
+        "family": family,
+        "variant": args.variant,
+        "batch_size": args.batch_size,
+        "model": args.model or f"random {family} " + json.dumps(MID_SIZE[family]),
         "frames": args.frames,
         "new_tokens": args.new_tokens,
         "settings": {"merging_ratio": args.merging_ratio, "prune_layer": args.prune_layer,
-                     "decode_prune_ratio": args.decode_prune_ratio, "window": 4, "reuse_threshold": 0.9},
+                     "decode_prune_ratio": args.decode_prune_ratio, "window": 4, "reuse_threshold": 0.9,
+                     "variant": args.variant},
         "machine": _machine(args.device, args.threads),
         "ratios": {
             "end_to_end_latency": base["end_to_end_s"] / dycoke["end_to_end_s"],
@@ -228,7 +264,8 @@ def main(argv: list[str] | None = None) -> dict:
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(summary, indent=2))
-    print(json.dumps({key: summary[key] for key in ("ratios", "dycoke_step_work_share", "same_tokens")}, indent=2))
+    keys = ("latency_ratio", "memory_ratio", "ratios", "dycoke_step_work_share", "same_tokens")
+    print(json.dumps({key: summary[key] for key in keys}, indent=2))
     return summary
 
 

@@ -1,15 +1,17 @@
 """`DyCoke`: training-free token compression for a video LLM during `predict` / `test`.
 
-Drop it into any Lightning run whose module holds a transformers LLaVA-OneVision model and calls `generate` (or
-`forward`) on it: at predict/test start it installs temporal token merging and dynamic KV-cache pruning
-(`lightning_prune.dycoke.hooks`), at the end it removes them, and the model behaves exactly as before. Per batch it logs
-`dycoke/*` to every logger: visual tokens before and after merging, the KV length the pruned layers attend to at each
-decode step (mean), prefill / per-token decode / end-to-end latency and peak memory; a summary goes to the console.
+Drop it into any Lightning run whose module holds a transformers video LLM of a supported family (LLaVA-OneVision,
+LLaVA-NeXT-Video, Qwen2.5-VL, Qwen3-VL: `lightning_prune.dycoke.families`) and calls `generate` (or `forward`) on it:
+at predict/test start it installs temporal token merging and dynamic KV-cache pruning (`lightning_prune.dycoke.hooks`),
+at the end it removes them, and the model behaves exactly as before. Per batch it logs `dycoke/*` to every logger:
+visual tokens before and after merging, the KV length the pruned layers attend to at each decode step (mean), prefill /
+per-token decode / end-to-end latency and peak memory; a summary goes to the console.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Literal
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -23,7 +25,7 @@ _STAGES = ("predict", "test")
 
 
 class DyCoke(Callback):
-    """DyCoke (Tao et al., CVPR 2025) on a LLaVA-OneVision model, for `predict` and `test`.
+    """DyCoke (Tao et al., CVPR 2025) on a video LLM, for `predict` and `test`.
 
     Args:
         merging_ratio: K in [0, 1): share of each merged frame's visual tokens that temporal token merging drops.
@@ -31,22 +33,26 @@ class DyCoke(Callback):
             (chosen by layer L - 1's attention); layers < L attend to everything.
         decode_prune_ratio: P in [0, 1): share of the visual tokens the layers >= L skip.
         window: frames per merging window (the paper: 4).
-        reuse_threshold: keep the previous step's selection when the attention vectors' cosine similarity is at least
-            this; `None` re-selects at every step.
+        reuse_threshold: a decode step whose attention vector is at least this cosine-similar to the previous step's
+            is *similar*; `None`: no step is.
         log_prefix: prefix of the logged metric names.
+        variant: `official` (default) reproduces the published DyCoke code exactly: its merged token order, its
+            windows, its decode candidates, and similar steps run unpruned. `refined` is ours: spatial order, every
+            window merged, similar steps reuse the previous selection (see the README's DyCoke section).
     """
 
     def __init__(
         self,
         merging_ratio: float = 0.7,
         prune_layer: int = 3,
-        decode_prune_ratio: float = 0.7,
+        decode_prune_ratio: float = 0.8,
         window: int = 4,
         reuse_threshold: float | None = 0.9,
         log_prefix: str = "dycoke",
+        variant: Literal["official", "refined"] = "official",
     ) -> None:
         super().__init__()
-        self.settings = DyCokeSettings(merging_ratio, prune_layer, decode_prune_ratio, window, reuse_threshold)
+        self.settings = DyCokeSettings(merging_ratio, prune_layer, decode_prune_ratio, window, reuse_threshold, variant)
         self.log_prefix = log_prefix
         self._hooks: DyCokeHooks | None = None
         self._timer: GenerationTimer | None = None
@@ -57,7 +63,7 @@ class DyCoke(Callback):
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage in _STAGES:
-            # Checks the module (a LLaVA-OneVision inside, L below its layer count, attention) before any batch runs.
+            # Checks the module (a supported family inside, L below its layer count, attention) before any batch runs.
             self._hooks = DyCokeHooks(pl_module, self.settings)
 
     @override

@@ -1,11 +1,13 @@
 """DyCoke (Tao et al., CVPR 2025) for video LLMs: temporal token merging and dynamic KV-cache pruning.
 
-The maths (`ttm`, `kv_pruning`) is pure PyTorch; `hooks` installs it on a transformers LLaVA-OneVision model through
-transformers' public extension points (`attention` registers the attention functions). No Lightning here.
+The maths (`ttm`, `kv_pruning`) is pure PyTorch, in two variants (`official`: the published code exactly; `refined`:
+ours); `hooks` installs it on a transformers video LLM through transformers' public extension points (`attention`
+registers the attention functions), with one adapter per model family (`families`). No Lightning here.
 """
 
 from lightning_prune.dycoke.kv_pruning import DecodePruning, last_query_attention, select_visual_tokens
 from lightning_prune.dycoke.ttm import (
+    VARIANTS,
     kept_count,
     merged_token_count,
     reference_frames,
@@ -15,6 +17,7 @@ from lightning_prune.dycoke.ttm import (
 )
 
 __all__ = [
+    "VARIANTS",
     "DecodePruning",
     "kept_count",
     "last_query_attention",

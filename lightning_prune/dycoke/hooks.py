@@ -1,19 +1,20 @@
-"""Install DyCoke on a LLaVA-OneVision model through transformers' public extension points, and remove it again.
+"""Install DyCoke on a video LLM through transformers' public extension points, and remove it again.
 
-Two pieces, no model file forked:
+Two pieces, no model file forked, the family's specifics behind a `FamilyAdapter` (`lightning_prune.dycoke.families`):
 
-1. A forward pre-hook on `LlavaOnevisionModel` (keyword arguments). At the prefill (empty cache) it applies temporal
-   token merging to the pooled video features (which `generate` passes as `mm_encoder_outputs`, or which it computes
-   from `pixel_values_videos`), drops the merged video placeholders from `input_ids` and the 2-D `attention_mask`, and
-   renumbers `position_ids`: the LLM sees a shorter prompt, as if the tokens had never been there. At each decode step
-   it maps `generate`'s bookkeeping (mask and positions, which still count the merged tokens) onto that shorter
-   sequence and passes the `DecodePruning` state down to the attention functions as the `dycoke` keyword.
+1. A forward pre-hook on the family's base model (e.g. `LlavaOnevisionModel`, `Qwen2_5_VLModel`). At the prefill
+   (empty cache) it applies temporal token merging to the video features (which `generate` passes as
+   `mm_encoder_outputs`, or which the adapter computes from `pixel_values_videos`), drops the merged video
+   placeholders from `input_ids`, the 2-D `attention_mask` (and `mm_token_type_ids`), and lets the adapter assign
+   positions: the LLM sees a shorter prompt. At each decode step it maps `generate`'s bookkeeping (mask and positions,
+   which still count the merged tokens) onto that shorter sequence and passes the `DecodePruning` state down to the
+   attention functions as the `dycoke` keyword.
 2. The text model's attention implementation is switched to `dycoke_sdpa` / `dycoke_eager` (see `attention.py`).
 
 `remove()` undoes both; the model then behaves exactly as before. Verified with transformers 5.24 (`cache` keyword).
-Supported: batches of any size (left or right padding), SDPA or eager attention, greedy or sampled decoding.
-Refused with an error: other attention implementations, multi-token decode steps (assisted or chunked generation),
-prompts given as `inputs_embeds` (the video tokens cannot be found).
+Supported: batches of any size (left or right padding), one video per sample, SDPA or eager attention, greedy or
+sampled decoding. Refused with an error: other attention implementations (flash attention), multi-token decode steps
+(assisted or chunked generation), prompts given as `inputs_embeds` (the video tokens cannot be found).
 """
 
 from __future__ import annotations
@@ -23,12 +24,11 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from transformers import LlavaOnevisionModel
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from lightning_prune.dycoke.attention import STATE_KWARG, WRAPPED_IMPLEMENTATIONS, register_attention_functions
-from lightning_prune.dycoke.kv_pruning import DecodePruning, gather_positions
-from lightning_prune.dycoke.ttm import ttm_keep_positions
+from lightning_prune.dycoke.families import family_of, get_family
+from lightning_prune.dycoke.kv_pruning import DecodePruning
+from lightning_prune.dycoke.ttm import VARIANTS, ttm_keep_positions
 
 
 @dataclass(frozen=True)
@@ -40,15 +40,21 @@ class DyCokeSettings:
         prune_layer: L >= 1, first LLM layer whose decode-step attention sees only the selected visual tokens.
         decode_prune_ratio: P in [0, 1), share of the visual tokens layers >= L skip at each decode step.
         window: frames per TTM window (>= 1).
-        reuse_threshold: reuse the previous step's selection when the attention vectors' cosine similarity is
-            at least this (in [-1, 1]); `None` re-selects every step.
+        reuse_threshold: a decode step is *similar* to the previous one when the attention vectors' cosine
+            similarity is at least this (in [-1, 1]); `None`: never.
+        variant: `official` reproduces the published code (merged order, dropped frames, candidates, similar steps
+            unpruned); `refined` is ours (spatial order, every window merged, similar steps reuse the selection).
+
+    K = 0 turns merging off in both variants (the published code turns DyCoke off as a whole instead; run at K = 0 it
+    would still reorder tokens and drop an odd last frame), so K = 0 and P = 0 reproduce the model without DyCoke.
     """
 
     merging_ratio: float = 0.7
     prune_layer: int = 3
-    decode_prune_ratio: float = 0.7
+    decode_prune_ratio: float = 0.8
     window: int = 4
     reuse_threshold: float | None = 0.9
+    variant: str = "official"
 
     def __post_init__(self) -> None:
         problems = []
@@ -62,6 +68,10 @@ class DyCokeSettings:
             problems.append(f"`window` must be an integer >= 1, got {self.window!r}.")
         if self.reuse_threshold is not None and not -1.0 <= self.reuse_threshold <= 1.0:
             problems.append(f"`reuse_threshold` must be in [-1, 1] or None, got {self.reuse_threshold}.")
+        if self.variant not in VARIANTS:
+            problems.append(f"`variant` must be one of {list(VARIANTS)}, got {self.variant!r}.")
+        elif self.variant == "official" and self.window != 4:
+            problems.append(f"`window` must be 4 with variant='official' (the published code's), got {self.window!r}.")
         if problems:
             raise ValueError(" ".join(problems))
 
@@ -94,28 +104,32 @@ class _MergedPrompt:
         return self.original_length - self.kept_columns.shape[1]
 
 
-def find_llava_onevision(module: nn.Module) -> LlavaOnevisionModel:
-    """The `LlavaOnevisionModel` inside `module` (itself, or the `.model` of a `...ForConditionalGeneration`)."""
-    for candidate in module.modules():
-        if isinstance(candidate, LlavaOnevisionModel):
-            return candidate
-    raise TypeError(
-        f"DyCoke needs a module containing a transformers `LlavaOnevisionModel`, got {type(module).__name__}."
-    )
-
-
 class DyCokeHooks:
-    """DyCoke on one LLaVA-OneVision model; `install()` / `remove()` or use it as a context manager.
+    """DyCoke on one video LLM; `install()` / `remove()` or use it as a context manager.
 
     Args:
-        model: a module containing a `LlavaOnevisionModel` (e.g. `LlavaOnevisionForConditionalGeneration`).
+        model: a module containing a supported family's base model (e.g. `LlavaOnevisionForConditionalGeneration`).
         settings: DyCoke's knobs.
         profile: time DyCoke's own decode-step work (`GenerationStats.overhead_s`).
+        family: the family's registry name; None finds it from the model's classes.
     """
 
-    def __init__(self, model: nn.Module, settings: DyCokeSettings | None = None, profile: bool = False):
+    def __init__(
+        self,
+        model: nn.Module,
+        settings: DyCokeSettings | None = None,
+        profile: bool = False,
+        family: str | None = None,
+    ):
         self.settings = settings or DyCokeSettings()
-        self.base = find_llava_onevision(model)
+        if family is None:
+            self.family, self.base = family_of(model)
+        else:
+            self.family = get_family(family)
+            self.base = self.family.find_base(model)
+            if self.base is None:
+                raise TypeError(f"`family` {family!r} does not match the model: no "
+                                f"{self.family.base_class.partition(':')[2]} inside {type(model).__name__}.")
         text_config = self.base.config.text_config
         num_layers = text_config.num_hidden_layers
         if self.settings.prune_layer >= num_layers:
@@ -124,12 +138,10 @@ class DyCokeHooks:
                 f"got {self.settings.prune_layer}."
             )
         self._original_attention = self._text_attention()
-        vision = self.base.config.vision_config
-        grid = vision.image_size // vision.patch_size
-        self.tokens_per_frame = ((grid + 1) // 2) ** 2  # LLaVA-OneVision pools the patch grid 2x (ceil)
-        self.video_token_id = self.base.config.video_token_id
+        self.video_token_id = self.family.video_token_id(self.base)
         self.pruning = DecodePruning(
-            self.settings.prune_layer, self.settings.decode_prune_ratio, self.settings.reuse_threshold, profile
+            self.settings.prune_layer, self.settings.decode_prune_ratio, self.settings.reuse_threshold, profile,
+            self.settings.variant,
         )
         self.stats: list[GenerationStats] = []
         self._forward_parameters = inspect.signature(self.base.forward)
@@ -148,13 +160,17 @@ class DyCokeHooks:
         register_attention_functions()
         self.base.set_attn_implementation({"text_config": WRAPPED_IMPLEMENTATIONS[self._original_attention]})
         self._handle = self.base.register_forward_pre_hook(self._before_forward, with_kwargs=True)
+        self._family_handles = self.family.attach(self.base)
         return self
 
     def remove(self) -> None:
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
+            for handle in self._family_handles:
+                handle.remove()
             self.base.set_attn_implementation({"text_config": self._original_attention})
+        self._sync_current()
         self.pruning.reset()
         self._merged = self._current = None
 
@@ -169,7 +185,8 @@ class DyCokeHooks:
         if implementation not in WRAPPED_IMPLEMENTATIONS:
             raise ValueError(
                 f"DyCoke supports the text model's attention implementation {sorted(WRAPPED_IMPLEMENTATIONS)}, "
-                f"got {implementation!r}. Load the model with `attn_implementation='sdpa'`."
+                f"got {implementation!r} (flash attention returns no attention weights and cannot take the gathered "
+                "cache). Load the model with `attn_implementation='sdpa'`."
             )
         return implementation
 
@@ -182,6 +199,8 @@ class DyCokeHooks:
     def _sync_current(self) -> None:
         if self._current is not None:
             self._current.reused_steps = self.pruning.reused_steps
+            if self.pruning.attended_lengths:
+                self._current.attended_kv_lengths = [round(n) for n in self.pruning.attended_lengths]
             self._current.overhead_s = self.pruning.overhead_s
 
     def _before_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -196,87 +215,80 @@ class DyCokeHooks:
             self._decode(kwargs, past)
         return (), kwargs
 
-    def _prefill(self, module: LlavaOnevisionModel, kwargs: dict) -> None:
+    def _prefill(self, module: nn.Module, kwargs: dict) -> None:
         self._sync_current()
         self.pruning.reset()
         self._merged = self._current = None
-        encoded = dict(kwargs.get("mm_encoder_outputs") or {})
-        pixels = kwargs.get("pixel_values_videos")
-        if encoded.get("video") is None and pixels is None:
+        has_video = (kwargs.get("mm_encoder_outputs") or {}).get("video") is not None
+        if not has_video and kwargs.get("pixel_values_videos") is None:
             return  # no video: nothing to do
         input_ids = kwargs.get("input_ids")
         if input_ids is None:
             raise ValueError("DyCoke needs `input_ids` (with the video placeholder tokens), got `inputs_embeds`.")
-        if encoded.get("video") is None:
-            encoded["video"] = module.get_video_features(
-                pixel_values_videos=pixels,
-                vision_feature_layer=kwargs.get("vision_feature_layer"),
-                vision_feature_select_strategy=kwargs.get("vision_feature_select_strategy"),
-                return_dict=True,
-            )
-        features = encoded["video"].pooler_output  # [B, F * N + 1, D]: frames, then one newline token
-        batch, video_length = features.shape[:2]
-        num_frames = (video_length - 1) // self.tokens_per_frame
-        if num_frames * self.tokens_per_frame + 1 != video_length:
-            raise ValueError(
-                f"Expected F * {self.tokens_per_frame} + 1 video tokens per sample, got {video_length}."
-            )
+        video = self.family.encode_video(module, kwargs)
+        batch, video_length = input_ids.shape[0], video.length
         is_video = input_ids == self.video_token_id
-        if not bool((is_video.sum(dim=1) == video_length).all()):
+        if len(video.frames) != batch or not bool((is_video.sum(dim=1) == video_length).all()):
             raise ValueError(
                 f"Every prompt must hold {video_length} video tokens (one video per sample), "
                 f"got {is_video.sum(dim=1).tolist()}."
             )
+        if any(frames.shape[:2] != video.frames[0].shape[:2] for frames in video.frames):
+            raise ValueError(
+                "Every video in a batch must have the same frames and tokens per frame, got (F, N) = "
+                f"{[tuple(frames.shape[:2]) for frames in video.frames]}."
+            )
+        original = dict(kwargs)
         original_length = input_ids.shape[1]
-        if self.settings.merging_ratio > 0 and num_frames > 1:
-            kept_video = self._merge_video_tokens(features, num_frames)  # [B, M + 1]
-            features = gather_positions(features, kept_video, 1)
-            video_positions = is_video.nonzero()[:, 1].view(batch, video_length)
-            keep = ~is_video
-            keep.scatter_(1, video_positions.gather(1, kept_video), True)
-            self._merged = _MergedPrompt(original_length, keep.nonzero()[:, 1].view(batch, -1))
-            self._shorten_prompt(kwargs)
-        encoded["video"] = BaseModelOutputWithPooling(pooler_output=features)
-        kwargs["mm_encoder_outputs"] = encoded
+        trailing = torch.arange(video_length - video.trailing, video_length, device=input_ids.device)
+        if self.settings.merging_ratio > 0 and video.num_frames > 1:
+            kept = [torch.cat([self._merge(frames).to(input_ids.device), trailing]) for frames in video.frames]
+        else:
+            kept = [torch.arange(video_length, device=input_ids.device)] * batch
+        kwargs["mm_encoder_outputs"] = {**(kwargs.get("mm_encoder_outputs") or {}),
+                                        "video": self.family.select(video, kept)}
         kwargs["pixel_values_videos"] = None
+        kept_count = len(kept[0])
+        if kept_count < video_length:
+            kept_video = is_video.nonzero()[:, 1].view(batch, video_length).gather(1, torch.stack(kept))
+            keep = ~is_video
+            keep.scatter_(1, kept_video, True)
+            columns = keep.nonzero()[:, 1].view(batch, -1)
+            # The i-th video slot left holds the i-th kept token (merged order): where that token came from.
+            sources = columns.clone()
+            sources[is_video.gather(1, columns)] = kept_video.flatten()
+            self._merged = _MergedPrompt(original_length, columns)
+            self._shorten_prompt(module, kwargs, original, sources)
         input_ids = kwargs["input_ids"]
         visual_positions = (input_ids == self.video_token_id).nonzero()[:, 1].view(batch, -1)
+        if self.settings.variant == "official":
+            # As published: neither the last frame token nor the tokens after the frames (the newline) are candidates.
+            visual_positions = visual_positions[:, : kept_count - video.trailing - 1]
         self.pruning.start(visual_positions, input_ids.shape[1])
         self._current = GenerationStats(
             batch_size=batch,
             visual_tokens_before=video_length,
-            visual_tokens_after=features.shape[1],
+            visual_tokens_after=kept_count,
             prompt_tokens_before=original_length,
             prompt_tokens_after=input_ids.shape[1],
         )
         self.stats.append(self._current)
 
-    def _merge_video_tokens(self, features: torch.Tensor, num_frames: int) -> torch.Tensor:
-        """`[B, M + 1]` kept positions among the video tokens (TTM on the frames, the newline always kept)."""
-        per_frame = self.tokens_per_frame
-        newline = torch.tensor([num_frames * per_frame], device=features.device)
-        kept = []
-        for sample in features:
-            frames = sample[: num_frames * per_frame].view(num_frames, per_frame, -1)
-            positions = ttm_keep_positions(frames, self.settings.merging_ratio, self.settings.window)
-            kept.append(torch.cat([positions.to(features.device), newline]))
-        return torch.stack(kept)
+    def _merge(self, frames: torch.Tensor) -> torch.Tensor:
+        """`[M]` kept positions among one sample's frame tokens, in merged-sequence order."""
+        return ttm_keep_positions(frames, self.settings.merging_ratio, self.settings.window, self.settings.variant)
 
-    def _shorten_prompt(self, kwargs: dict) -> None:
+    def _shorten_prompt(self, module: nn.Module, kwargs: dict, original: dict, sources: torch.Tensor) -> None:
         columns = self._merged.kept_columns
         kwargs["input_ids"] = kwargs["input_ids"].gather(1, columns)
+        if kwargs.get("mm_token_type_ids") is not None:
+            kwargs["mm_token_type_ids"] = kwargs["mm_token_type_ids"].gather(1, columns)
         mask = kwargs.get("attention_mask")
         if mask is not None:
             if not (isinstance(mask, torch.Tensor) and mask.dim() == 2):
                 raise ValueError("DyCoke needs a 2-D `attention_mask` [batch, sequence] (or none).")
-            mask = mask.gather(1, columns)
-            kwargs["attention_mask"] = mask
-        if kwargs.get("position_ids") is not None:
-            if mask is not None:
-                positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
-            else:
-                positions = torch.arange(columns.shape[1], device=columns.device).expand(columns.shape[0], -1)
-            kwargs["position_ids"] = positions
+            kwargs["attention_mask"] = mask.gather(1, columns)
+        self.family.merged_positions(module, kwargs, original, sources, self._merged.removed)
 
     def _decode(self, kwargs: dict, past: int) -> None:
         tokens = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs.get("inputs_embeds")
@@ -287,8 +299,7 @@ class DyCokeHooks:
             )
         if self._merged is not None:
             removed = self._merged.removed
-            if kwargs.get("position_ids") is not None:
-                kwargs["position_ids"] = kwargs["position_ids"] - removed
+            self.family.decode_positions(kwargs, removed)
             mask = kwargs.get("attention_mask")
             if mask is not None:
                 if mask.dim() != 2 or mask.shape[1] != past + 1 + removed:
@@ -302,9 +313,7 @@ class DyCokeHooks:
         full = past + 1
         self._current.full_kv_lengths.append(full)
         if self.pruning.active:
-            kwargs[STATE_KWARG] = self.pruning
-            pruned = self.pruning.visual_positions.shape[1] - self.pruning.keep
-            self._current.attended_kv_lengths.append(full - pruned)
+            kwargs[STATE_KWARG] = self.pruning  # the attended lengths are recorded by the scoring layer
         else:
             self._current.attended_kv_lengths.append(full)
 

@@ -3,8 +3,17 @@
 At every decode step the newest token's attention to the visual tokens in layer `L - 1` (softmax over all keys, then
 the mean over heads) picks the `int((1 - P) * n_visual)` visual tokens that layers `>= L` attend to, next to every
 non-visual token (the prompt's text and all generated tokens). Layers `< L` attend to everything. Nothing is deleted
-from the cache, so a later step can pick a token again. With reuse on, a step whose attention vector is at least
-`reuse_threshold` cosine-similar to the previous step's keeps the previous step's selection (per sample).
+from the cache, so a later step can pick a token again.
+
+A step whose attention vector is at least `reuse_threshold` cosine-similar to the previous step's (per sample) is a
+*similar step*. What happens then depends on `variant`:
+
+- `official` (the published code, `dycoke_pruning` / `update_cache`): the selection is rebuilt only on dissimilar
+  steps; on a similar step layers `>= L` attend to the *full* cache (the published loop resets the selection before
+  layer L at every step). The candidates the caller passes are, as published, the merged visual tokens except the
+  last one and the newline (which stay attended like text).
+- `refined` (ours): a similar step reuses the previous step's selection, so every step is pruned and the per-layer
+  compact copies survive; the candidates are every video token.
 
 Shapes follow transformers' caches: keys and values are `[B, kv_heads, seq, head_dim]`, queries
 `[B, heads, q, head_dim]`.
@@ -17,7 +26,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from lightning_prune.dycoke.ttm import kept_count
+from lightning_prune.dycoke.ttm import check_variant, kept_count
 
 
 def last_query_attention(
@@ -110,22 +119,33 @@ class DecodePruning:
     Args:
         prune_layer: L, the first layer whose attention is pruned (`>= 1`).
         ratio: P in [0, 1), the fraction of visual tokens pruned.
-        reuse_threshold: reuse the previous selection when the attention vectors' cosine similarity is at least
-            this; `None` recomputes every step.
+        reuse_threshold: a step is similar when the attention vectors' cosine similarity is at least this; `None`:
+            no step is similar (a fresh selection every step).
         profile: accumulate the wall time of this class's own work (scoring, top-k, cache selection) in
             `overhead_s` (synchronizes CUDA around it).
+        variant: what a similar step does: `official` attends to the full cache, `refined` reuses the selection.
 
     Attributes:
         scored_steps: decode steps scored since `start`.
-        reused_steps: of those, steps where every sample kept the previous selection.
+        reused_steps: of those, steps where every sample was similar (refined: reused; official: unpruned).
+        attended_lengths: per scored step, the mean (over the batch) KV length layers `>= L` attend to.
         overhead_s: with `profile`, seconds spent in `observe` and `prune` since `start`.
     """
 
-    def __init__(self, prune_layer: int, ratio: float, reuse_threshold: float | None = 0.9, profile: bool = False):
+    def __init__(
+        self,
+        prune_layer: int,
+        ratio: float,
+        reuse_threshold: float | None = 0.9,
+        profile: bool = False,
+        variant: str = "official",
+    ):
+        check_variant(variant)
         self.prune_layer = prune_layer
         self.ratio = ratio
         self.reuse_threshold = reuse_threshold
         self.profile = profile
+        self.variant = variant
         self.keep = 0
         self.prompt_length = 0
         self.reset()
@@ -140,7 +160,9 @@ class DecodePruning:
         self.visual_positions: torch.Tensor | None = None
         self.text_positions: torch.Tensor | None = None
         self.scored_steps = self.reused_steps = 0
+        self.attended_lengths: list[float] = []
         self.overhead_s = 0.0
+        self._unpruned: torch.Tensor | None = None  # official: [B] samples on a similar (full-cache) step, or None
         self._previous_attention: torch.Tensor | None = None
         self._selected: torch.Tensor | None = None
         self._version = 0  # bumped whenever the selection changes
@@ -153,7 +175,8 @@ class DecodePruning:
         """Begin a generation.
 
         Args:
-            visual_positions: `[B, V]` sorted positions of the visual tokens in the prompt (the same count per sample).
+            visual_positions: `[B, V]` sorted positions of the candidate visual tokens in the prompt (the same count
+                per sample); every other prompt position is always attended.
             prompt_length: S, the prompt's length as the cache holds it.
         """
         self.reset()
@@ -163,7 +186,7 @@ class DecodePruning:
         self.visual_positions = visual_positions
         self.text_positions = (~is_visual).nonzero()[:, 1].view(batch, -1)
         self.prompt_length = prompt_length
-        self.keep = kept_count(visual_positions.shape[1], self.ratio)
+        self.keep = kept_count(visual_positions.shape[1], self.ratio, self.variant)
 
     def observe(
         self, query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, scaling: float
@@ -186,11 +209,24 @@ class DecodePruning:
             fresh = self.visual_positions.gather(1, select_visual_tokens(visual, self.keep))
             self._selected = fresh if self._selected is None else torch.where(reuse[:, None], self._selected, fresh)
             self._version += 1
+        pruned_length = key.shape[2] - self.visual_positions.shape[1] + self.keep
+        if self.variant == "official":
+            # Similar samples attend to the full cache at this step; the others to their fresh selection.
+            self._unpruned = reuse if bool(reuse.any()) else None
+            share = float(reuse.float().mean())
+            self.attended_lengths.append(share * key.shape[2] + (1.0 - share) * pruned_length)
+        else:
+            self.attended_lengths.append(float(pruned_length))
         self._previous_attention = visual
         self._kv_length = key.shape[2]
         self.scored_steps += 1
         self.reused_steps += all_reused
         self._toc(began, key)
+
+    @property
+    def unpruned_step(self) -> bool:
+        """`official` only: True when every sample is on a similar step (layers `>= L` see the full cache)."""
+        return self._unpruned is not None and bool(self._unpruned.all())
 
     def attended_positions(self, kv_length: int) -> torch.Tensor:
         """`[B, n]` cache positions the layers `>= L` attend to at this step: prompt text, the selected visual
@@ -219,12 +255,19 @@ class DecodePruning:
             attention_mask: `None` or `[B or 1, 1, q, S]`.
 
         Returns:
-            The same with S replaced by the attended count n, in `attended_positions` order.
+            The same with S replaced by the attended count n, in `attended_positions` order; on an `official` step
+            where some samples are similar, the full cache with the unselected candidates of the other samples
+            masked out; on one where all are, the inputs unchanged.
         """
         began = self._tic(key)
         kv_length = key.shape[2]
         if self._kv_length != kv_length:
             self.attended_positions(kv_length)  # raises: this step was not scored
+        if self._unpruned is not None:
+            if not self.unpruned_step:
+                attention_mask = self._mask_unselected(key, attention_mask)
+            self._toc(began, key)
+            return key, value, attention_mask
         length = self.text_positions.shape[1] + self.keep + kv_length - self.prompt_length
         compact = self._compact.get(layer)
         if compact is not None and layer == self.prune_layer and not self._in_step(compact, key):
@@ -246,6 +289,23 @@ class DecodePruning:
             attention_mask = gather_positions(mask, index, 3)
         self._toc(began, key)
         return compact.keys[:, :, :length], compact.values[:, :, :length], attention_mask
+
+    def _mask_unselected(self, key: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """`[B, 1, q, S]` mask hiding, for the samples not on a similar step, the candidates they did not select."""
+        batch, kv_length = key.shape[0], key.shape[2]
+        hidden = torch.zeros(batch, kv_length, dtype=torch.bool, device=key.device)
+        hidden.scatter_(1, self.visual_positions, True)
+        hidden.scatter_(1, self._selected, False)
+        hidden &= ~self._unpruned[:, None]
+        hidden = hidden[:, None, None, :]
+        if attention_mask is None:
+            return torch.zeros(hidden.shape, dtype=key.dtype, device=key.device).masked_fill(
+                hidden, torch.finfo(key.dtype).min
+            )
+        attention_mask = attention_mask.expand(batch, *attention_mask.shape[1:])
+        if attention_mask.dtype == torch.bool:
+            return attention_mask & ~hidden
+        return attention_mask.masked_fill(hidden, torch.finfo(attention_mask.dtype).min)
 
     def _rebuild(self, layer: int, key: torch.Tensor, value: torch.Tensor, length: int) -> _CompactLayer:
         index = self.attended_positions(key.shape[2])

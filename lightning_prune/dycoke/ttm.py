@@ -1,24 +1,42 @@
 """Temporal token merging (TTM): drop visual tokens that repeat the previous frames, before the LLM.
 
-Frames are taken in windows of `window` (DyCoke: 4). In each window the first frame is kept whole; every other frame
-keeps the `int((1 - ratio) * N)` tokens *least* cosine-similar to the token at the same spatial position in its
-reference frame (its original, un-merged tokens):
+Two variants of the rule (`variant`):
 
-- even offsets (2, 4, ...) against the window's first frame,
-- odd offsets (1, 3, ...) against the frame just before.
+`official` (default) is the published DyCoke code (KD-TAO/DyCoke, `dycole_ttm`), kept token for kept token and in its
+order. With `keep = int((1 - K) * N)`:
 
-With the default window of 4 this is the paper's rule: frame 1 and frame 2 against frame 0, frame 3 against frame 2.
-A last, incomplete window (F not a multiple of `window`) follows the same rule for the frames it has: its first frame
-is kept whole. Kept tokens stay in their spatial order; ties in similarity are broken by spatial order (the earlier
-position is dropped first).
+1. frames are paired (0, 1), (2, 3), ...: the first of a pair stays whole, the second keeps the `keep` tokens least
+   cosine-similar to the first at the same spatial position (cosine of L2-normalised tokens);
+2. for `i in range(0, F - 4, 4)` frame `i + 2` is re-merged against frame `i` (original tokens) and keeps `keep`.
 
-Kept fraction for full windows: `(1 + (window - 1) * (1 - ratio)) / window`, i.e. `(1 + 3(1 - K)) / 4` for windows of 4.
+Kept tokens of a merged frame enter the sequence in ascending-similarity order (`torch.topk(largest=False)`), not in
+spatial order. Consequences of the published loops: when F % 4 == 0 the last window's frame F - 2 stays whole
+(32 frames x 196 tokens, K = 0.7: 3,098 tokens), and an odd F drops its last frame (`None`). Two edge cases the
+published code does not run: F <= 4 (it stacks an empty list and raises) is merged by the loops that do run, and
+F = 1 (no pair: the published code would leave no visual token) keeps its one frame whole. The window is fixed at 4.
+
+`refined` is our variant: in each window of `window` frames the first frame is kept whole; every other frame keeps the
+`int((1 - ratio) * N)` tokens least similar to its reference frame (original tokens): even offsets against the
+window's first frame, odd offsets against the frame just before. For windows of 4 this is the same pairing as the
+paper's, but every window is merged (also the last one, and a last incomplete one, whose first frame stays whole), no
+frame is dropped, kept tokens stay in spatial order (so RoPE positions follow the frame's raster order), and ties are
+broken by spatial order. Kept fraction for full windows: `(1 + (window - 1) * (1 - ratio)) / window`.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+#: The rule variants: the published code's behaviour, and ours.
+VARIANTS = ("official", "refined")
+_OFFICIAL_WINDOW = 4
+
+
+def check_variant(variant: str) -> None:
+    """Raise a `ValueError` naming the choices unless `variant` is one of `VARIANTS`."""
+    if variant not in VARIANTS:
+        raise ValueError(f"`variant` must be one of {list(VARIANTS)}, got {variant!r}.")
 
 
 def _check_ratio_and_window(ratio: float, window: int) -> None:
@@ -28,22 +46,27 @@ def _check_ratio_and_window(ratio: float, window: int) -> None:
         raise ValueError(f"`window` must be an integer >= 1, got {window!r}.")
 
 
-def kept_count(num_tokens: int, ratio: float) -> int:
-    """How many of `num_tokens` survive pruning a `ratio` of them: `int((1 - ratio) * num_tokens)`.
+def kept_count(num_tokens: int, ratio: float, variant: str = "official") -> int:
+    """How many of `num_tokens` survive pruning a `ratio` of them.
 
-    TTM uses it per merged frame (N tokens, ratio K); the decode step per visual span (n_visual, ratio P).
+    TTM uses it per merged frame (N tokens, ratio K); the decode step per candidate span (ratio P).
 
     Args:
         num_tokens: tokens before pruning.
         ratio: fraction pruned, in [0, 1).
+        variant: `official`: `int(num_tokens * (1 - ratio))` in floating point, as the published code computes it
+            (so `10 * (1 - 0.9)` = 0.99999... gives 0); `refined`: the same without the float noise (gives 1).
     """
     _check_ratio_and_window(ratio, 1)
-    # round() first so that e.g. (1 - 0.7) * 10 = 2.9999999999999996 counts as 3, as the formula means
+    check_variant(variant)
+    if variant == "official":
+        return int(num_tokens * (1.0 - ratio))
+    # round() first so that e.g. (1 - 0.9) * 10 = 0.9999999999999998 counts as 1, as the formula means
     return int(round((1.0 - ratio) * num_tokens, 9))
 
 
 def reference_frames(num_frames: int, window: int = 4) -> torch.Tensor:
-    """Index of the frame each frame is compared against, or -1 for the window anchors kept whole.
+    """The `refined` rule: index of the frame each frame is compared against, or -1 for window anchors kept whole.
 
     Args:
         num_frames: F.
@@ -60,25 +83,66 @@ def reference_frames(num_frames: int, window: int = 4) -> torch.Tensor:
     return torch.where(offset == 0, torch.full_like(frame, -1), reference)
 
 
-def ttm_keep_indices(frames: torch.Tensor, ratio: float, window: int = 4) -> list[torch.Tensor]:
-    """Which tokens of each frame temporal token merging keeps.
+def _official_merges(num_frames: int) -> list[tuple[int, int]]:
+    """`(target, reference)` frame pairs of the published code, in the order it applies them (later ones win)."""
+    pairs = [(i + 1, i) for i in range(0, num_frames - 1, 2)]
+    return pairs + [(i + 2, i) for i in range(0, num_frames - 4, 4)]
+
+
+def _official_keep_indices(frames: torch.Tensor, ratio: float) -> list[torch.Tensor | None]:
+    num_frames, num_tokens, _ = frames.shape
+    everything = torch.arange(num_tokens, device=frames.device)
+    if num_frames == 1:
+        return [everything]
+    kept: list[torch.Tensor | None] = [everything] * (num_frames - num_frames % 2) + [None] * (num_frames % 2)
+    keep = kept_count(num_tokens, ratio, "official")
+    merges = dict(_official_merges(num_frames))  # stage 2 overwrites stage 1 for frames i + 2
+    targets = torch.tensor(list(merges), device=frames.device)
+    references = torch.tensor(list(merges.values()), device=frames.device)
+    # Stage 1 normalises before the cosine, stage 2 does not: the same number up to rounding, done as published.
+    normalized = F.normalize(frames, p=2, dim=-1)
+    first_stage = (targets % 2 == 1)[:, None]
+    similarity = torch.where(
+        first_stage,
+        F.cosine_similarity(normalized[targets], normalized[references], dim=-1),
+        F.cosine_similarity(frames[targets], frames[references], dim=-1),
+    )  # [T, N]
+    least_similar = similarity.topk(keep, dim=-1, largest=False).indices  # ascending similarity, as published
+    for row, frame in enumerate(merges):
+        kept[frame] = least_similar[row]
+    return kept
+
+
+def ttm_keep_indices(
+    frames: torch.Tensor, ratio: float, window: int = 4, variant: str = "official"
+) -> list[torch.Tensor | None]:
+    """Which tokens of each frame temporal token merging keeps, in the order they enter the merged sequence.
 
     Args:
         frames: `[F, N, D]` visual tokens of one video, N tokens per frame in spatial (raster) order.
-        ratio: K, the merging ratio in [0, 1); 0 keeps everything.
-        window: frames per window (DyCoke: 4).
+        ratio: K, the merging ratio in [0, 1).
+        window: frames per window (DyCoke: 4; `official` accepts only 4).
+        variant: `official` (the published code) or `refined` (see the module's docstring).
 
     Returns:
-        F sorted LongTensors: `[N]` (all tokens) for window anchors, `[int((1 - K) N)]` for the other frames.
+        One entry per frame: a LongTensor of kept token indices in merged-sequence order (`official`: ascending
+        similarity for merged frames; `refined`: sorted), or `None` for a frame `official` drops (the last of an odd
+        F). `refined` never returns `None`.
     """
     _check_ratio_and_window(ratio, window)
+    check_variant(variant)
     if frames.dim() != 3:
         raise ValueError(f"`frames` must have shape [F, N, D], got {tuple(frames.shape)}.")
+    if variant == "official":
+        if window != _OFFICIAL_WINDOW:
+            raise ValueError(f"`window` must be {_OFFICIAL_WINDOW} with variant='official' (the published code's), "
+                             f"got {window}. Use variant='refined' for other windows.")
+        return _official_keep_indices(frames, ratio)
     num_frames, num_tokens, _ = frames.shape
-    keep = kept_count(num_tokens, ratio)
+    keep = kept_count(num_tokens, ratio, "refined")
     reference = reference_frames(num_frames, window)
     everything = torch.arange(num_tokens, device=frames.device)
-    kept = [everything] * num_frames
+    kept: list[torch.Tensor | None] = [everything] * num_frames
     targets = (reference >= 0).nonzero().flatten()
     if len(targets) == 0:
         return kept
@@ -96,24 +160,25 @@ def ttm_keep_indices(frames: torch.Tensor, ratio: float, window: int = 4) -> lis
     return kept
 
 
-def ttm_keep_positions(frames: torch.Tensor, ratio: float, window: int = 4) -> torch.Tensor:
-    """Flat positions (into the `F * N` token sequence) that temporal token merging keeps.
+def ttm_keep_positions(frames: torch.Tensor, ratio: float, window: int = 4, variant: str = "official") -> torch.Tensor:
+    """Flat positions (into the `F * N` token sequence) that temporal token merging keeps, in merged order.
 
     Args:
         frames: `[F, N, D]` visual tokens of one video.
         ratio: K in [0, 1).
         window: frames per window.
+        variant: `official` or `refined`.
 
     Returns:
-        Sorted LongTensor `[M]` with `M = sum(len(i) for i in ttm_keep_indices(frames, ratio, window))`.
+        LongTensor `[M]` (sorted for `refined`; in the published sequence order for `official`).
     """
     num_tokens = frames.shape[1]
-    kept = ttm_keep_indices(frames, ratio, window)
-    return torch.cat([index + frame * num_tokens for frame, index in enumerate(kept)])
+    kept = ttm_keep_indices(frames, ratio, window, variant)
+    return torch.cat([index + frame * num_tokens for frame, index in enumerate(kept) if index is not None])
 
 
 def temporal_token_merging(
-    frames: torch.Tensor, ratio: float, window: int = 4
+    frames: torch.Tensor, ratio: float, window: int = 4, variant: str = "official"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Apply temporal token merging to the visual tokens of one video.
 
@@ -121,16 +186,19 @@ def temporal_token_merging(
         frames: `[F, N, D]` visual tokens (after pooling: LLaVA-OneVision has N = 196).
         ratio: K in [0, 1).
         window: frames per window.
+        variant: `official` or `refined`.
 
     Returns:
-        `(merged, positions)`: merged tokens `[M, D]` in frame-then-spatial order, and their flat positions `[M]`
+        `(merged, positions)`: merged tokens `[M, D]` in merged-sequence order, and their flat positions `[M]`
         in the `F * N` sequence (see `ttm_keep_positions`).
     """
-    positions = ttm_keep_positions(frames, ratio, window)
+    positions = ttm_keep_positions(frames, ratio, window, variant)
     return frames.reshape(-1, frames.shape[-1])[positions], positions
 
 
-def merged_token_count(num_frames: int, num_tokens: int, ratio: float, window: int = 4) -> int:
+def merged_token_count(
+    num_frames: int, num_tokens: int, ratio: float, window: int = 4, variant: str = "official"
+) -> int:
     """Tokens left after temporal token merging, from the rule alone (no features needed).
 
     Args:
@@ -138,6 +206,14 @@ def merged_token_count(num_frames: int, num_tokens: int, ratio: float, window: i
         num_tokens: N per frame.
         ratio: K in [0, 1).
         window: frames per window.
+        variant: `official` or `refined`.
     """
+    check_variant(variant)
+    keep = kept_count(num_tokens, ratio, variant)
+    if variant == "official":
+        if num_frames == 1:
+            return num_tokens
+        merged = len(dict(_official_merges(num_frames)))
+        return (num_frames - num_frames % 2 - merged) * num_tokens + merged * keep
     anchors = int((reference_frames(num_frames, window) < 0).sum())
-    return anchors * num_tokens + (num_frames - anchors) * kept_count(num_tokens, ratio)
+    return anchors * num_tokens + (num_frames - anchors) * keep

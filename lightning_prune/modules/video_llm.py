@@ -1,10 +1,12 @@
-"""`VideoLLM`: LLaVA-OneVision (transformers) answering questions about videos, as a LightningModule.
+"""`VideoLLM`: a transformers video LLM answering questions about videos, as a LightningModule.
 
+Families (`lightning_prune.dycoke.families`): LLaVA-OneVision, LLaVA-NeXT-Video, Qwen2.5-VL, Qwen3-VL.
 `predict_step` generates free-form answers; `test_step` scores multiple-choice video QA: the option whose letter
 (A, B, ...) gets the highest first-token logit is the prediction, and `test/acc` is logged. The model comes from
-`model_name_or_path` (a Hub id or a local folder, through `from_pretrained`) or, for tests and the offline quick
-example, from `tiny_config`: a randomly initialised LLaVA-OneVision with an in-process byte-level tokenizer, so nothing
-is downloaded. Batches come from `lightning_prune.data.VideoQADataModule` (`videos`, `question`, `options`, ...).
+`model_name_or_path` (a Hub id or a local folder: the family's transformers class, found from the checkpoint's
+`model_type`, and `AutoProcessor`; remote code only with `trust_remote_code=True`) or, for tests and the offline quick
+examples, from `tiny_config`: a randomly initialised model of `family` with an in-process byte-level tokenizer, so
+nothing is downloaded. Batches come from `lightning_prune.data.VideoQADataModule` (`videos`, `question`, ...).
 """
 
 from __future__ import annotations
@@ -16,38 +18,11 @@ import torch
 from lightning.pytorch import LightningModule
 from typing_extensions import override
 
+from lightning_prune.dycoke.families import FAMILY_NAMES, family_for_model_type, get_family
+from lightning_prune.dycoke.families.llava_onevision import TINY_DEFAULTS  # noqa: F401  (re-exported)
+
 DEFAULT_PROMPT = "{question}\n{options}\nAnswer with the option's letter from the given choices directly."
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-# Defaults of the random model: 4 LLM layers of width 64, a 1-layer vision tower on 28x28 frames (7x7 patches,
-# pooled to 16 tokens per frame). `tiny_config` dicts are merged over these (sub-dicts merged key by key).
-TINY_DEFAULTS: dict[str, Any] = {
-    "text_config": {
-        "model_type": "qwen2",
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 4,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 32768,
-    },
-    "vision_config": {
-        "model_type": "siglip_vision_model",
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 2,
-        "image_size": 28,
-        "patch_size": 4,
-        "vision_use_head": False,
-    },
-}
-_CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{% for part in message['content'] %}{% if part['type'] == 'video' %}<video>\n"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 
 def random_llava_onevision(config: dict[str, Any] | None = None, seed: int = 0) -> tuple[torch.nn.Module, Any]:
@@ -60,68 +35,25 @@ def random_llava_onevision(config: dict[str, Any] | None = None, seed: int = 0) 
     Returns:
         `(LlavaOnevisionForConditionalGeneration in eval mode, LlavaOnevisionProcessor)`.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import (
-        LlavaOnevisionConfig,
-        LlavaOnevisionForConditionalGeneration,
-        LlavaOnevisionImageProcessor,
-        LlavaOnevisionProcessor,
-        LlavaOnevisionVideoProcessor,
-        PreTrainedTokenizerFast,
-    )
-
-    overrides = dict(config or {})
-    merged = {key: {**value, **overrides.pop(key, {})} for key, value in TINY_DEFAULTS.items()}
-    merged.update(overrides)
-    # Byte-level BPE without merges: every string is encodable, the vocabulary is 256 bytes + the chat's specials.
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    backend = Tokenizer(models.BPE(vocab={symbol: i for i, symbol in enumerate(alphabet)}, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.add_special_tokens(["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"])
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        extra_special_tokens={"image_token": "<image>", "video_token": "<video>"},
-    )
-    vision = merged["vision_config"]
-    side = vision["image_size"]
-    merged["text_config"].setdefault("vocab_size", len(tokenizer))
-    model_config = LlavaOnevisionConfig(
-        **merged,
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
-        image_grid_pinpoints=[[side, side]],
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = LlavaOnevisionForConditionalGeneration(model_config).eval()
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    size = {"height": side, "width": side}
-    processor = LlavaOnevisionProcessor(
-        image_processor=LlavaOnevisionImageProcessor(size=size, image_grid_pinpoints=[[side, side]]),
-        tokenizer=tokenizer,
-        video_processor=LlavaOnevisionVideoProcessor(size=size),
-        num_image_tokens=(side // vision["patch_size"]) ** 2,
-        vision_feature_select_strategy=model_config.vision_feature_select_strategy,
-        chat_template=_CHAT_TEMPLATE,
-    )
-    return model, processor
+    return get_family("llava_onevision").tiny_model(dict(config or {}), seed)
 
 
 class VideoLLM(LightningModule):
-    """LLaVA-OneVision video question answering.
+    """Video question answering with a transformers video LLM.
 
     Args:
-        model_name_or_path: Hub id (e.g. `llava-hf/llava-onevision-qwen2-0.5b-ov-hf`) or local folder.
-        tiny_config: instead of a checkpoint, a random model: `True` for `TINY_DEFAULTS`, or a dict of overrides.
+        model_name_or_path: Hub id (e.g. `llava-hf/llava-onevision-qwen2-0.5b-ov-hf`, `Qwen/Qwen2.5-VL-7B-Instruct`)
+            or local folder.
+        tiny_config: instead of a checkpoint, a random model of `family`: `True` for the family's defaults, or a dict
+            of overrides (`text_config` / `vision_config` merged key by key).
         dtype: weights' dtype for `from_pretrained` ("auto" keeps the checkpoint's).
         attn_implementation: the LLM's attention ("sdpa" or "eager", the two DyCoke can wrap).
         max_new_tokens: answer length limit in `predict_step`.
         prompt_template: user prompt with `{question}` and `{options}` (one "A. ..." line per option).
         seed: seed of the random model's weights.
+        family: `llava_onevision`, `llava_next_video`, `qwen2_5_vl` or `qwen3_vl`; None: from the checkpoint's
+            `model_type` (`llava_onevision` for `tiny_config`).
+        trust_remote_code: passed to `from_pretrained` (never set unless you set it).
     """
 
     def __init__(
@@ -133,6 +65,8 @@ class VideoLLM(LightningModule):
         max_new_tokens: int = 32,
         prompt_template: str = DEFAULT_PROMPT,
         seed: int = 0,
+        family: str | None = None,
+        trust_remote_code: bool = False,
     ) -> None:
         super().__init__()
         problems = []
@@ -149,14 +83,19 @@ class VideoLLM(LightningModule):
             problems.append(f"`max_new_tokens` must be >= 1, got {max_new_tokens}.")
         if "{question}" not in prompt_template:
             problems.append(f"`prompt_template` must contain '{{question}}', got {prompt_template!r}.")
+        if family is not None and family not in FAMILY_NAMES:
+            problems.append(f"`family` must be one of {list(FAMILY_NAMES)}, got {family!r}.")
         if problems:
             raise ValueError(" ".join(problems))
         self.save_hyperparameters()
         if model_name_or_path is not None:
-            self.model, self.processor = _load_pretrained(model_name_or_path, dtype, attn_implementation)
+            self.family, self.model, self.processor = _load_pretrained(
+                model_name_or_path, dtype, attn_implementation, family, trust_remote_code
+            )
         else:
+            self.family = get_family(family or "llava_onevision")
             overrides = {} if tiny_config is True else dict(tiny_config)
-            self.model, self.processor = random_llava_onevision(overrides, seed)
+            self.model, self.processor = self.family.tiny_model(overrides, seed)
             self.model.set_attn_implementation({"text_config": attn_implementation})
             if dtype in _DTYPES:
                 self.model.to(_DTYPES[dtype])
@@ -175,9 +114,13 @@ class VideoLLM(LightningModule):
         return texts
 
     def model_inputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Processor outputs: `input_ids`, `attention_mask` `[B, S]`, `pixel_values_videos` `[B, F, 3, H, W]`."""
+        """Processor outputs: `input_ids`, `attention_mask` `[B, S]`, `pixel_values_videos` (LLaVA: `[B, F, 3, H, W]`;
+        Qwen: flattened patches with `video_grid_thw`)."""
         videos = [video.cpu().numpy() for video in batch["videos"]]
-        inputs = self.processor(text=self.prompts(batch), videos=videos, return_tensors="pt", padding=True)
+        for video in videos:
+            self.family.check_frames(len(video))
+        inputs = self.processor(text=self.prompts(batch), videos=videos, return_tensors="pt", padding=True,
+                                **self.family.processor_kwargs(videos))
         inputs = inputs.to(self.device)
         inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(self.model.dtype)
         return dict(inputs)
@@ -216,10 +159,17 @@ class VideoLLM(LightningModule):
         return [tokenizer.encode(letter, add_special_tokens=False)[-1] for letter in string.ascii_uppercase[:count]]
 
 
-def _load_pretrained(name: str, dtype: str, attn_implementation: str) -> tuple[torch.nn.Module, Any]:
-    from transformers import AutoProcessor, LlavaOnevisionForConditionalGeneration
+def _load_pretrained(
+    name: str, dtype: str, attn_implementation: str, family: str | None, trust_remote_code: bool
+) -> tuple[Any, torch.nn.Module, Any]:
+    from transformers import AutoConfig, AutoProcessor
 
-    model = LlavaOnevisionForConditionalGeneration.from_pretrained(
-        name, dtype=_DTYPES.get(dtype, "auto"), attn_implementation=attn_implementation
+    remote = {"trust_remote_code": True} if trust_remote_code else {}
+    if family is not None:
+        adapter = get_family(family)
+    else:
+        adapter = family_for_model_type(AutoConfig.from_pretrained(name, **remote).model_type)
+    model = adapter.load_class(adapter.generation_class).from_pretrained(
+        name, dtype=_DTYPES.get(dtype, "auto"), attn_implementation=attn_implementation, **remote
     ).eval()
-    return model, AutoProcessor.from_pretrained(name)
+    return adapter, model, AutoProcessor.from_pretrained(name, **remote)

@@ -46,7 +46,7 @@ def _rows(tmp_path) -> list[dict[str, str]]:
 
 def test_dycoke_predict_logs_per_batch_figures_and_leaves_the_model_as_it_was(tmp_path, video_llm, data,
                                                                               plain_predictions):
-    callback = DyCoke(merging_ratio=0.5, prune_layer=2, decode_prune_ratio=0.5)
+    callback = DyCoke(merging_ratio=0.5, prune_layer=2, decode_prune_ratio=0.5, variant="refined")
     compressed = _trainer(tmp_path, [callback]).predict(video_llm, data)
     assert not callback.installed
     assert video_llm.model.config.text_config._attn_implementation == "sdpa"
@@ -55,7 +55,7 @@ def test_dycoke_predict_logs_per_batch_figures_and_leaves_the_model_as_it_was(tm
     assert len(compressed) == 2 and len(compressed[0]) == 2
     rows = _rows(tmp_path)
     assert len(rows) == 2  # one row per batch
-    after = merged_token_count(8, 16, 0.5) + 1  # 2 anchor frames whole + 6 x 8 tokens + the newline
+    after = merged_token_count(8, 16, 0.5, variant="refined") + 1  # 2 anchor frames whole + 6 x 8 tokens + the newline
     for row in rows:
         assert float(row["dycoke/visual_tokens_before"]) == 8 * 16 + 1
         assert float(row["dycoke/visual_tokens_after"]) == after
@@ -82,6 +82,8 @@ def test_dycoke_test_run_logs_accuracy_and_token_figures(tmp_path, video_llm, da
 def test_dycoke_rejects_bad_arguments_early():
     with pytest.raises(ValueError, match=r"`merging_ratio` must be in \[0, 1\), got 1.0"):
         DyCoke(merging_ratio=1.0)
+    with pytest.raises(ValueError, match=r"`variant` must be one of \['official', 'refined'\], got 'exact'"):
+        DyCoke(variant="exact")
 
 
 def test_dycoke_checks_the_model_at_setup(tmp_path, video_llm, data):

@@ -7,7 +7,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 import lightning_prune.dycoke.attention as dycoke_attention
 from lightning_prune.dycoke import ttm_keep_positions
-from lightning_prune.dycoke.hooks import DyCokeHooks, DyCokeSettings, find_llava_onevision
+from lightning_prune.dycoke.hooks import DyCokeHooks, DyCokeSettings
 from lightning_prune.dycoke.kv_pruning import DecodePruning
 
 TOKENS_PER_FRAME = 16
@@ -40,7 +40,7 @@ def test_hooks_merge_the_prefill_like_a_prompt_built_without_the_merged_tokens(t
     frame_tokens = features.shape[1] - 1
     keep_video, kept_features = [], []
     for sample in features:
-        positions = ttm_keep_positions(sample[:frame_tokens].view(8, TOKENS_PER_FRAME, -1), ratio)
+        positions = ttm_keep_positions(sample[:frame_tokens].view(8, TOKENS_PER_FRAME, -1), ratio, variant="refined")
         positions = torch.cat([positions, torch.tensor([frame_tokens])])  # the newline token stays
         keep_video.append(positions)
         kept_features.append(sample[positions])
@@ -57,7 +57,7 @@ def test_hooks_merge_the_prefill_like_a_prompt_built_without_the_merged_tokens(t
         {"input_ids": torch.stack(kept_ids), "attention_mask": torch.stack(kept_mask),
          "mm_encoder_outputs": {"video": BaseModelOutputWithPooling(pooler_output=torch.stack(kept_features))}},
     )
-    with DyCokeHooks(model, DyCokeSettings(merging_ratio=ratio, decode_prune_ratio=0.0)) as hooks:
+    with DyCokeHooks(model, DyCokeSettings(merging_ratio=ratio, decode_prune_ratio=0.0, variant="refined")) as hooks:
         merged = generate(model, padded_inputs)
     assert torch.equal(merged.sequences[:, input_ids.shape[1]:], reference.sequences[:, len(kept_ids[0]):])
     for ours, theirs in zip(merged.logits, reference.logits, strict=True):
@@ -95,7 +95,8 @@ def test_decode_step_layers_from_l_see_exactly_the_selected_entries(tiny_llava, 
 
     monkeypatch.setattr(dycoke_attention, "sdpa_attention_forward", spy)
     monkeypatch.setattr(DecodePruning, "prune", recording_prune)
-    settings = DyCokeSettings(merging_ratio=0.5, prune_layer=2, decode_prune_ratio=0.75, reuse_threshold=None)
+    settings = DyCokeSettings(merging_ratio=0.5, prune_layer=2, decode_prune_ratio=0.75, reuse_threshold=None,
+                              variant="refined")
     with DyCokeHooks(model, settings) as hooks:
         generate(model, inputs, new_tokens=4)
         visual, text = hooks.pruning.visual_positions, hooks.pruning.text_positions
@@ -165,6 +166,8 @@ def test_hooks_leave_text_only_prompts_alone(tiny_llava):
         ({"prune_layer": 0}, r"`prune_layer` must be an integer >= 1, got 0"),
         ({"window": 0}, r"`window` must be an integer >= 1, got 0"),
         ({"reuse_threshold": 1.5}, r"`reuse_threshold` must be in \[-1, 1\] or None, got 1.5"),
+        ({"variant": "paper"}, r"`variant` must be one of \['official', 'refined'\], got 'paper'"),
+        ({"window": 8}, r"`window` must be 4 with variant='official' \(the published code's\), got 8"),
     ],
 )
 def test_settings_reject_bad_values(settings, match):
@@ -188,9 +191,14 @@ def test_hooks_reject_other_attention_implementations(tiny_llava, monkeypatch):
         DyCokeHooks(tiny_llava[0])
 
 
-def test_hooks_reject_a_model_without_llava_onevision():
-    with pytest.raises(TypeError, match=r"needs a module containing a transformers `LlavaOnevisionModel`, got Linear"):
-        find_llava_onevision(torch.nn.Linear(2, 2))
+def test_hooks_reject_a_model_without_a_family_adapter():
+    with pytest.raises(TypeError, match=r"no family adapter for Linear; supported families: \['llava_onevision'"):
+        DyCokeHooks(torch.nn.Linear(2, 2))
+
+
+def test_hooks_reject_an_unknown_or_mismatched_family(tiny_llava):
+    with pytest.raises(ValueError, match=r"`family` must be one of \['llava_onevision'.*\], got 'gemma'"):
+        DyCokeHooks(tiny_llava[0], family="gemma")
 
 
 def test_hooks_refuse_to_install_twice(tiny_llava):

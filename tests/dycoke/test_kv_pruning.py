@@ -81,7 +81,7 @@ def test_decode_pruning_keeps_exactly_the_attended_entries_across_steps(reuse_th
     gen = torch.Generator().manual_seed(3)
     prompt, visual = 30, torch.arange(5, 25).expand(batch, -1)
     keys, values = torch.randn(batch, 2, 40, 8, generator=gen), torch.randn(batch, 2, 40, 8, generator=gen)
-    pruning = DecodePruning(prune_layer=2, ratio=0.7, reuse_threshold=reuse_threshold)
+    pruning = DecodePruning(prune_layer=2, ratio=0.7, reuse_threshold=reuse_threshold, variant="refined")
     pruning.start(visual, prompt)
     for _, pruned, expected in _decode(pruning, keys, values, steps=6, prompt_length=prompt):
         assert torch.equal(pruned[0], expected[0]) and torch.equal(pruned[1], expected[1])
@@ -97,7 +97,8 @@ def test_decode_pruning_selects_by_layer_attention_and_rebuilds_after_a_beam_reo
     gen = torch.Generator().manual_seed(4)
     prompt, visual = 30, torch.arange(5, 25).expand(2, -1)
     keys, values = torch.randn(2, 2, 40, 8, generator=gen), torch.randn(2, 2, 40, 8, generator=gen)
-    pruning = DecodePruning(prune_layer=2, ratio=0.5, reuse_threshold=-1.0)  # always reuse: stale copies would show
+    # always reuse: stale copies would show
+    pruning = DecodePruning(prune_layer=2, ratio=0.5, reuse_threshold=-1.0, variant="refined")
     pruning.start(visual, prompt)
     results = list(_decode(pruning, keys, values, steps=5, prompt_length=prompt, batch_order=torch.tensor([1, 0])))
     for _, pruned, expected in results:
@@ -130,3 +131,49 @@ def test_decode_pruning_with_ratio_zero_is_inactive():
     assert not pruning.active
     pruning.reset()
     assert pruning.visual_positions is None
+
+
+@pytest.mark.parametrize("variant", ["official", "refined"])
+def test_decode_pruning_on_a_similar_step_attends_to_all_entries_official_or_the_previous_selection_refined(variant):
+    gen = torch.Generator().manual_seed(7)
+    prompt, visual = 30, torch.arange(5, 25)[None]
+    keys, values = torch.randn(1, 2, 40, 8, generator=gen), torch.randn(1, 2, 40, 8, generator=gen)
+    query = torch.randn(1, 4, 1, 8, generator=gen)
+    pruning = DecodePruning(prune_layer=2, ratio=0.5, reuse_threshold=0.9, variant=variant)
+    pruning.start(visual, prompt)
+    pruning.observe(query, keys[:, :, :31], None, 0.5)  # first step: a fresh selection
+    first = pruning.attended_positions(31)
+    pruned, _, _ = pruning.prune(2, keys[:, :, :31], values[:, :, :31], None)
+    assert torch.equal(pruned, keys[:, :, first[0]])
+    # Same query, one more key: the visual attention only rescales (cosine 1), so the step is similar.
+    pruning.observe(query, keys[:, :, :32], None, 0.5)
+    pruned_k, pruned_v, mask = pruning.prune(2, keys[:, :, :32], values[:, :, :32], None)
+    assert pruning.reused_steps == 1
+    if variant == "official":
+        assert torch.equal(pruned_k, keys[:, :, :32]) and torch.equal(pruned_v, values[:, :, :32]) and mask is None
+        assert pruning.attended_lengths == [31 - 10, 32]
+    else:
+        expected = torch.cat([first[0], torch.tensor([31])])
+        assert torch.equal(pruned_k, keys[:, :, expected]) and torch.equal(pruned_v, values[:, :, expected])
+        assert pruning.attended_lengths == [21, 22]
+
+
+def test_decode_pruning_official_masks_only_the_samples_that_are_not_on_a_similar_step():
+    gen = torch.Generator().manual_seed(8)
+    prompt, visual = 30, torch.arange(5, 25).expand(2, -1)
+    keys, values = torch.randn(2, 2, 40, 8, generator=gen), torch.randn(2, 2, 40, 8, generator=gen)
+    query = torch.randn(2, 4, 1, 8, generator=gen)
+    pruning = DecodePruning(prune_layer=2, ratio=0.5, reuse_threshold=0.9)
+    pruning.start(visual, prompt)
+    pruning.observe(query, keys[:, :, :31], None, 0.5)
+    second = query.clone()
+    second[1] = -query[1]  # sample 1 looks elsewhere: not similar; sample 0 repeats itself: similar
+    pruning.observe(second, keys[:, :, :32], None, 0.5)
+    attention = _brute_force_attention(second, keys[:, :, :32], None, 0.5)[1, 5:25]
+    top = sorted(5 + i for i in attention.argsort(descending=True)[:10].tolist())
+    pruned_k, _, mask = pruning.prune(2, keys[:, :, :32], values[:, :, :32], None)
+    assert torch.equal(pruned_k, keys[:, :, :32]) and mask.shape == (2, 1, 1, 32)
+    assert bool((mask[0] == 0).all())  # sample 0 attends to every entry
+    visible = (mask[1, 0, 0] == 0).nonzero().flatten().tolist()
+    assert visible == sorted([*range(5), *top, *range(25, 32)])
+    assert pruning.attended_lengths[-1] == (32 + 22) / 2

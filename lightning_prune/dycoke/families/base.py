@@ -1,0 +1,148 @@
+"""What DyCoke needs to know about one family of video LLMs, and the defaults most families share.
+
+A `FamilyAdapter` answers four questions for the family-agnostic hooks (`lightning_prune.dycoke.hooks`):
+
+1. where the video features are produced (`encode_video`: the precomputed `mm_encoder_outputs["video"]` or the model's
+   own `get_video_features`), and how kept tokens are put back (`select`);
+2. how many tokens make one frame (`VideoTokens.frames`, `[F, N, D]` per sample);
+3. the video tokens that are not frame tokens (`VideoTokens.trailing`: LLaVA-OneVision's newline after the frames),
+   and the video placeholder token id; separators that are text tokens (Qwen3-VL's timestamps) stay text;
+4. how positions are assigned after merging (`merged_positions` at the prefill, `decode_positions` at each step).
+
+The merging and KV-selection maths stays in `ttm.py` and `kv_pruning.py`; adapters only move tensors.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass
+class VideoTokens:
+    """The video tokens of one batch (one video per sample), as the family's vision side produced them.
+
+    Attributes:
+        frames: per sample `[F, N, D]`: the frame tokens TTM sees, frame after frame, each in raster order.
+        trailing: video tokens after the frames in every sample's video run (kept, never candidates).
+        output: the encoder output the model consumes (`mm_encoder_outputs["video"]`).
+    """
+
+    frames: list[torch.Tensor]
+    trailing: int
+    output: Any
+
+    @property
+    def num_frames(self) -> int:
+        return self.frames[0].shape[0]
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.frames[0].shape[1]
+
+    @property
+    def length(self) -> int:
+        """Video tokens per sample: `F * N + trailing`."""
+        return self.num_frames * self.tokens_per_frame + self.trailing
+
+
+class FamilyAdapter:
+    """One family's answers; subclasses set the class attributes and override what differs.
+
+    Class attributes:
+        name: registry name (`llava_onevision`, ...).
+        model_types: the `config.model_type` values of the family's checkpoints.
+        base_class / generation_class: `module:Class` paths of the transformers model whose forward the hooks
+            wrap (it owns `get_video_features` and the text model) and of the class `from_pretrained` loads.
+        frames_per_step: input frames that make one TTM "frame" (Qwen's temporal patch: 2).
+    """
+
+    name: ClassVar[str]
+    model_types: ClassVar[tuple[str, ...]]
+    base_class: ClassVar[str]
+    generation_class: ClassVar[str]
+    frames_per_step: ClassVar[int] = 1
+
+    @classmethod
+    def load_class(cls, path: str) -> type:
+        module, _, name = path.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+    def find_base(self, model: nn.Module) -> nn.Module | None:
+        """The family's base model inside `model` (itself or a submodule), or None."""
+        base_class = self.load_class(self.base_class)
+        return next((m for m in model.modules() if isinstance(m, base_class)), None)
+
+    def attach(self, base: nn.Module) -> list:
+        """Hooks the adapter itself needs while DyCoke is installed (their handles; `remove()` drops them)."""
+        return []
+
+    def video_token_id(self, base: nn.Module) -> int:
+        return base.config.video_token_id
+
+    def encode_video(self, base: nn.Module, kwargs: dict) -> VideoTokens | None:
+        """The batch's video tokens (computed here when the forward got pixels), or None without a video."""
+        raise NotImplementedError
+
+    def select(self, video: VideoTokens, kept: list[torch.Tensor]) -> Any:
+        """The encoder output holding only the kept video tokens (per sample `[M]` indices into its video run)."""
+        raise NotImplementedError
+
+    def check_frames(self, num_frames: int) -> None:
+        """Raise before any compute when a video of `num_frames` frames cannot be split into TTM frames."""
+        if num_frames % self.frames_per_step:
+            raise ValueError(
+                f"`num_frames` must be a multiple of {self.name}'s temporal patch ({self.frames_per_step} input frames "
+                f"make one frame of tokens), got {num_frames}."
+            )
+
+    def processor_kwargs(self, videos: list) -> dict[str, Any]:
+        """Extra keyword arguments of the processor call for these videos (`[F, H, W, 3]` arrays)."""
+        return {}
+
+    # Positions. Default (1-D RoPE, LLaVA families): the merged prompt is numbered 0, 1, ... as if the dropped tokens
+    # had never been there, which is what the published code does (it builds the shorter sequence).
+
+    def merged_positions(
+        self, base: nn.Module, kwargs: dict, original: dict, sources: torch.Tensor, removed: int
+    ) -> None:
+        """Set `kwargs["position_ids"]` for the shortened prompt (`kwargs` already shortened).
+
+        Args:
+            base: the base model.
+            kwargs: the forward's keyword arguments, `input_ids` / `attention_mask` already shortened.
+            original: the forward's keyword arguments as they came (the whole prompt).
+            sources: `[B, S']` for each position of the shortened prompt, the column of the original prompt whose
+                token now sits there (merged video tokens may come in another order than their columns).
+            removed: S - S', the same for every sample.
+        """
+        if kwargs.get("position_ids") is not None:
+            kwargs["position_ids"] = contiguous_positions(kwargs.get("attention_mask"), sources)
+
+    def decode_positions(self, kwargs: dict, removed: int) -> None:
+        """Map `generate`'s decode-step `position_ids` (which still count the dropped tokens) onto the merged prompt."""
+        if kwargs.get("position_ids") is not None:
+            kwargs["position_ids"] = kwargs["position_ids"] - removed
+
+    def tiny_model(self, overrides: dict[str, Any], seed: int) -> tuple[nn.Module, Any]:
+        """A small random model of the family and a matching processor, built offline (tests, quick examples)."""
+        raise NotImplementedError
+
+
+def contiguous_positions(mask: torch.Tensor | None, columns: torch.Tensor) -> torch.Tensor:
+    """`[B, S']` positions 0, 1, ... over the non-padding tokens (0 on padding), as `generate` numbers a prompt."""
+    if mask is not None:
+        return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    return torch.arange(columns.shape[1], device=columns.device).expand(columns.shape[0], -1)
+
+
+def encoder_output(kwargs: dict, compute) -> Any | None:
+    """`mm_encoder_outputs["video"]` when `generate` precomputed it, else `compute()` when pixels came, else None."""
+    encoded = (kwargs.get("mm_encoder_outputs") or {}).get("video")
+    if encoded is None and kwargs.get("pixel_values_videos") is not None:
+        encoded = compute()
+    return encoded

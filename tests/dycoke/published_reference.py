@@ -1,0 +1,73 @@
+"""The published DyCoke code (KD-TAO/DyCoke), re-written for the tests from its definition, not from ours.
+
+Temporal token merging follows `llava/model/llava_arch.py::dycole_ttm` loop for loop; the decode loop follows
+`llava/model/language_model/modeling_qwen2.py` (`PrunableDynamicCache.update`, `dycoke_pruning`, `update_cache` and
+the decoder-layer loop): before layer L of a one-token step, layer L - 1's head-mean attention of the last token over
+the candidates `[start, start + img_len)` (img_len = merged frame tokens - 1) is compared (cosine) with the previous
+step's; below 0.9 the kept index list becomes `[0, start) + top-int(img_len * (1 - P)) + [start + img_len, S)`, and
+the layers >= L attend to the cache gathered at those indices; otherwise (or before any selection) to the full cache.
+Two cases the published code cannot run are given the conventions our documentation states: F = 1 keeps its frame,
+and F <= 4 runs the second loop zero times (the published code stacks an empty list and raises).
+"""
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+
+
+def published_ttm(features: torch.Tensor, num_tokens: int, merging_ratio: float) -> list[list[int] | None]:
+    """`dycole_ttm` on `[F * N, D]` features: per frame, the kept token indices in output order (None: dropped)."""
+    num_frames = features.shape[0] // num_tokens
+    if num_frames == 1:
+        return [list(range(num_tokens))]
+    keep_share = 1 - merging_ratio
+    frame = [features[i * num_tokens : (i + 1) * num_tokens] for i in range(num_frames)]
+    output: list[list[int] | None] = [None] * num_frames
+    for i in range(0, num_frames - 1, 2):
+        similarity = F.cosine_similarity(F.normalize(frame[i], p=2, dim=1), F.normalize(frame[i + 1], p=2, dim=1),
+                                         dim=1)
+        output[i] = list(range(num_tokens))
+        output[i + 1] = similarity.topk(int(keep_share * num_tokens), largest=False).indices.tolist()
+    for i in range(0, num_frames - 4, 4):
+        similarity = F.cosine_similarity(frame[i], frame[i + 2], dim=1)
+        output[i] = list(range(num_tokens))
+        output[i + 2] = similarity.topk(int(keep_share * num_tokens), largest=False).indices.tolist()
+    return output
+
+
+class PublishedCache(DynamicCache):
+    """`PrunableDynamicCache`: layers >= `prune_layer` get the cache gathered at `kv_cache` when it is set."""
+
+    def __init__(self, prune_layer: int, **kwargs):
+        super().__init__(**kwargs)
+        self.prune_layer = prune_layer
+        self.kv_cache: list[int] | None = None
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        keys, values = super().update(key_states, value_states, layer_idx, *args, **kwargs)
+        if self.kv_cache is None or layer_idx < self.prune_layer:
+            return keys, values
+        index = torch.tensor(self.kv_cache, device=keys.device)
+        return keys.index_select(2, index), values.index_select(2, index)
+
+
+class PublishedDecodeState:
+    """`DycokeConfigs` plus `dycoke_pruning` / `update_cache` for one generation (batch 1)."""
+
+    def __init__(self, start: int, image_length: int, ratio: float, threshold: float = 0.9):
+        self.start, self.image_length, self.ratio, self.threshold = start, image_length, ratio, threshold
+        self.attention_score: torch.Tensor | None = None
+        self.similar_steps = 0
+
+    def kept_indices(self, attention: torch.Tensor, sequence_length: int) -> list[int] | None:
+        """The step's `kv_cache` from layer L - 1's head-mean attention `[S]` of the last token (None: full)."""
+        image_attention = attention[self.start : self.start + self.image_length]
+        similarity = 0.0 if self.attention_score is None else float(
+            F.cosine_similarity(image_attention, self.attention_score, dim=0))
+        self.attention_score = image_attention
+        if similarity >= self.threshold:
+            self.similar_steps += 1
+            return None
+        keep = int(self.image_length * (1 - self.ratio))
+        top = (image_attention.topk(keep, sorted=False).indices + self.start).tolist()
+        return list(range(self.start)) + top + list(range(self.start + self.image_length, sequence_length))
