@@ -27,7 +27,7 @@ dycoke-quickstart: $(STAMP)
 	WANDB_MODE=offline $(BIN)/lightning-prune predict --config configs/dycoke/tiny.yaml
 
 test: $(STAMP)
-	WANDB_MODE=offline $(BIN)/python -m pytest tests
+	WANDB_MODE=offline $(BIN)/python -m pytest tests -n 2
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -84,7 +84,10 @@ def short_retrain_epochs(total_epochs: int) -> int:
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    # Population std (ddof = 0): the spread of exactly these epochs, defined even for one of them.
+    # Population std (ddof = 0): the spread of exactly these epochs, defined even for one of them. A NaN epoch (a
+    # diverged loss) makes both NaN; statistics.pstdev would raise on it.
+    if any(math.isnan(value) for value in values):
+        return math.nan, math.nan
     return statistics.fmean(values), statistics.pstdev(values)
 
 

@@ -75,3 +75,12 @@ def test_retrain_outcome_rejects_bad_input(call, message):
 def test_metric_names_problems_name_the_argument():
     assert MetricNames(acc="", split="train").problems() == [
         "`acc_key` must be a non-empty metric name, got ''.", "`split` must be one of ['val', 'test'], got 'train'."]
+
+
+def test_retrain_outcome_last5_is_nan_when_a_tail_epoch_is_nan():
+    history = _history("val", [0.5, 0.6, 0.7])
+    history[-1]["train_loss"] = math.nan  # a diverged epoch: numpy's mean/std are NaN too
+    outcome = retrain_outcome(history, split="val")
+    assert math.isnan(outcome["last5_train_loss_mean"]) and math.isnan(np.std([e["train_loss"] for e in history]))
+    assert math.isnan(outcome["last5_train_loss_std"])
+    assert outcome["last5_val_acc_std"] == pytest.approx(np.std([0.5, 0.6, 0.7]))

@@ -101,7 +101,8 @@ class ImageClassifier(LightningModule):
         loss = self.loss_fn(logits, y)
         accuracy.update(logits, y)  # forward() would also compute a per-batch value nobody reads
         # Epoch means only: per-step logging costs throughput and the study reads epoch values.
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        # sync_dist: under DDP every rank logs (and the Pruning callback reads) the same all-rank mean.
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)
         self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
@@ -122,7 +123,7 @@ class ImageClassifier(LightningModule):
         self.train_acc.update(logits.detach(), y)
         if batch_idx + 1 >= self.trainer.num_training_batches or self.trainer.is_last_batch:
             mean_loss = self._train_loss_sum / self._train_count
-            self.log("train/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=True)
+            self.log("train/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
             self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
 

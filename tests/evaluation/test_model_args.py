@@ -18,15 +18,15 @@ def test_model_args_take_the_model_frames_and_dycoke_from_the_config():
     assert settings.num_frames == 32 and settings.frame_sampling == "truncate" and settings.batch_size == 1
     assert settings.num_workers == 4  # the config's data loader workers decode videos
     # the config lists the DyCoke callback: on, with its settings
-    assert settings.dycoke == {"merging_ratio": 0.7, "prune_layer": 3, "decode_prune_ratio": 0.7, "window": 4,
-                               "reuse_threshold": 0.9}
+    assert settings.dycoke == {"merging_ratio": 0.7, "prune_layer": 3, "decode_prune_ratio": 0.8, "window": 4,
+                               "reuse_threshold": 0.9, "variant": "official"}  # the published evaluation settings
     assert parse_model_args({"config": SEVEN_B, "dycoke": False}).dycoke is None
 
 
 def test_model_args_override_dycoke_with_the_papers_letters_or_the_callbacks_names():
-    settings = parse_model_args({"config": SEVEN_B, "K": 0.5, "L": 2, "P": 0.8, "window": 2})
-    assert settings.dycoke == {"merging_ratio": 0.5, "prune_layer": 2, "decode_prune_ratio": 0.8, "window": 2,
-                               "reuse_threshold": 0.9}
+    settings = parse_model_args({"config": SEVEN_B, "K": 0.5, "L": 2, "P": 0.6, "window": 2, "variant": "refined"})
+    assert settings.dycoke == {"merging_ratio": 0.5, "prune_layer": 2, "decode_prune_ratio": 0.6, "window": 2,
+                               "reuse_threshold": 0.9, "variant": "refined"}
     tiny = parse_model_args({"config": TINY, "dycoke": True, "num_frames": 8, "batch_size": "2", "device": "cpu",
                              "report": "out"})
     assert tiny.dycoke == {}  # not in the config: the callback's own defaults
