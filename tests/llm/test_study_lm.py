@@ -58,7 +58,8 @@ def test_lm_study_samples_kv_group_and_mlp_masks_and_records_the_pruned_train_lo
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"module": {"class_path": "torch.nn.Linear"}}, r"`--module.class_path` must name a subclass of LightningModule"),
+        ({"module": {"class_path": "torch.nn.Linear"}},
+         r"`--module.class_path` must name a subclass of LightningModule"),
         ({"batching": "on"}, r"`--batching on` must not be used with `--module`"),
         ({"module": {"class_path": "lightning_prune.modules.CausalLM", "extra": 1}}, r"extra keys \['extra'\]"),
     ],
