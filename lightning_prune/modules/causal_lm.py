@@ -12,14 +12,13 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics.text import Perplexity
 from typing_extensions import override
 
+from lightning_prune.modules.two_phase import TwoPhaseModule
 from lightning_prune.pruning.lm_loss import IGNORE_INDEX, causal_lm_loss, evaluate_causal_lm, predicted_tokens
 
-Phase = Literal["pretrain", "retrain"]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _LM_HEAD_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 
@@ -65,7 +64,7 @@ def build_causal_lm(model: str | None, config: dict[str, Any] | None, dtype: str
     return AutoModelForCausalLM.from_pretrained(model, dtype=_DTYPES[dtype], attn_implementation=attn_implementation)
 
 
-class CausalLM(LightningModule):
+class CausalLM(TwoPhaseModule):
     """Causal language modelling with separate pretrain and retrain recipes.
 
     Logs `train/loss`, `val/loss`, `val/ppl` (torchmetrics perplexity) and `val/acc` (next-token accuracy, which
@@ -104,13 +103,7 @@ class CausalLM(LightningModule):
         self.model = build_causal_lm(model, config, dtype, attn_implementation)
         self.loss_fn = causal_lm_loss
         self.evaluate_network = evaluate_causal_lm
-        self.phase: Phase = "pretrain"
-        self._recipes = {
-            "pretrain": (optimizer, lr_scheduler),
-            "retrain": (retrain_optimizer, retrain_lr_scheduler)
-            if retrain_optimizer is not None
-            else (optimizer, lr_scheduler if retrain_lr_scheduler is None else retrain_lr_scheduler),
-        }
+        self._set_recipes(optimizer, lr_scheduler, retrain_optimizer, retrain_lr_scheduler)
         self.val_ppl = Perplexity(ignore_index=IGNORE_INDEX)
         self.test_ppl = Perplexity(ignore_index=IGNORE_INDEX)
         self.example_input_array = torch.zeros(1, example_length, dtype=torch.long)
@@ -128,18 +121,6 @@ class CausalLM(LightningModule):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Logits `[B, T, V]` of token ids `[B, T]`."""
         return self.model(input_ids, use_cache=False).logits  # training never decodes
-
-    def start_retrain(self) -> None:
-        """Switch to the retrain recipe; the caller rebuilds optimizers (`trainer.strategy.setup_optimizers`)."""
-        self.phase = "retrain"
-
-    @override
-    def configure_optimizers(self) -> dict[str, Any]:
-        optimizer_fn, scheduler_fn = self._recipes[self.phase]
-        optimizer = optimizer_fn(self.parameters())
-        if scheduler_fn is None:
-            return {"optimizer": optimizer}
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler_fn(optimizer), "interval": "epoch"}}
 
     @override
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -165,7 +146,7 @@ class CausalLM(LightningModule):
 
     @override
     def on_train_epoch_end(self) -> None:
-        self.log("phase", float(self.phase == "retrain"), on_step=False, on_epoch=True)
+        self._log_phase()
 
     @override
     def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -174,16 +155,3 @@ class CausalLM(LightningModule):
     @override
     def test_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._eval_step(batch, "test", self.test_ppl)
-
-    @override
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint.setdefault("lightning_prune", {})["phase"] = self.phase
-
-    @override
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        record = checkpoint.get("lightning_prune", {})
-        self.phase = record.get("phase", "pretrain")
-        if "pruning" in record:
-            from lightning_prune.pruning import restore_pruning
-
-            restore_pruning(self, checkpoint)

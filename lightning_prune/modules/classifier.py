@@ -7,24 +7,23 @@ replaces parameter objects: an optimizer built before pruning would silently tra
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
 from lightning_prune.models import build_model
+from lightning_prune.modules.two_phase import TwoPhaseModule
 
-Phase = Literal["pretrain", "retrain"]
 
 def _sgd(params) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=0.01, momentum=0.9)
 
 
-class ImageClassifier(LightningModule):
+class ImageClassifier(TwoPhaseModule):
     """Image classification with separate pretrain and retrain recipes.
 
     Args:
@@ -57,13 +56,7 @@ class ImageClassifier(LightningModule):
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "retrain_optimizer", "retrain_lr_scheduler"])
         self.model: nn.Module = build_model(model, **model_kwargs)
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-        self.phase: Phase = "pretrain"
-        self._recipes = {
-            "pretrain": (optimizer, lr_scheduler),
-            "retrain": (retrain_optimizer, retrain_lr_scheduler)
-            if retrain_optimizer is not None
-            else (optimizer, lr_scheduler if retrain_lr_scheduler is None else retrain_lr_scheduler),
-        }
+        self._set_recipes(optimizer, lr_scheduler, retrain_optimizer, retrain_lr_scheduler)
         num_classes = self._num_classes()
         self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
@@ -82,18 +75,6 @@ class ImageClassifier(LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits `[B, num_classes]` of images `[B, C, H, W]`."""
         return self.model(x)
-
-    def start_retrain(self) -> None:
-        """Switch to the retrain recipe; the caller rebuilds optimizers (`trainer.strategy.setup_optimizers`)."""
-        self.phase = "retrain"
-
-    @override
-    def configure_optimizers(self) -> dict[str, Any]:
-        optimizer_fn, scheduler_fn = self._recipes[self.phase]
-        optimizer = optimizer_fn(self.parameters())
-        if scheduler_fn is None:
-            return {"optimizer": optimizer}
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler_fn(optimizer), "interval": "epoch"}}
 
     def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, accuracy: MulticlassAccuracy):
         x, y = batch
@@ -129,8 +110,7 @@ class ImageClassifier(LightningModule):
 
     @override
     def on_train_epoch_end(self) -> None:
-        # 0 = pretrain, 1 = retrain: dashboards split the two phases of one fit on this value.
-        self.log("phase", float(self.phase == "retrain"), on_step=False, on_epoch=True)
+        self._log_phase()
 
     @override
     def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -144,17 +124,3 @@ class ImageClassifier(LightningModule):
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         return self(x).argmax(dim=-1)
-
-    @override
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint.setdefault("lightning_prune", {})["phase"] = self.phase
-
-    @override
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Runs before the state dict is loaded: give the network its pruned shape first.
-        record = checkpoint.get("lightning_prune", {})
-        self.phase = record.get("phase", "pretrain")
-        if "pruning" in record:
-            from lightning_prune.pruning import restore_pruning
-
-            restore_pruning(self, checkpoint)

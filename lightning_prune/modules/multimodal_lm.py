@@ -13,10 +13,10 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from typing_extensions import override
 
+from lightning_prune.modules.two_phase import TwoPhaseModule
 from lightning_prune.pruning.inputs import to_device
 from lightning_prune.pruning.lm_loss import answer_losses, answer_matches, causal_lm_loss, multiple_choice_accuracy
 
@@ -85,7 +85,7 @@ def evaluate_multimodal(network, batches, device=None) -> tuple[float, float]:
     return summarize_answers(entries) if entries else (float("nan"), float("nan"))
 
 
-class MultimodalLM(LightningModule):
+class MultimodalLM(TwoPhaseModule):
     """LLaVA-style instruction fine-tuning with pretrain/retrain recipes.
 
     Logs `train/loss`, `val/loss` (answer-token LM loss of the gold answers) and `val/acc` (multiple-choice VQA
@@ -122,31 +122,13 @@ class MultimodalLM(LightningModule):
             self.model.model.vision_tower.requires_grad_(False)
         self.loss_fn = causal_lm_loss
         self.evaluate_network = evaluate_multimodal
-        self.phase = "pretrain"
-        self._recipes = {
-            "pretrain": (optimizer, lr_scheduler),
-            "retrain": (retrain_optimizer, retrain_lr_scheduler)
-            if retrain_optimizer is not None
-            else (optimizer, lr_scheduler if retrain_lr_scheduler is None else retrain_lr_scheduler),
-        }
+        self._set_recipes(optimizer, lr_scheduler, retrain_optimizer, retrain_lr_scheduler)
         self._eval: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]] = []
 
     @override
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits `[B, T, V]` of a dict of `input_ids`, `attention_mask`, `pixel_values`."""
         return self.model(**inputs, use_cache=False).logits
-
-    def start_retrain(self) -> None:
-        """Switch to the retrain recipe; the caller rebuilds optimizers."""
-        self.phase = "retrain"
-
-    @override
-    def configure_optimizers(self) -> dict[str, Any]:
-        optimizer_fn, scheduler_fn = self._recipes[self.phase]
-        optimizer = optimizer_fn([p for p in self.parameters() if p.requires_grad])
-        if scheduler_fn is None:
-            return {"optimizer": optimizer}
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler_fn(optimizer), "interval": "epoch"}}
 
     @override
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -157,7 +139,7 @@ class MultimodalLM(LightningModule):
 
     @override
     def on_train_epoch_end(self) -> None:
-        self.log("phase", float(self.phase == "retrain"), on_step=False, on_epoch=True)
+        self._log_phase()
 
     def _eval_step(self, batch) -> None:
         inputs, labels, meta = batch
@@ -186,16 +168,3 @@ class MultimodalLM(LightningModule):
     @override
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
-
-    @override
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint.setdefault("lightning_prune", {})["phase"] = self.phase
-
-    @override
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        record = checkpoint.get("lightning_prune", {})
-        self.phase = record.get("phase", "pretrain")
-        if "pruning" in record:
-            from lightning_prune.pruning import restore_pruning
-
-            restore_pruning(self, checkpoint)
