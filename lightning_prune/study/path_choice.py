@@ -1,9 +1,9 @@
 """Which path retrains the pending trials: one at a time, or many masks batched into one model.
 
 With ``batching: auto`` on a CPU the choice is measured on the real path, not guessed: the first pending trial runs
-one at a time and the next ``batch_masks`` of one repeat run batched, both through the Trainer exactly as every
-other trial (their records are kept: the measurement costs no extra work), and the path that took fewer seconds
-per trial retrains the rest.
+one at a time and the next few (``PROBE_MASKS``, at most ``batch_masks``) of one repeat run batched, both through the
+Trainer exactly as every other trial (their records are kept: the measurement costs no extra work), and the path
+that took fewer seconds per trial retrains the rest.
 """
 
 from __future__ import annotations
@@ -16,6 +16,11 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning_prune.study.executors import OnDone, Unit, execute, visible_gpus
 from lightning_prune.study.spec import StudyConfig
 from lightning_prune.study.trial import Trial, trial_path
+
+# Masks in the batched probe. On a CPU every masked copy computes in full, so a batched unit's cost per mask hardly
+# depends on how many it holds: a few measure it, and a probe of all ``batch_masks`` (64 by default) would retrain
+# most of a small study on the slower path before the choice is made. GPUs, where batching amortises, never probe.
+PROBE_MASKS = 4
 
 
 def make_units(config: StudyConfig, pending: list[Trial], batched: bool) -> list[Unit]:
@@ -60,7 +65,7 @@ def run_pending(config: StudyConfig, pending: list[Trial], on_done: OnDone) -> N
         return
     single, rest = pending[:1], pending[1:]
     repeat = rest[0].repeat
-    probe = [trial for trial in rest if trial.repeat == repeat][: config.batch_masks]
+    probe = [trial for trial in rest if trial.repeat == repeat][: min(config.batch_masks, PROBE_MASKS)]
     execute(config, [(single, False), (probe, True)], on_done)
     one_at_a_time, per_batched = _seconds_per_trial(config, single), _seconds_per_trial(config, probe)
     faster = per_batched < one_at_a_time

@@ -182,11 +182,11 @@ def test_batched_path_choice(finished):
     assert path_choice.use_batched_path(resnet, trials) is False
 
 
-@pytest.mark.parametrize(("single_seconds", "batched_seconds"), [(2.0, 1.0), (1.0, 2.0)])
+@pytest.mark.parametrize(("single_seconds", "batched_seconds", "batch_masks"), [(2.0, 1.0, 3), (1.0, 2.0, 64)])
 def test_auto_batching_measures_the_real_paths_and_takes_the_faster(finished, tmp_path, monkeypatch, single_seconds,
-                                                                    batched_seconds):  # fmt: skip
+                                                                    batched_seconds, batch_masks):  # fmt: skip
     config, summary = finished
-    copy = copy_study(config, tmp_path / "copy", batching="auto", batch_masks=3)
+    copy = copy_study(config, tmp_path / "copy", batching="auto", batch_masks=batch_masks)
     units = []
 
     def replay(config_, trials, batched, gpu=None):  # the finished records, timed as if this path took `seconds`
@@ -200,7 +200,8 @@ def test_auto_batching_measures_the_real_paths_and_takes_the_faster(finished, tm
     monkeypatch.setattr(executors, "run_unit", replay)
     run_study(copy)
     total = len(list(Path(config.study_dir, "trials").glob("*.json")))
-    assert units[:2] == [(1, False), (3, True)]  # one trial alone, then one batched unit: real work, kept
+    # one trial alone, then one small batched unit (at most PROBE_MASKS = 4 masks): real work, kept
+    assert units[:2] == [(1, False), (min(batch_masks, path_choice.PROBE_MASKS), True)]
     rest = units[2:]
     assert all(batched == (batched_seconds < single_seconds) for _, batched in rest)
     assert sum(n for n, _ in units) == total
