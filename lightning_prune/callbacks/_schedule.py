@@ -14,6 +14,22 @@ from lightning_prune.pruning.structure import PruningStructure
 RECIPES = ("restart", "continue")
 
 
+def check_structure(structure: PruningStructure, steps: int) -> None:
+    """Refuse schedules on transformer decoder units (LLM MLP channels, KV-grouped heads): their replay record
+    and their equal-per-group choice are one-step only.
+
+    Raises:
+        ValueError: For a schedule of more than one step over a `DecoderStructure`.
+    """
+    from lightning_prune.pruning.transformer import DecoderStructure
+
+    if steps > 1 and isinstance(structure, DecoderStructure):
+        raise ValueError(
+            f"`schedule` must be None (one step) for transformer decoder units (LLM MLP channels and attention "
+            f"heads), got {steps} steps; iterative schedules support CNN channels and ViT heads."
+        )
+
+
 def original_units(structure: PruningStructure, names: list[str], pruned: dict[str, list[int]], mode: str) -> dict:
     """Units of each layer in the unpruned network (physical mode: the structure has lost the pruned ones)."""
     removed = pruned if mode == "physical" else {}

@@ -21,14 +21,14 @@ from lightning_prune.callbacks._checkpoints import (
     restart_best_tracking,
 )
 from lightning_prune.callbacks._export import pruned_copy, save_pruned_hf
-from lightning_prune.outcome import MetricNames, final_metrics, pruned_metric_names, retrain_outcome
+from lightning_prune.outcome import MetricNames, final_metrics, retrain_outcome
 from lightning_prune.pruning.budget import budget_problems, check_reachable, indices_for_budget
 from lightning_prune.pruning.checkpoint import RECORD_VERSION, read_record, resolve_target
-from lightning_prune.pruning.distributed import agreed, rank_batches
+from lightning_prune.pruning.distributed import agreed
 from lightning_prune.pruning.importance import build_criterion, lowest_units
 from lightning_prune.pruning.inputs import first_example, to_device
 from lightning_prune.pruning.masks import MaskGuard
-from lightning_prune.pruning.metrics import count_params_and_macs, evaluate_classifier
+from lightning_prune.pruning.metrics import count_params_and_macs
 from lightning_prune.pruning.schedule import merge_indices, schedule_problems, schedule_steps
 from lightning_prune.pruning.structure import PruningStructure, build_structure
 
@@ -297,7 +297,9 @@ class Pruning(Callback):
             _distributed.check_train_data(self.criterion, _loaders.has_train_data(trainer))  # raises on every rank
         network = resolve_target(pl_module, self.target)
         example = to_device(self._example_input(trainer, pl_module), pl_module.device)
-        counts = self._plan(build_structure(network, example))
+        structure = build_structure(network, example)
+        _schedule.check_structure(structure, len(self.steps))
+        counts = self._plan(structure)
         if self.budget:
             check_reachable(network, example, counts, self.budget)
         self._checked_plan = True
@@ -361,7 +363,7 @@ class Pruning(Callback):
         criterion = build_criterion(self.criterion, **self._criterion_options())
         batches = []
         if criterion.needs_data and counts:
-            batches = _calibration_batches(trainer, self.calibration_batches, pl_module.device)
+            batches = _loaders.calibration_batches(trainer, self.calibration_batches, pl_module.device)
         loss_fn = getattr(pl_module, "loss_fn", None) or F.cross_entropy
         scores = _schedule.remaining_scores(criterion.scores(structure, list(counts), batches, loss_fn), before,
                                             self.mode)
@@ -406,7 +408,7 @@ class Pruning(Callback):
         self._restart_best(trainer)
 
         if self.measure:
-            metrics.update(self._measure(trainer, network, pl_module.device))
+            metrics.update(_loaders.measure_pruned(trainer, network, pl_module.device, self.names.split))
         self.pruned_metrics = metrics
         _log_to_loggers(trainer, metrics)
         for logger in trainer.loggers:
@@ -429,36 +431,8 @@ class Pruning(Callback):
                 "network; their files stay on disk); `restart_best=False` keeps them."
             )
 
-    def _measure(self, trainer: Trainer, network: torch.nn.Module, device: torch.device) -> dict[str, float]:
-        names = pruned_metric_names(self.names.split)
-        split = self.names.split
-        metrics = {}
-        # A module may say how its network is evaluated (a causal LM: next-token loss and accuracy).
-        evaluate = getattr(trainer.lightning_module, "evaluate_network", None) or evaluate_classifier
-        train_loader = _loaders.train_eval_loader(trainer, who="Pruning")
-        metrics[names["train_loss"]], metrics[names["train_acc"]] = evaluate(network, train_loader, device)
-        eval_loader = _loaders.eval_loader(trainer)
-        if eval_loader is None:
-            rank_zero_warn(f"Pruning: no validation loader is known yet, so `pruned/{split}_*` are not measured; "
-                           "loaders passed to `fit` directly are known after the first validation: use a DataModule "
-                           "or keep the sanity check (num_sanity_val_steps > 0).")
-        else:
-            loss, acc = evaluate(network, eval_loader, device)
-            metrics[names[f"{split}_loss"]], metrics[names[f"{split}_acc"]] = loss, acc
-        return metrics
-
 
 def _log_to_loggers(trainer: Trainer, metrics: dict[str, float]) -> None:
     for logger in trainer.loggers:
         logger.log_metrics(metrics, step=trainer.global_step)
 
-
-def _calibration_batches(trainer: Trainer, count: int, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """`count` training batches (eval-transform loader if the data has one), on `device`.
-
-    In one process the first `count`; under DDP rank r takes batches r, r + world, ... so the ranks' union is the
-    first `world * count` batches, which the criteria then reduce over.
-    """
-    with isolate_rng():  # reading batches must not shift the training shuffle
-        loader = _loaders.train_eval_loader(trainer)
-        return [(to_device(batch[0], device), batch[1].to(device)) for batch in rank_batches(loader, count)]

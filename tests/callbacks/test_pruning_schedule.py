@@ -170,3 +170,18 @@ def test_pruning_schedule_refuses_steps_past_max_epochs():
     with pytest.raises(ValueError, match=r"`schedule` steps must all start below the Trainer's max_epochs \(3\), "
                                          r"got steps at epochs \[1, 3\]"):
         _setup_and_start(pruning, _stub_trainer(module), module)
+
+
+def test_pruning_schedule_refuses_transformer_decoder_units():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lightning_prune.callbacks._schedule import check_structure
+    from lightning_prune.pruning.structure import build_structure
+
+    config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1)
+    structure = build_structure(LlamaForCausalLM(config), torch.zeros(1, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"`schedule` must be None \(one step\) for transformer decoder units .*"
+                                         r"got 2 steps"):
+        check_structure(structure, 2)
+    check_structure(structure, 1)  # one step is today's pruning
