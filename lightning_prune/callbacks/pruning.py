@@ -358,7 +358,7 @@ class Pruning(Callback):
         step, before = self.steps[self.steps_done], self.pruned_indices
         first = self.steps_done == 0
         counts = self._plan(structure) if first else {}  # validates the full plan at the first step
-        if self.criterion != "explicit":
+        if len(self.steps) > 1:  # one step: the plan's counts (a structure's own rules, e.g. KV head groups)
             counts = _schedule.step_counts(structure, self.layers, before, self.mode, step.fraction)
         criterion = build_criterion(self.criterion, **self._criterion_options())
         batches = []
