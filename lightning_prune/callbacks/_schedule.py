@@ -14,19 +14,28 @@ from lightning_prune.pruning.structure import PruningStructure
 RECIPES = ("restart", "continue")
 
 
-def check_structure(structure: PruningStructure, steps: int) -> None:
-    """Refuse schedules on transformer decoder units (LLM MLP channels, KV-grouped heads): their replay record
-    and their equal-per-group choice are one-step only.
+def check_structure(structure: PruningStructure, steps: int, layers: dict[str, float], mode: str) -> None:
+    """Refuse schedules the record cannot replay: transformer decoder units (LLM MLP channels, KV-grouped heads;
+    one-step record and equal-per-group choice) and, in physical mode, attention heads (removing heads swaps the
+    attention module, so a later step would not find the layer again; mask mode keeps it).
 
     Raises:
-        ValueError: For a schedule of more than one step over a `DecoderStructure`.
+        ValueError: For a schedule of more than one step over such units.
     """
     from lightning_prune.pruning.transformer import DecoderStructure
 
-    if steps > 1 and isinstance(structure, DecoderStructure):
+    if steps <= 1:
+        return
+    if isinstance(structure, DecoderStructure):
         raise ValueError(
             f"`schedule` must be None (one step) for transformer decoder units (LLM MLP channels and attention "
-            f"heads), got {steps} steps; iterative schedules support CNN channels and ViT heads."
+            f"heads), got {steps} steps; iterative schedules support CNN/ViT channels and, in mask mode, ViT heads."
+        )
+    heads = [name for name in structure.select(layers) if structure.layers[name].kind == "heads"]
+    if heads and mode == "physical":
+        raise ValueError(
+            f"`schedule` must be None (one step) for attention heads in physical mode, got {steps} steps over "
+            f"{heads}; use `mode: mask` for iterative head pruning."
         )
 
 

@@ -298,7 +298,7 @@ class Pruning(Callback):
         network = resolve_target(pl_module, self.target)
         example = to_device(self._example_input(trainer, pl_module), pl_module.device)
         structure = build_structure(network, example)
-        _schedule.check_structure(structure, len(self.steps))
+        _schedule.check_structure(structure, len(self.steps), self.layers, self.mode)
         counts = self._plan(structure)
         if self.budget:
             check_reachable(network, example, counts, self.budget)

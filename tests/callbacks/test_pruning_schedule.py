@@ -183,5 +183,20 @@ def test_pruning_schedule_refuses_transformer_decoder_units():
     structure = build_structure(LlamaForCausalLM(config), torch.zeros(1, 4, dtype=torch.long))
     with pytest.raises(ValueError, match=r"`schedule` must be None \(one step\) for transformer decoder units .*"
                                          r"got 2 steps"):
-        check_structure(structure, 2)
-    check_structure(structure, 1)  # one step is today's pruning
+        check_structure(structure, 2, {"model.layers.*.mlp": 0.5}, "mask")
+    check_structure(structure, 1, {"model.layers.*.mlp": 0.5}, "mask")  # one step is today's pruning
+
+
+def test_pruning_schedule_refuses_physical_head_pruning_and_accepts_it_masked():
+    from torchvision.models import VisionTransformer
+
+    from lightning_prune.callbacks._schedule import check_structure
+    from lightning_prune.pruning.structure import build_structure
+
+    vit = VisionTransformer(image_size=32, patch_size=16, num_layers=1, num_heads=4, hidden_dim=16, mlp_dim=16)
+    structure = build_structure(vit, torch.zeros(1, 3, 32, 32))
+    heads = {"encoder.layers.encoder_layer_0.self_attention": 0.5}
+    with pytest.raises(ValueError, match=r"`schedule` must be None \(one step\) for attention heads in physical "
+                                         r"mode, got 3 steps .*use `mode: mask`"):
+        check_structure(structure, 3, heads, "physical")
+    check_structure(structure, 3, heads, "mask")
