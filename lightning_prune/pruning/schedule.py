@@ -6,9 +6,11 @@ Two YAML forms of the `Pruning` callback's `schedule` (exactly one):
     schedule: {at: [[2, 0.25], [5, 0.6], [8, 1.0]]}   # [epoch, fraction of the `layers` ratios] pairs
 
 The first step is at the callback's prune epoch (`prune_at_epoch`, or 0 for `prune_at: start`); in the `at` form
-its first epoch must be that epoch. Torch-Pruning's iterative semantics (its linear ratio scheduler): after a step
-with fraction `f`, `floor(ratio * f * units_original)` units of a layer are pruned in total, counted in the
-original, unpruned network, so each step prunes the difference to the previous step's total.
+its first epoch must be that epoch. Torch-Pruning's iterative semantics (its `linear_scheduler`: the target ratio
+after step k of n is ratio * k/n, counted on the original, unpruned units): after a step with fraction `f`,
+`floor(ratio * f * units_original)` units of a layer are pruned in total, so each step prunes the difference to the
+previous step's total. Rounded down like one-step pruning (`pruned_count`), so the last step equals it; Torch-Pruning
+itself keeps `int(units * (1 - r))` units, i.e. rounds the pruned count up when `r * units` is not whole.
 
 Pure Python and torch; no Lightning.
 """
