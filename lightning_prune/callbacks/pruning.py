@@ -361,12 +361,14 @@ class Pruning(Callback):
         if len(self.steps) > 1:  # one step: the plan's counts (a structure's own rules, e.g. KV head groups)
             counts = _schedule.step_counts(structure, self.layers, before, self.mode, step.fraction)
         criterion = build_criterion(self.criterion, **self._criterion_options())
-        batches = []
-        if criterion.needs_data and counts:
-            batches = _loaders.calibration_batches(trainer, self.calibration_batches, pl_module.device)
-        loss_fn = getattr(pl_module, "loss_fn", None) or F.cross_entropy
-        scores = _schedule.remaining_scores(criterion.scores(structure, list(counts), batches, loss_fn), before,
-                                            self.mode)
+        scores: dict[str, torch.Tensor] = {}  # an early step may prune nothing yet (floor of a small fraction)
+        if counts:
+            batches = []
+            if criterion.needs_data:
+                batches = _loaders.calibration_batches(trainer, self.calibration_batches, pl_module.device)
+            loss_fn = getattr(pl_module, "loss_fn", None) or F.cross_entropy
+            scores = criterion.scores(structure, list(counts), batches, loss_fn)
+        scores = _schedule.remaining_scores(scores, before, self.mode)
         choose = getattr(structure, "choose_units", lowest_units)  # transformer heads: equal per KV group
         budget_report: dict[str, float] = {}
         if self.budget:
