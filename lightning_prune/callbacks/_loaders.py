@@ -17,9 +17,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Protocol, runtime_checkable
 
+import torch
 from lightning.pytorch import Trainer
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.model_helpers import is_overridden
+from lightning.pytorch.utilities.seed import isolate_rng
+
+from lightning_prune.outcome import pruned_metric_names
+from lightning_prune.pruning.distributed import rank_batches
+from lightning_prune.pruning.inputs import to_device
+from lightning_prune.pruning.metrics import evaluate_classifier
 
 
 @runtime_checkable
@@ -87,3 +94,32 @@ def first_inputs(loader: Any) -> Any:
     """The inputs `x` of the first batch of `loader` (batches are `(x, y, ...)` or `x`)."""
     batch = next(iter(loader))
     return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def calibration_batches(trainer: Trainer, count: int, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`count` training batches (eval-transform loader if the data has one), on `device`.
+
+    In one process the first `count`; under DDP rank r takes batches r, r + world, ... so the ranks' union is the
+    first `world * count` batches, which the criteria then reduce over.
+    """
+    with isolate_rng():  # reading batches must not shift the training shuffle
+        loader = train_eval_loader(trainer)
+        return [(to_device(batch[0], device), batch[1].to(device)) for batch in rank_batches(loader, count)]
+
+
+def measure_pruned(trainer: Trainer, network: torch.nn.Module, device: torch.device, split: str) -> dict[str, float]:
+    """`pruned/train_loss|train_acc` on the training split and `pruned/<split>_loss|_acc` on the validation loader."""
+    names = pruned_metric_names(split)
+    metrics = {}
+    # A module may say how its network is evaluated (a causal LM: next-token loss and accuracy).
+    evaluate = getattr(trainer.lightning_module, "evaluate_network", None) or evaluate_classifier
+    metrics[names["train_loss"]], metrics[names["train_acc"]] = evaluate(
+        network, train_eval_loader(trainer, who="Pruning"), device)
+    loader = eval_loader(trainer)
+    if loader is None:
+        rank_zero_warn(f"Pruning: no validation loader is known yet, so `pruned/{split}_*` are not measured; "
+                       "loaders passed to `fit` directly are known after the first validation: use a DataModule "
+                       "or keep the sanity check (num_sanity_val_steps > 0).")
+    else:
+        metrics[names[f"{split}_loss"]], metrics[names[f"{split}_acc"]] = evaluate(network, loader, device)
+    return metrics

@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.seed import isolate_rng
 from typing_extensions import override
 
-from lightning_prune.callbacks import _distributed, _loaders
+from lightning_prune.callbacks import _distributed, _loaders, _schedule
 from lightning_prune.callbacks._arguments import argument_problems
 from lightning_prune.callbacks._checkpoints import (
     install_structure_restore,
@@ -21,14 +21,15 @@ from lightning_prune.callbacks._checkpoints import (
     restart_best_tracking,
 )
 from lightning_prune.callbacks._export import pruned_copy, save_pruned_hf
-from lightning_prune.outcome import MetricNames, final_metrics, pruned_metric_names, retrain_outcome
+from lightning_prune.outcome import MetricNames, final_metrics, retrain_outcome
 from lightning_prune.pruning.budget import budget_problems, check_reachable, indices_for_budget
 from lightning_prune.pruning.checkpoint import RECORD_VERSION, read_record, resolve_target
-from lightning_prune.pruning.distributed import agreed, rank_batches
+from lightning_prune.pruning.distributed import agreed
 from lightning_prune.pruning.importance import build_criterion, lowest_units
 from lightning_prune.pruning.inputs import first_example, to_device
 from lightning_prune.pruning.masks import MaskGuard
-from lightning_prune.pruning.metrics import count_params_and_macs, evaluate_classifier
+from lightning_prune.pruning.metrics import count_params_and_macs
+from lightning_prune.pruning.schedule import merge_indices, schedule_problems, schedule_steps
 from lightning_prune.pruning.structure import PruningStructure, build_structure
 
 
@@ -65,6 +66,13 @@ class Pruning(Callback):
     `last5/..._mean|_std` (last 5 epochs); `val` is `split`. Everything is also kept on the callback:
     `pruned_indices`, `pruned_metrics`, `retrain_history`, `final_metrics`.
 
+    Iterative schedules (`schedule`, see `lightning_prune.pruning.schedule`): step k (from 1) prunes at the start of
+    its epoch until `floor(ratio * fraction_k * units_original)` units of each layer are gone in total; later steps
+    rank only the remaining units. Each step logs `prune/step`, `prune/fraction`, `prune/*_before|after`,
+    `pruned/*` and `prune/indices` (cumulative, original numbering; also `pruned_indices`); `retrain/epoch`,
+    `retrain_history` and `final/|last/|last5/` count from the LAST step. Checkpoints record every step, so a fit
+    resumed between steps restores the structure so far and carries on with the schedule.
+
     Args:
         criterion: `l1`, `taylor`, `oracle`, `random` or `explicit`.
         layers: `{glob pattern over module names: ratio in [0, 1)}`; `floor(ratio * units)` units are pruned.
@@ -89,6 +97,13 @@ class Pruning(Callback):
             names `pruned/<split>_*`, `final/<split>_*` and the history fields.
         restart_best: Restart `ModelCheckpoint`/`EarlyStopping` best tracking at the boundary.
         save_pretrained: Write `<log dir>/pruned_hf/` at the end for a transformers model (`from_pretrained`).
+        schedule: Iterative pruning, one of two forms: `{steps: n, every_n_epochs: e}` (fractions k/n, every e
+            epochs from the prune epoch) or `{at: [[epoch, fraction], ...]}` (the first epoch = the prune epoch,
+            fractions increasing in (0, 1]). None: one step. Not with `explicit` or `budget`.
+        retrain_recipe: After each later step, `restart` (start_retrain + a fresh optimizer and LR schedule, as
+            at the first step) or `continue`: the recipe begun at the first step goes on. Mask mode keeps the
+            optimizer (momentum) and schedulers; physical mode builds the optimizer anew over the smaller
+            parameters (zero moments) and gives each LR scheduler back its state (epoch, last LR).
     """
 
     def __init__(
@@ -112,6 +127,8 @@ class Pruning(Callback):
         restart_best: bool = True,
         save_pretrained: bool = True,
         budget: dict[str, float] | None = None,
+        schedule: dict[str, Any] | None = None,
+        retrain_recipe: Literal["restart", "continue"] = "restart",
     ) -> None:
         super().__init__()
         self.names = MetricNames(acc=acc_key, loss=loss_key, train_loss=train_loss_key, split=split)
@@ -122,6 +139,9 @@ class Pruning(Callback):
         problems += budget_problems(budget)
         if budget is not None and criterion == "explicit":
             problems.append("`budget` must be None for criterion 'explicit' (the indices are given).")
+        problems += schedule_problems(schedule, criterion, budget)
+        if retrain_recipe not in _schedule.RECIPES:
+            problems.append(f"`retrain_recipe` must be one of {list(_schedule.RECIPES)}, got {retrain_recipe!r}.")
         if problems:
             raise ValueError(" ".join(problems))
         self.budget = dict(budget) if budget else None
@@ -129,6 +149,10 @@ class Pruning(Callback):
         self.layers = dict(layers or {})
         self.indices = {name: list(idxs) for name, idxs in (indices or {}).items()}
         self.prune_epoch = 0 if prune_at == "start" else int(prune_at_epoch)
+        self.schedule, self.retrain_recipe = (dict(schedule) if schedule else None), retrain_recipe
+        self.steps = schedule_steps(self.schedule, self.prune_epoch)
+        self.steps_done = 0
+        self.step_records: list[dict[str, Any]] = []  # per step: epoch, fraction, its indices (original numbering)
         self.global_pruning, self.calibration_batches, self.seed = global_pruning, calibration_batches, seed
         self.l1_reduction, self.restart_best, self.save_pretrained = l1_reduction, restart_best, save_pretrained
         self.pruned_indices: dict[str, list[int]] = {}
@@ -160,6 +184,12 @@ class Pruning(Callback):
         resolve_target(pl_module, self.target)
         _distributed.check_strategy(trainer.strategy, self.mode)
         max_epochs = trainer.max_epochs
+        last = self.steps[-1].epoch
+        if len(self.steps) > 1 and max_epochs is not None and max_epochs >= 0 and last >= max_epochs:
+            raise ValueError(
+                f"`schedule` steps must all start below the Trainer's max_epochs ({max_epochs}), got steps at "
+                f"epochs {[step.epoch for step in self.steps]}: raise `max_epochs` or shorten the schedule."
+            )
         if max_epochs is not None and max_epochs >= 0 and self.prune_epoch >= max_epochs:
             raise ValueError(
                 f"`prune_at_epoch` must be below the Trainer's max_epochs ({max_epochs}), got {self.prune_epoch}: "
@@ -185,7 +215,7 @@ class Pruning(Callback):
 
     @override
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not self.pruned and trainer.current_epoch >= self.prune_epoch:
+        if self.steps_done < len(self.steps) and trainer.current_epoch >= self.steps[self.steps_done].epoch:
             self._prune(trainer, pl_module)
         if self.pruned:
             pl_module.log("retrain/epoch", float(trainer.current_epoch - self._pruned_at), on_epoch=True)
@@ -223,7 +253,8 @@ class Pruning(Callback):
         if self.pruned:
             checkpoint.setdefault("lightning_prune", {})["pruning"] = {
                 "version": RECORD_VERSION, "target": self.target, "mode": self.mode, "criterion": self.criterion,
-                "phase": "retrain", "indices": self.pruned_indices, "example_input": self._example, **self._history,
+                "phase": "retrain", "indices": self.pruned_indices, "example_input": self._example,
+                "steps": self.step_records, **self._history,
             }
 
     @override
@@ -237,7 +268,7 @@ class Pruning(Callback):
         return {
             "pruned_at": self._pruned_at, "pruned_indices": self.pruned_indices, "example": self._example,
             "history": self._history, "pruned_metrics": self.pruned_metrics,
-            "retrain_history": self.retrain_history,
+            "retrain_history": self.retrain_history, "steps_done": self.steps_done, "step_records": self.step_records,
         }
 
     @override
@@ -248,6 +279,9 @@ class Pruning(Callback):
         self._history = state_dict["history"]
         self.pruned_metrics = state_dict["pruned_metrics"]
         self.retrain_history = state_dict["retrain_history"]
+        # states saved before schedules existed: one step, done once pruned
+        self.steps_done = state_dict.get("steps_done", int(self._pruned_at is not None))
+        self.step_records = state_dict.get("step_records", [])
 
     # ------------------------------------------------------------------------------------------- internals
     def _criterion_options(self) -> dict[str, Any]:
@@ -263,7 +297,9 @@ class Pruning(Callback):
             _distributed.check_train_data(self.criterion, _loaders.has_train_data(trainer))  # raises on every rank
         network = resolve_target(pl_module, self.target)
         example = to_device(self._example_input(trainer, pl_module), pl_module.device)
-        counts = self._plan(build_structure(network, example))
+        structure = build_structure(network, example)
+        _schedule.check_structure(structure, len(self.steps), self.layers, self.mode)
+        counts = self._plan(structure)
         if self.budget:
             check_reachable(network, example, counts, self.budget)
         self._checked_plan = True
@@ -319,51 +355,70 @@ class Pruning(Callback):
         network = resolve_target(pl_module, self.target)
         example = to_device(self._example_input(trainer, pl_module), pl_module.device)
         structure = build_structure(network, example)
-        counts = self._plan(structure)
+        step, before = self.steps[self.steps_done], self.pruned_indices
+        first = self.steps_done == 0
+        counts = self._plan(structure) if first else {}  # validates the full plan at the first step
+        if len(self.steps) > 1:  # one step: the plan's counts (a structure's own rules, e.g. KV head groups)
+            counts = _schedule.step_counts(structure, self.layers, before, self.mode, step.fraction)
         criterion = build_criterion(self.criterion, **self._criterion_options())
-        batches = []
-        if criterion.needs_data:
-            batches = _calibration_batches(trainer, self.calibration_batches, pl_module.device)
-        loss_fn = getattr(pl_module, "loss_fn", None) or F.cross_entropy
-        scores = criterion.scores(structure, list(counts), batches, loss_fn)
+        scores: dict[str, torch.Tensor] = {}  # an early step may prune nothing yet (floor of a small fraction)
+        if counts:
+            batches = []
+            if criterion.needs_data:
+                batches = _loaders.calibration_batches(trainer, self.calibration_batches, pl_module.device)
+            loss_fn = getattr(pl_module, "loss_fn", None) or F.cross_entropy
+            scores = criterion.scores(structure, list(counts), batches, loss_fn)
+        scores = _schedule.remaining_scores(scores, before, self.mode)
         choose = getattr(structure, "choose_units", lowest_units)  # transformer heads: equal per KV group
         budget_report: dict[str, float] = {}
         if self.budget:
             choice, budget_report = indices_for_budget(network, example, scores, counts, self.budget)
         else:
             choice = choose(scores, counts, self.global_pruning)
-        indices = agreed(choice, "Pruning's pruned indices")  # rank 0's choice; every rank checks it agrees
+        choice = agreed(choice, "Pruning's pruned indices")  # rank 0's choice; every rank checks it agrees
+        new = _schedule.in_original_numbering(choice, structure, before, self.mode)
+        indices = merge_indices(before, new)
 
-        metrics: dict[str, float] = {}
+        metrics: dict[str, float] = {"prune/step": float(self.steps_done + 1), "prune/fraction": step.fraction}
         metrics["prune/params_before"], metrics["prune/macs_before"] = count_params_and_macs(network, example)
         if self.mode == "physical":
-            self._history = structure.prune(indices)
+            if any(choice.values()):
+                step_record = structure.prune(choice)
+                self._history = _schedule.accumulate_history(self._history, step_record, indices)
             _distributed.rebuild_wrapper(trainer)  # DDP's buckets hold the replaced parameters
             measured = network
         else:
             inexact = [name for name in indices if not structure.mask_is_exact(name)]
             if inexact:
                 rank_zero_warn(f"Pruning: masking {inexact} is not exactly removal (a LayerNorm/GroupNorm spans them).")
+            if self._guard is not None:
+                self._guard.remove()
             measured = pruned_copy(network, example, indices)
             self._guard = MaskGuard(network, structure.parameter_masks(indices))
         metrics["prune/params_after"], metrics["prune/macs_after"] = count_params_and_macs(measured, example)
         metrics.update(budget_report)
-        self.pruned_indices, self._pruned_at = indices, trainer.current_epoch
+        self.pruned_indices, self._pruned_at, self.retrain_history = indices, trainer.current_epoch, []
+        self.step_records.append({"epoch": trainer.current_epoch, "fraction": step.fraction, "indices": new})
+        self.steps_done += 1
 
-        if callable(getattr(pl_module, "start_retrain", None)):
-            pl_module.start_retrain()
-        trainer.strategy.setup_optimizers(trainer)  # fresh optimizer + schedule over the current parameters
+        if first or self.retrain_recipe == "restart":
+            if callable(getattr(pl_module, "start_retrain", None)):
+                pl_module.start_retrain()
+            trainer.strategy.setup_optimizers(trainer)  # fresh optimizer + schedule over the current parameters
+        else:
+            _schedule.continue_recipe(trainer, self.mode)
         self._restart_best(trainer)
 
         if self.measure:
-            metrics.update(self._measure(trainer, network, pl_module.device))
+            metrics.update(_loaders.measure_pruned(trainer, network, pl_module.device, self.names.split))
         self.pruned_metrics = metrics
         _log_to_loggers(trainer, metrics)
         for logger in trainer.loggers:
             logger.log_hyperparams({"prune/indices": json.dumps(indices)})
         _distributed.log_rank_indices(indices)
         rank_zero_info(
-            f"Pruning ({self.criterion}, {self.mode}) at epoch {trainer.current_epoch}: "
+            f"Pruning ({self.criterion}, {self.mode}) step {self.steps_done}/{len(self.steps)} at epoch "
+            f"{trainer.current_epoch}: "
             f"{metrics['prune/params_before']:,} -> {metrics['prune/params_after']:,} parameters; "
             + ", ".join(f"{name}: {len(idxs)}" for name, idxs in indices.items())
         )
@@ -378,36 +433,8 @@ class Pruning(Callback):
                 "network; their files stay on disk); `restart_best=False` keeps them."
             )
 
-    def _measure(self, trainer: Trainer, network: torch.nn.Module, device: torch.device) -> dict[str, float]:
-        names = pruned_metric_names(self.names.split)
-        split = self.names.split
-        metrics = {}
-        # A module may say how its network is evaluated (a causal LM: next-token loss and accuracy).
-        evaluate = getattr(trainer.lightning_module, "evaluate_network", None) or evaluate_classifier
-        train_loader = _loaders.train_eval_loader(trainer, who="Pruning")
-        metrics[names["train_loss"]], metrics[names["train_acc"]] = evaluate(network, train_loader, device)
-        eval_loader = _loaders.eval_loader(trainer)
-        if eval_loader is None:
-            rank_zero_warn(f"Pruning: no validation loader is known yet, so `pruned/{split}_*` are not measured; "
-                           "loaders passed to `fit` directly are known after the first validation: use a DataModule "
-                           "or keep the sanity check (num_sanity_val_steps > 0).")
-        else:
-            loss, acc = evaluate(network, eval_loader, device)
-            metrics[names[f"{split}_loss"]], metrics[names[f"{split}_acc"]] = loss, acc
-        return metrics
-
 
 def _log_to_loggers(trainer: Trainer, metrics: dict[str, float]) -> None:
     for logger in trainer.loggers:
         logger.log_metrics(metrics, step=trainer.global_step)
 
-
-def _calibration_batches(trainer: Trainer, count: int, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """`count` training batches (eval-transform loader if the data has one), on `device`.
-
-    In one process the first `count`; under DDP rank r takes batches r, r + world, ... so the ranks' union is the
-    first `world * count` batches, which the criteria then reduce over.
-    """
-    with isolate_rng():  # reading batches must not shift the training shuffle
-        loader = _loaders.train_eval_loader(trainer)
-        return [(to_device(batch[0], device), batch[1].to(device)) for batch in rank_batches(loader, count)]

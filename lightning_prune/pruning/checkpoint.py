@@ -3,9 +3,15 @@
 A checkpoint taken after pruning holds, under `checkpoint["lightning_prune"]["pruning"]`, plain Python types only
 (so `--ckpt_path`, which loads with `weights_only=True`, can read it):
 
-    {"version": 1, "target": "model", "mode": "physical" | "mask", "criterion": "l1", "phase": "retrain",
+    {"version": 2, "target": "model", "mode": "physical" | "mask", "criterion": "l1", "phase": "retrain",
      "indices": {layer: [pruned unit indices]}, "history": Torch-Pruning's pruning_history(),
-     "heads": {attention: [pruned heads]}, "example_input": {"shape": [1, 1, 32, 32], "dtype": "float32"}}
+     "heads": {attention: [pruned heads]}, "example_input": {"shape": [1, 1, 32, 32], "dtype": "float32"},
+     "steps": [{"epoch": 2, "fraction": 0.5, "indices": {layer: [indices pruned at this step]}}, ...]}
+
+Version 2 (iterative schedules) accumulates every step: `indices` and `heads` are cumulative, in the unpruned
+network's numbering; `history` is every step's Torch-Pruning history in order (each step's entries number the
+network as it was then, so replaying them in order on a fresh network redoes the steps); `steps` lists the steps
+done. Version 1 records (one step, no `steps`) read as one step at fraction 1.
 
 In mask mode the masks are a pure function of `indices` and the architecture, so they are recomputed from
 `indices` rather than stored; the masked (zero) weights themselves are in the state dict.
@@ -25,7 +31,7 @@ from torch import nn
 
 from lightning_prune.pruning.structure import replay_pruning
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
@@ -71,8 +77,11 @@ def example_input(record: dict, device: torch.device | str | None = None) -> tor
 
 
 def read_record(checkpoint: dict) -> dict | None:
-    """The pruning record of a checkpoint, or None when it holds none."""
-    return checkpoint.get("lightning_prune", {}).get("pruning")
+    """The pruning record of a checkpoint, or None when it holds none (version 1 gains its one `steps` entry)."""
+    record = checkpoint.get("lightning_prune", {}).get("pruning")
+    if record is not None and "steps" not in record:
+        record = {**record, "steps": [{"epoch": None, "fraction": 1.0, "indices": record.get("indices", {})}]}
+    return record
 
 
 def shape_mismatch(module: nn.Module, state_dict: dict) -> tuple[str, list[int], list[int]] | None:

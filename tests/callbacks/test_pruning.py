@@ -336,9 +336,9 @@ def test_pruning_reads_batches_without_shifting_the_training_shuffle():
     torch.manual_seed(0)
     state = torch.get_rng_state()
     pruning._example_input(trainer, module)
-    from lightning_prune.callbacks.pruning import _calibration_batches
+    from lightning_prune.callbacks._loaders import calibration_batches
 
-    assert len(_calibration_batches(trainer, 2, torch.device("cpu"))) == 2
+    assert len(calibration_batches(trainer, 2, torch.device("cpu"))) == 2
     assert torch.equal(torch.get_rng_state(), state)
     next(iter(trainer.train_dataloader))  # control: reading a shuffled loader does move the RNG
     assert not torch.equal(torch.get_rng_state(), state)

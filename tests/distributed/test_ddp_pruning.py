@@ -17,6 +17,7 @@ from ddp_fits import fit, fit_in_subprocesses
 TAYLOR = {"criterion": "taylor", "layers": {"conv1": 0.5, "conv2": 0.5}, "prune_at_epoch": 1,
           "calibration_batches": 2, "mode": "physical"}
 ORACLE_MASK = {**TAYLOR, "criterion": "oracle", "mode": "mask"}
+TAYLOR_SCHEDULE = {**TAYLOR, "schedule": {"steps": 2, "every_n_epochs": 1}, "retrain_recipe": "continue"}
 
 
 def _ranks(folder: Path) -> list[dict]:
@@ -43,6 +44,7 @@ def ddp(tmp_path_factory) -> Path:
         {"out": str(folder / "resumed"), "pruning_kwargs": TAYLOR, "max_epochs": 3,
          "ckpt_path": str(folder / "ckpt" / "last.ckpt")},
         {"out": str(folder / "mask"), "pruning_kwargs": ORACLE_MASK, "max_epochs": 2},
+        {"out": str(folder / "schedule"), "pruning_kwargs": TAYLOR_SCHEDULE, "max_epochs": 3},
     ])
     return folder
 
@@ -80,3 +82,13 @@ def test_ddp_mask_mode_keeps_the_same_masks_on_both_ranks(ddp, tmp_path):
     _assert_states_close(first["state"], reference["state"], atol=1e-4)
     assert first["state"]["conv1.weight"].shape == (6, 1, 3, 3)
     assert first["state"]["conv1.weight"][first["indices"]["conv1"]].abs().sum() == 0  # still masked after training
+
+
+def test_ddp_iterative_schedule_prunes_identically_on_both_ranks_and_equals_one_process(ddp, tmp_path):
+    first, second = _ranks(ddp / "schedule")
+    reference = _single(tmp_path, TAYLOR_SCHEDULE, max_epochs=3)
+    assert first["indices"] == second["indices"] == reference["indices"]
+    assert [len(idxs) for idxs in first["indices"].values()] == [3, 2]  # two steps reach the full ratios
+    _assert_states_close(second["state"], first["state"], atol=0)
+    _assert_states_close(first["state"], reference["state"], atol=1e-4)
+    assert first["optimizer_params"] == sum(v.numel() for v in first["state"].values())  # rebuilt after step 2
