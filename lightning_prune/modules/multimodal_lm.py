@@ -19,6 +19,7 @@ from typing_extensions import override
 from lightning_prune.modules.two_phase import TwoPhaseModule
 from lightning_prune.pruning.inputs import to_device
 from lightning_prune.pruning.lm_loss import answer_losses, answer_matches, causal_lm_loss, multiple_choice_accuracy
+from lightning_prune.pruning.modes import modes_restored
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -71,17 +72,12 @@ def _answer_entry(logits, labels, meta) -> tuple[torch.Tensor, torch.Tensor, tor
 
 def evaluate_multimodal(network, batches, device=None) -> tuple[float, float]:
     """(LM loss per answer token of the gold items, VQA accuracy) over `(inputs, labels, meta)` batches."""
-    modes = {module: module.training for module in network.modules()}
     entries = []
-    try:
-        network.eval()
+    with modes_restored(network):
         with torch.no_grad():
             for inputs, labels, meta in batches:
                 inputs, labels = to_device(inputs, device), labels.to(device) if device is not None else labels
                 entries.append(_answer_entry(network(**inputs, use_cache=False).logits, labels, meta))
-    finally:
-        for module, training in modes.items():
-            module.training = training
     return summarize_answers(entries) if entries else (float("nan"), float("nan"))
 
 

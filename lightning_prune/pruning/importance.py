@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from lightning_prune.pruning.calibration import Batch, LossFn, require_batches
 from lightning_prune.pruning.distributed import sum_across_ranks
 from lightning_prune.pruning.inputs import call_network
+from lightning_prune.pruning.modes import modes_restored
 from lightning_prune.pruning.oracle import oracle_scores
 from lightning_prune.pruning.structure import PruningStructure
 
@@ -87,28 +88,25 @@ def taylor_scores(
     network = structure.network
     parameters = dict(network.named_parameters())
     saved_grads = {name: p.grad for name, p in parameters.items()}
-    modes = {module: module.training for module in network.modules()}
     scores = {name: torch.zeros(structure.layers[name].units, dtype=torch.float64) for name in layers}
     try:
-        network.eval()
-        for inputs, targets in batches:
-            for p in parameters.values():
-                p.grad = None
-            with torch.inference_mode(False), torch.enable_grad():
-                loss_fn(call_network(network, inputs), targets).backward()
-            for name in layers:
-                units = structure.layers[name].units
-                batch_score = torch.zeros(units, dtype=torch.float64)
-                for piece in structure.slices(name):
-                    p = parameters[piece.param]
-                    if p.grad is not None:
-                        batch_score += piece.per_unit_sum(p.grad * p, units).cpu()
-                scores[name] += batch_score.square()
+        with modes_restored(network):
+            for inputs, targets in batches:
+                for p in parameters.values():
+                    p.grad = None
+                with torch.inference_mode(False), torch.enable_grad():
+                    loss_fn(call_network(network, inputs), targets).backward()
+                for name in layers:
+                    units = structure.layers[name].units
+                    batch_score = torch.zeros(units, dtype=torch.float64)
+                    for piece in structure.slices(name):
+                        p = parameters[piece.param]
+                        if p.grad is not None:
+                            batch_score += piece.per_unit_sum(p.grad * p, units).cpu()
+                    scores[name] += batch_score.square()
     finally:
         for name, p in parameters.items():
             p.grad = saved_grads[name]
-        for module, training in modes.items():
-            module.training = training
     return _summed_across_ranks(scores)
 
 

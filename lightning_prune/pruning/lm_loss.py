@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_prune.pruning.inputs import call_network, to_device
+from lightning_prune.pruning.modes import modes_restored
 
 IGNORE_INDEX = -100
 
@@ -53,10 +54,8 @@ def evaluate_causal_lm(
     Returns:
         `(loss, accuracy)`; `(nan, nan)` when no token is predicted.
     """
-    modes = {module: module.training for module in network.modules()}
     loss_sum, correct, count = 0.0, 0, 0
-    try:
-        network.eval()
+    with modes_restored(network):
         with torch.no_grad():
             for batch in batches:
                 inputs, labels = to_device(batch[0], device), to_device(batch[1], device)
@@ -66,9 +65,6 @@ def evaluate_causal_lm(
                 scored = targets != IGNORE_INDEX
                 correct += int(((logits[..., :-1, :].argmax(-1) == targets) & scored).sum())
                 count += int(scored.sum())
-    finally:
-        for module, training in modes.items():
-            module.training = training
     if count == 0:
         return float("nan"), float("nan")
     return loss_sum / count, correct / count

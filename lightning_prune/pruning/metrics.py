@@ -10,6 +10,7 @@ import torch_pruning as tp
 from torch import nn
 
 from lightning_prune.pruning.inputs import first_example
+from lightning_prune.pruning.modes import modes_restored
 
 
 def count_params_and_macs(network: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:
@@ -42,10 +43,8 @@ def evaluate_classifier(
     Returns:
         `(loss, accuracy)`; `(nan, nan)` for an empty iterable.
     """
-    modes = {module: module.training for module in network.modules()}
     loss_sum, correct, count = 0.0, 0, 0
-    try:
-        network.eval()
+    with modes_restored(network):
         with torch.no_grad():
             for batch in batches:
                 inputs, targets = batch[0], batch[1]
@@ -55,9 +54,6 @@ def evaluate_classifier(
                 loss_sum += float(F.cross_entropy(logits.float(), targets, reduction="sum"))
                 correct += int((logits.argmax(dim=-1) == targets).sum())
                 count += len(targets)
-    finally:
-        for module, training in modes.items():
-            module.training = training
     if count == 0:
         return float("nan"), float("nan")
     return loss_sum / count, correct / count

@@ -21,6 +21,7 @@ from torch.func import functional_call, vmap
 from lightning_prune.pruning.calibration import Batch, LossFn, require_batches
 from lightning_prune.pruning.distributed import sum_across_ranks
 from lightning_prune.pruning.inputs import call_network
+from lightning_prune.pruning.modes import modes_restored
 from lightning_prune.pruning.slices import ParamSlice
 from lightning_prune.pruning.structure import PruningStructure
 
@@ -105,38 +106,32 @@ def oracle_scores(
         raise ValueError(f"`chunk_size` must be at least 1, got {chunk_size}.")
     network = structure.network
     parameters = dict(network.named_parameters())
-    modes = {module: module.training for module in network.modules()}
     forward: Callable = _vmapped_outputs if batched else _looped_outputs
     summed: dict[str, torch.Tensor] = {}  # sample-weighted loss sums of each ablation, this rank's batches
-    try:
-        network.eval()
-        with torch.no_grad(), warnings.catch_warnings():
-            # nn.MultiheadAttention's fused eval kernel has no vmap rule; vmap's slower fallback is still right.
-            warnings.filterwarnings("ignore", message="There is a performance drop")
-            base = sum(float(loss_fn(call_network(network, x), y)) * len(y) for x, y in batches)
-            for name in layers:
-                units = structure.layers[name].units
-                slices = structure.slices(name)
-                losses = torch.zeros(units, dtype=torch.float64)
-                for start in range(0, units, chunk_size):
-                    chunk = list(range(start, min(units, start + chunk_size)))
-                    stacked = _ablated_parameters(parameters, slices, chunk)
-                    for x, y in batches:
-                        try:
-                            outputs = forward(network, stacked, x)
-                        except (RuntimeError, NotImplementedError) as error:
-                            if forward is _looped_outputs:
-                                raise
-                            warnings.warn(f"vmap cannot run this network ({error}); ablating one unit per pass.",
-                                          stacklevel=2)
-                            forward = _looped_outputs
-                            outputs = forward(network, stacked, x)
-                        for k, unit in enumerate(chunk):
-                            losses[unit] += float(loss_fn(outputs[k], y)) * len(y)
-                summed[name] = losses
-    finally:
-        for module, training in modes.items():
-            module.training = training
+    with modes_restored(network), torch.no_grad(), warnings.catch_warnings():
+        # nn.MultiheadAttention's fused eval kernel has no vmap rule; vmap's slower fallback is still right.
+        warnings.filterwarnings("ignore", message="There is a performance drop")
+        base = sum(float(loss_fn(call_network(network, x), y)) * len(y) for x, y in batches)
+        for name in layers:
+            units = structure.layers[name].units
+            slices = structure.slices(name)
+            losses = torch.zeros(units, dtype=torch.float64)
+            for start in range(0, units, chunk_size):
+                chunk = list(range(start, min(units, start + chunk_size)))
+                stacked = _ablated_parameters(parameters, slices, chunk)
+                for x, y in batches:
+                    try:
+                        outputs = forward(network, stacked, x)
+                    except (RuntimeError, NotImplementedError) as error:
+                        if forward is _looped_outputs:
+                            raise
+                        warnings.warn(f"vmap cannot run this network ({error}); ablating one unit per pass.",
+                                      stacklevel=2)
+                        forward = _looped_outputs
+                        outputs = forward(network, stacked, x)
+                    for k, unit in enumerate(chunk):
+                        losses[unit] += float(loss_fn(outputs[k], y)) * len(y)
+            summed[name] = losses
     # One collective for everything: [ablation sums of every layer..., base sum, sample count].
     samples = float(sum(len(targets) for _, targets in batches))
     flat = sum_across_ranks(torch.cat([*summed.values(), torch.tensor([base, samples], dtype=torch.float64)]))

@@ -21,6 +21,7 @@ from torch import nn
 
 from lightning_prune.pruning.attention import head_slices, is_head_prunable, prune_heads
 from lightning_prune.pruning.inputs import first_example
+from lightning_prune.pruning.modes import modes_restored
 from lightning_prune.pruning.slices import ParamSlice, group_slices, masks_from_slices
 
 LayerKind = Literal["channels", "heads", "kv_groups"]
@@ -65,7 +66,6 @@ def build_dependency_graph(network: nn.Module, example_input: torch.Tensor) -> t
     Returns:
         The graph and the flat list of output tensors of the tracing forward pass.
     """
-    modes = {module: module.training for module in network.modules()}
     outputs: list[torch.Tensor] = []
 
     def keep_outputs(out):
@@ -74,15 +74,11 @@ def build_dependency_graph(network: nn.Module, example_input: torch.Tensor) -> t
         outputs.extend(tp.utils.flatten_as_list(out))
         return out
 
-    try:
-        # Callers may sit in a validation hook: tracing needs autograd.
-        with torch.inference_mode(False), torch.enable_grad():
-            graph = tp.DependencyGraph().build_dependency(
-                network, first_example(example_input), output_transform=keep_outputs, verbose=False
-            )
-    finally:
-        for module, training in modes.items():
-            module.training = training
+    # Callers may sit in a validation hook: tracing needs autograd. The trace runs in the network's own mode.
+    with modes_restored(network, evaluate=False), torch.inference_mode(False), torch.enable_grad():
+        graph = tp.DependencyGraph().build_dependency(
+            network, first_example(example_input), output_transform=keep_outputs, verbose=False
+        )
     return graph, outputs
 
 
