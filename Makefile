@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install quickstart study-quickstart dycoke-quickstart test lint bench
+.PHONY: install quickstart study-quickstart dycoke-quickstart test test-fast lint bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ dycoke-quickstart: $(STAMP)
 
 test: $(STAMP)
 	WANDB_MODE=offline $(BIN)/python -m pytest tests -n 2
+
+# Everything but the tests marked slow (gloo ranks, spawned workers, the Ray cluster, harness command lines).
+test-fast: $(STAMP)
+	WANDB_MODE=offline $(BIN)/python -m pytest tests -n 2 -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

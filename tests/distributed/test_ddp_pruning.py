@@ -14,6 +14,9 @@ import pytest
 import torch
 from ddp_fits import fit, fit_in_subprocesses
 
+# Spawns processes (gloo ranks): `make test-fast` skips it.
+pytestmark = pytest.mark.slow
+
 TAYLOR = {"criterion": "taylor", "layers": {"conv1": 0.5, "conv2": 0.5}, "prune_at_epoch": 1,
           "calibration_batches": 2, "mode": "physical"}
 ORACLE_MASK = {**TAYLOR, "criterion": "oracle", "mode": "mask"}

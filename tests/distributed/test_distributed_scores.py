@@ -9,6 +9,9 @@ from gloo_workers import rank_data, run_gloo, scores_job, small_cnn
 
 from lightning_prune.pruning import PruningStructure, lowest_units, oracle_scores, taylor_scores
 
+# Spawns processes (gloo ranks): `make test-fast` skips it.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory) -> list[dict]:

@@ -152,6 +152,7 @@ def test_lmms_eval_model_args_string_reaches_our_checks():
         LightningPruneVideoLLM.create_from_arg_string(f"config={TINY},colour=red", {"batch_size": 1, "device": "cpu"})
 
 
+@pytest.mark.slow  # lmms-eval's own CLI in a subprocess
 def test_lmms_eval_command_line_runs_the_tiny_task_offline(in_task_folder):
     script = Path(sys.executable).with_name("lmms-eval")
     command = [str(script)] if script.exists() else [sys.executable, "-m", "lmms_eval"]

@@ -27,6 +27,7 @@ def _missing(finished, destination: Path, count: int, **overrides):
     return copy_study(config, destination, keep=total - count, **overrides)
 
 
+@pytest.mark.slow  # spawned worker processes
 def test_local_workers_run_missing_trials_in_spawned_processes(finished, tmp_path):
     config, summary = finished
     copy = _missing(finished, tmp_path / "copy", 1, workers=2)  # one unit: the pool spawns one worker
@@ -162,6 +163,7 @@ print(json.dumps(run_study(pickle.load(open(sys.argv[1], "rb")))))
 """
 
 
+@pytest.mark.slow  # a two-node Ray cluster
 def test_ray_study_survives_a_killed_worker_on_a_two_node_cluster(finished, ray_cluster, tmp_path):
     import pickle
     import subprocess
