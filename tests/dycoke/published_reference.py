@@ -10,6 +10,8 @@ Two cases the published code cannot run are given the conventions our documentat
 and F <= 4 runs the second loop zero times (the published code stacks an empty list and raises).
 """
 
+import math
+
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
@@ -71,3 +73,17 @@ class PublishedDecodeState:
         keep = int(self.image_length * (1 - self.ratio))
         top = (image_attention.topk(keep, sorted=False).indices + self.start).tolist()
         return list(range(self.start)) + top + list(range(self.start + self.image_length, sequence_length))
+
+
+def published_step_attention(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """`calculate_attention_weights` on the decode query of layer L - 1 (no mask, as the published loop passes
+    none), then `dycoke_pruning`'s `attn.mean(1)[0, -1]`: every op in the inputs' dtype.
+
+    Args:
+        query: `[1, H, 1, d]`; key: `[1, H_kv, S, d]` (repeated per query head as `repeat_kv` does).
+    """
+    batch, kv_heads, length, dim = key.shape
+    groups = query.shape[1] // kv_heads
+    key = key[:, :, None].expand(batch, kv_heads, groups, length, dim).reshape(batch, kv_heads * groups, length, dim)
+    scores = query @ key.transpose(-2, -1) * (1 / math.sqrt(query.size(-1)))
+    return torch.softmax(scores, dim=-1).mean(1)[0, -1]
