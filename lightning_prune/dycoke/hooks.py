@@ -232,8 +232,8 @@ class DyCokeHooks:
         self._sync_current()
         self.pruning.reset()
         self._merged = self._current = None
-        has_video = (kwargs.get("mm_encoder_outputs") or {}).get("video") is not None
-        if not has_video and kwargs.get("pixel_values_videos") is None:
+        has_video = (kwargs.get("mm_encoder_outputs") or {}).get(self.family.encoder_key) is not None
+        if not has_video and kwargs.get(self.family.pixel_key) is None:
             return  # no video: nothing to do
         input_ids = kwargs.get("input_ids")
         if input_ids is None:
@@ -262,8 +262,8 @@ class DyCokeHooks:
         else:
             kept = [torch.arange(video_length, device=input_ids.device)] * batch
         kwargs["mm_encoder_outputs"] = {**(kwargs.get("mm_encoder_outputs") or {}),
-                                        "video": self.family.select(video, kept)}
-        kwargs["pixel_values_videos"] = None
+                                        self.family.encoder_key: self.family.select(video, kept)}
+        kwargs[self.family.pixel_key] = None
         kept_count = len(kept[0])
         if kept_count < video_length:
             kept_video = is_video.nonzero()[:, 1].view(batch, video_length).gather(1, torch.stack(kept))

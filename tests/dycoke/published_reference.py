@@ -87,3 +87,34 @@ def published_step_attention(query: torch.Tensor, key: torch.Tensor) -> torch.Te
     key = key[:, :, None].expand(batch, kv_heads, groups, length, dim).reshape(batch, kv_heads * groups, length, dim)
     scores = query @ key.transpose(-2, -1) * (1 / math.sqrt(query.size(-1)))
     return torch.softmax(scores, dim=-1).mean(1)[0, -1]
+
+
+IMAGE_TOKEN_INDEX = -200  # `llava/constants.py`
+
+
+def published_qwen_1_5_prompt(context: str) -> str:
+    """The prompt `lmms_eval/models/llava_onevision.py` builds for one video: `"<image>" + "\\n" + context` as the
+    user message of `conv_templates["qwen_1_5"]` (`conv_qwen`: CHATML, system "<|im_start|>system\\nYou are a helpful
+    assistant.", roles "<|im_start|>user" / "<|im_start|>assistant", sep "<|im_end|>"), then an empty assistant turn,
+    rendered by `Conversation.get_prompt`'s CHATML branch."""
+    system, roles, sep = "<|im_start|>system\nYou are a helpful assistant.", ("<|im_start|>user",
+                                                                           "<|im_start|>assistant"), "<|im_end|>"
+    messages = [(roles[0], "<image>" + "\n" + context), (roles[1], None)]
+    rendered = "" if system == "" else system + sep + "\n"
+    for role, message in messages:
+        rendered += role + "\n" + message + sep + "\n" if message else role + "\n"
+    return rendered
+
+
+def published_tokenizer_image_token(prompt: str, tokenizer) -> list[int]:
+    """`llava/mm_utils.py::tokenizer_image_token`: each chunk between "<image>" tokenized on its own, joined by
+    `IMAGE_TOKEN_INDEX` (a leading BOS kept once)."""
+    chunks = [tokenizer(chunk).input_ids for chunk in prompt.split("<image>")]
+    ids, offset = [], 0
+    if chunks and chunks[0] and chunks[0][0] == tokenizer.bos_token_id:
+        offset = 1
+        ids.append(chunks[0][0])
+    separated = [part for chunk in chunks for part in (chunk, [IMAGE_TOKEN_INDEX] * (offset + 1))][:-1]
+    for part in separated:
+        ids.extend(part[offset:])
+    return ids
