@@ -1,7 +1,8 @@
 """`DyCoke`: training-free token compression for a video LLM during `predict` / `test`.
 
 Drop it into any Lightning run whose module holds a transformers video LLM of a supported family (LLaVA-OneVision,
-LLaVA-NeXT-Video, Qwen2.5-VL, Qwen3-VL: `lightning_prune.dycoke.families`) and calls `generate` (or `forward`) on it:
+LLaVA-NeXT-Video, Qwen2.5-VL, Qwen3-VL, InternVL: `lightning_prune.dycoke.families`) and calls `generate` (or
+`forward`) on it:
 at predict/test start it installs temporal token merging and dynamic KV-cache pruning (`lightning_prune.dycoke.hooks`),
 at the end it removes them, and the model behaves exactly as before. Per batch it logs `dycoke/*` to every logger:
 visual tokens before and after merging, the KV length the pruned layers attend to at each decode step (mean), prefill /

@@ -1,6 +1,6 @@
 """`VideoLLM`: a transformers video LLM answering questions about videos, as a LightningModule.
 
-Families (`lightning_prune.dycoke.families`): LLaVA-OneVision, LLaVA-NeXT-Video, Qwen2.5-VL, Qwen3-VL.
+Families (`lightning_prune.dycoke.families`): LLaVA-OneVision, LLaVA-NeXT-Video, Qwen2.5-VL, Qwen3-VL, InternVL.
 `predict_step` generates free-form answers; `test_step` scores multiple-choice video QA: the option whose letter
 (A, B, ...) gets the highest first-token logit is the prediction, and `test/acc` is logged. The model comes from
 `model_name_or_path` (a Hub id or a local folder: the family's transformers class, found from the checkpoint's
@@ -53,8 +53,8 @@ class VideoLLM(LightningModule):
         max_new_tokens: answer length limit in `predict_step`.
         prompt_template: user prompt with `{question}` and `{options}` (one "A. ..." line per option).
         seed: seed of the random model's weights.
-        family: `llava_onevision`, `llava_next_video`, `qwen2_5_vl` or `qwen3_vl`; None: from the checkpoint's
-            `model_type` (`llava_onevision` for `tiny_config`).
+        family: `llava_onevision`, `llava_next_video`, `qwen2_5_vl`, `qwen3_vl` or `internvl`; None: from the
+            checkpoint's `model_type` (`llava_onevision` for `tiny_config`).
         trust_remote_code: passed to `from_pretrained` (never set unless you set it).
         prompt: `chat_template` (default): the processor's chat template; `published`: the prompt of the published
             DyCoke evaluation (LLaVA-OneVision only: the `qwen_1_5` conversation with its system turn), refused for

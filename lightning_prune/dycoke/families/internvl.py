@@ -41,6 +41,7 @@ TINY_DEFAULTS: dict[str, Any] = {
         "image_size": 32,
         "patch_size": 4,
     },
+    "tie_word_embeddings": False,  # as the 8B checkpoint; tied random weights answer only newlines (empty answers)
 }
 
 
