@@ -141,18 +141,14 @@ def parse_model_args(model_args: dict[str, Any]) -> EvaluationSettings:
 def _apply_prompt(args: dict[str, Any], model_class: type[VideoLLM], init_args: dict[str, Any]) -> None:
     """Check the prompt format (given here or in the config) against the model's family, before any model loads."""
     if "prompt" in args:
-        if "prompt" not in inspect.signature(model_class.__init__).parameters:
-            raise ValueError(f"`prompt` is not an argument of {model_class.__name__}; drop it.")
         init_args["prompt"] = args["prompt"]
     prompt = init_args.get("prompt", "chat_template")
     if prompt not in PROMPTS:
         raise ValueError(f"`prompt` must be one of {list(PROMPTS)}, got {prompt!r}.")
-    family = init_args.get("family") or ("llava_onevision" if init_args.get("tiny_config") else None)
-    if prompt == "published" and family is not None:
-        if family not in FAMILY_NAMES:
-            raise ValueError(f"`family` must be one of {list(FAMILY_NAMES)}, got {family!r}.")
-        if get_family(family).published_conversation is None:
-            raise ValueError(published_prompt_refusal(family))
+    # A family named in the config is checked here; one found from the checkpoint, by VideoLLM before weights load.
+    family = init_args.get("family")
+    if prompt == "published" and family in FAMILY_NAMES and get_family(family).published_conversation is None:
+        raise ValueError(published_prompt_refusal(family))
 
 
 def _read_config(path: Path) -> dict[str, Any]:

@@ -5,11 +5,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 import yaml
 
 from lightning_prune.callbacks import DyCoke
 from lightning_prune.data.video_qa import VideoQADataModule
 from lightning_prune.evaluation.model_args import parse_model_args
+from lightning_prune.modules.video_llm import VideoLLM
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "dycoke"
 SEVEN_B, QWEN = str(CONFIGS / "llava_ov_7b.yaml"), str(CONFIGS / "qwen2_5_vl_7b.yaml")
@@ -49,3 +51,24 @@ def test_callback_refuses_carried_state_with_batches_of_more_than_one_at_setup()
     data = VideoQADataModule(generate_synthetic=True, batch_size=2)
     with pytest.raises(ValueError, match=r"`carry_state_across_samples` needs batches of 1 sample .*batch_size 2"):
         DyCoke(carry_state_across_samples=True).setup(SimpleNamespace(datamodule=data), None, "predict")
+
+
+def test_callback_carries_the_last_attention_vector_from_one_run_to_the_next():
+    module = VideoLLM(tiny_config=True, max_new_tokens=3)
+    callback = DyCoke(merging_ratio=0.5, prune_layer=2, carry_state_across_samples=True)
+    trainer = SimpleNamespace(datamodule=None)
+    video = torch.randint(0, 256, (8, 28, 28, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    batch = {"videos": [video], "question": ["What moves?"], "options": [["left", "right"]], "id": ["a"]}
+    carried = []
+    for _ in range(2):  # two predict runs: setup builds new hooks each time
+        callback.setup(trainer, module, "predict")
+        callback._install(module)
+        try:
+            if carried:
+                assert callback._hooks.pruning.carried_attention is carried[-1]  # handed over before any step
+            module.predict_step(batch, 0)
+        finally:
+            callback._remove()
+        carried.append(callback._hooks.pruning.carried_attention)
+    assert carried[0] is not None and carried[1] is not carried[0]
+

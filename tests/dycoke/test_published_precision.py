@@ -3,6 +3,7 @@ carried from one sample to the next, each against the published code re-implemen
 
 import pytest
 import torch
+import torch.nn.functional as F
 from dycoke_fakes import generate, make_inputs
 from published_reference import PublishedDecodeState, published_step_attention, published_ttm
 
@@ -33,6 +34,19 @@ def test_official_ttm_in_float16_equals_the_published_merging_on_near_duplicates
     assert _as_lists(ttm_keep_indices(features, 0.7)) == expected  # the same tokens, in the same order
     # The precision matters: the same features in bfloat16 collapse near-ties and keep other tokens.
     assert _as_lists(ttm_keep_indices(features.bfloat16(), 0.7)) != expected
+
+
+def test_official_ttm_normalises_stage_one_only_as_published_which_decides_float16_near_ties():
+    features = _near_duplicate_frames(8, 196, 896, torch.float16)
+    ours = _as_lists(ttm_keep_indices(features, 0.7))
+    keep = int((1 - 0.7) * 196)
+    for odd in (1, 3, 5, 7):  # stage 1 only (frames i + 2 are re-merged by stage 2)
+        before, after = F.normalize(features[odd - 1], dim=1), F.normalize(features[odd], dim=1)
+        normalized = F.cosine_similarity(before, after, dim=1)
+        assert ours[odd] == normalized.topk(keep, largest=False).indices.tolist()
+    raw = [F.cosine_similarity(features[odd - 1], features[odd], dim=1).topk(keep, largest=False).indices.tolist()
+           for odd in (1, 3, 5, 7)]
+    assert raw != [ours[odd] for odd in (1, 3, 5, 7)]  # without the normalisation, float16 ranks other tokens
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +145,17 @@ def test_carried_state_refuses_batches_of_more_than_one_before_compute(tiny_llav
             pytest.raises(ValueError, match=message):
         generate(model, padded_inputs, new_tokens=2)
     assert hooks.stats == []  # refused before the merging and the LLM ran
+
+
+def test_carried_state_in_the_decode_state_refuses_a_batch_of_two():
+    pruning = DecodePruning(2, 0.5, carry_state=True)
+    with pytest.raises(ValueError, match=r"`carry_state_across_samples` needs batches of 1 sample .*got 2"):
+        pruning.start(torch.tensor([[1, 2], [1, 2]]), 5)
+
+
+def test_carried_state_setting_must_be_a_boolean():
+    with pytest.raises(ValueError, match=r"`carry_state_across_samples` must be true or false, got 'yes'"):
+        DyCokeSettings(carry_state_across_samples="yes")
 
 
 @pytest.mark.parametrize("build", [lambda: DyCokeSettings(score_dtype="bfloat16"),
