@@ -130,7 +130,7 @@ def parse_model_args(model_args: dict[str, Any]) -> EvaluationSettings:
         report = report / "lightning_prune_efficiency.json" if report.suffix != ".json" else report
     if "prompt_template" in inspect.signature(model_class.__init__).parameters:
         init_args["prompt_template"] = CONTEXT_TEMPLATE
-    _apply_prompt(args, model_class, init_args)
+    _apply_prompt(args, init_args)
     if dycoke is not None and dycoke.get("carry_state_across_samples") and batch_size != 1:
         raise ValueError("`carry_state_across_samples` needs `batch_size` 1 (the published runs, in dataset order), "
                          f"got {batch_size}.")
@@ -138,7 +138,7 @@ def parse_model_args(model_args: dict[str, Any]) -> EvaluationSettings:
                               num_workers, device, report)
 
 
-def _apply_prompt(args: dict[str, Any], model_class: type[VideoLLM], init_args: dict[str, Any]) -> None:
+def _apply_prompt(args: dict[str, Any], init_args: dict[str, Any]) -> None:
     """Check the prompt format (given here or in the config) against the model's family, before any model loads."""
     if "prompt" in args:
         init_args["prompt"] = args["prompt"]
