@@ -1,7 +1,8 @@
 """`DyCoke`: training-free token compression for a video LLM during `predict` / `test`.
 
 Drop it into any Lightning run whose module holds a transformers video LLM of a supported family (LLaVA-OneVision,
-LLaVA-NeXT-Video, Qwen2.5-VL, Qwen3-VL: `lightning_prune.dycoke.families`) and calls `generate` (or `forward`) on it:
+LLaVA-NeXT-Video, Qwen2.5-VL, Qwen3-VL, InternVL: `lightning_prune.dycoke.families`) and calls `generate` (or
+`forward`) on it:
 at predict/test start it installs temporal token merging and dynamic KV-cache pruning (`lightning_prune.dycoke.hooks`),
 at the end it removes them, and the model behaves exactly as before. Per batch it logs `dycoke/*` to every logger:
 visual tokens before and after merging, the KV length the pruned layers attend to at each decode step (mean), prefill /
@@ -39,6 +40,11 @@ class DyCoke(Callback):
         variant: `official` (default) reproduces the published DyCoke code exactly: its merged token order, its
             windows, its decode candidates, and similar steps run unpruned. `refined` is ours: spatial order, every
             window merged, similar steps reuse the previous selection (see the README's DyCoke section).
+        score_dtype: dtype of the decode step's attention row, head mean and cosine: `model` (as published, e.g.
+            float16) or `float32`; None: `model` for `official`, `float32` for `refined`.
+        carry_state_across_samples: carry the last decode step's attention vector over to the next generation, as
+            the published runs do (batch size 1, in dataset order); it survives between predict/test runs of this
+            callback. False (default): every generation starts afresh.
     """
 
     def __init__(
@@ -50,9 +56,12 @@ class DyCoke(Callback):
         reuse_threshold: float | None = 0.9,
         log_prefix: str = "dycoke",
         variant: Literal["official", "refined"] = "official",
+        score_dtype: Literal["model", "float32"] | None = None,
+        carry_state_across_samples: bool = False,
     ) -> None:
         super().__init__()
-        self.settings = DyCokeSettings(merging_ratio, prune_layer, decode_prune_ratio, window, reuse_threshold, variant)
+        self.settings = DyCokeSettings(merging_ratio, prune_layer, decode_prune_ratio, window, reuse_threshold, variant,
+                                       score_dtype, carry_state_across_samples)
         self.log_prefix = log_prefix
         self._hooks: DyCokeHooks | None = None
         self._timer: GenerationTimer | None = None
@@ -63,8 +72,10 @@ class DyCoke(Callback):
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage in _STAGES:
+            if self.settings.carry_state_across_samples:
+                _check_batch_of_one(trainer)
             # Checks the module (a supported family inside, L below its layer count, attention) before any batch runs.
-            self._hooks = DyCokeHooks(pl_module, self.settings)
+            self._hooks = _carry_over(self._hooks, DyCokeHooks(pl_module, self.settings))
 
     @override
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -157,6 +168,23 @@ class DyCoke(Callback):
             self._timer = None
         if self._hooks is not None:
             self._hooks.remove()
+
+
+def _check_batch_of_one(trainer: Trainer) -> None:
+    datamodule = trainer.datamodule
+    batch_size = getattr(datamodule, "batch_size", None)
+    if batch_size is None and datamodule is not None:
+        batch_size = dict(getattr(datamodule, "hparams", {})).get("batch_size")
+    if isinstance(batch_size, int) and batch_size != 1:
+        raise ValueError("`carry_state_across_samples` needs batches of 1 sample (the published runs, in dataset "
+                         f"order), got data batch_size {batch_size}; set it to 1 or turn carrying off.")
+
+
+def _carry_over(previous: DyCokeHooks | None, hooks: DyCokeHooks) -> DyCokeHooks:
+    """With carried state, the new hooks start from the previous run's last attention vector."""
+    if previous is not None and hooks.settings.carry_state_across_samples:
+        hooks.pruning.carried_attention = previous.pruning.carried_attention
+    return hooks
 
 
 def _generation_metrics(stats: list[GenerationStats]) -> dict[str, float]:

@@ -27,7 +27,7 @@ from torch import nn
 
 from lightning_prune.dycoke.attention import STATE_KWARG, WRAPPED_IMPLEMENTATIONS, register_attention_functions
 from lightning_prune.dycoke.families import family_of, get_family
-from lightning_prune.dycoke.kv_pruning import DecodePruning
+from lightning_prune.dycoke.kv_pruning import SCORE_DTYPES, DecodePruning
 from lightning_prune.dycoke.ttm import VARIANTS, ttm_keep_positions
 
 
@@ -44,6 +44,12 @@ class DyCokeSettings:
             similarity is at least this (in [-1, 1]); `None`: never.
         variant: `official` reproduces the published code (merged order, dropped frames, candidates, similar steps
             unpruned); `refined` is ours (spatial order, every window merged, similar steps reuse the selection).
+        score_dtype: dtype of the decode step's attention row, head mean and cosine: `model` (as published: float16
+            under a float16 model) or `float32`; None: the variant's default (`official`: `model`, `refined`:
+            `float32`).
+        carry_state_across_samples: keep the last decode step's attention vector from one generation to the next,
+            as the published model does across a run (reproduces published runs for batch 1 in dataset order); False
+            (default): every generation starts afresh.
 
     K = 0 turns merging off in both variants (the published code turns DyCoke off as a whole instead; run at K = 0 it
     would still reorder tokens and drop an odd last frame), so K = 0 and P = 0 reproduce the model without DyCoke.
@@ -55,6 +61,8 @@ class DyCokeSettings:
     window: int = 4
     reuse_threshold: float | None = 0.9
     variant: str = "official"
+    score_dtype: str | None = None
+    carry_state_across_samples: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -72,6 +80,11 @@ class DyCokeSettings:
             problems.append(f"`variant` must be one of {list(VARIANTS)}, got {self.variant!r}.")
         elif self.variant == "official" and self.window != 4:
             problems.append(f"`window` must be 4 with variant='official' (the published code's), got {self.window!r}.")
+        if self.score_dtype is not None and self.score_dtype not in SCORE_DTYPES:
+            problems.append(f"`score_dtype` must be one of {list(SCORE_DTYPES)} or None, got {self.score_dtype!r}.")
+        if not isinstance(self.carry_state_across_samples, bool):
+            problems.append("`carry_state_across_samples` must be true or false, "
+                            f"got {self.carry_state_across_samples!r}.")
         if problems:
             raise ValueError(" ".join(problems))
 
@@ -141,7 +154,7 @@ class DyCokeHooks:
         self.video_token_id = self.family.video_token_id(self.base)
         self.pruning = DecodePruning(
             self.settings.prune_layer, self.settings.decode_prune_ratio, self.settings.reuse_threshold, profile,
-            self.settings.variant,
+            self.settings.variant, self.settings.score_dtype, self.settings.carry_state_across_samples,
         )
         self.stats: list[GenerationStats] = []
         self._forward_parameters = inspect.signature(self.base.forward)
@@ -219,12 +232,15 @@ class DyCokeHooks:
         self._sync_current()
         self.pruning.reset()
         self._merged = self._current = None
-        has_video = (kwargs.get("mm_encoder_outputs") or {}).get("video") is not None
-        if not has_video and kwargs.get("pixel_values_videos") is None:
+        has_video = (kwargs.get("mm_encoder_outputs") or {}).get(self.family.encoder_key) is not None
+        if not has_video and kwargs.get(self.family.pixel_key) is None:
             return  # no video: nothing to do
         input_ids = kwargs.get("input_ids")
         if input_ids is None:
             raise ValueError("DyCoke needs `input_ids` (with the video placeholder tokens), got `inputs_embeds`.")
+        if self.settings.carry_state_across_samples and input_ids.shape[0] != 1:
+            raise ValueError("`carry_state_across_samples` needs batches of 1 sample (the published runs, in dataset "
+                             f"order), got a batch of {input_ids.shape[0]}; set the batch size to 1 or turn it off.")
         video = self.family.encode_video(module, kwargs)
         batch, video_length = input_ids.shape[0], video.length
         is_video = input_ids == self.video_token_id
@@ -246,8 +262,8 @@ class DyCokeHooks:
         else:
             kept = [torch.arange(video_length, device=input_ids.device)] * batch
         kwargs["mm_encoder_outputs"] = {**(kwargs.get("mm_encoder_outputs") or {}),
-                                        "video": self.family.select(video, kept)}
-        kwargs["pixel_values_videos"] = None
+                                        self.family.encoder_key: self.family.select(video, kept)}
+        kwargs[self.family.pixel_key] = None
         kept_count = len(kept[0])
         if kept_count < video_length:
             kept_video = is_video.nonzero()[:, 1].view(batch, video_length).gather(1, torch.stack(kept))

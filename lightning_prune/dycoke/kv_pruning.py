@@ -15,6 +15,13 @@ A step whose attention vector is at least `reuse_threshold` cosine-similar to th
 - `refined` (ours): a similar step reuses the previous step's selection, so every step is pruned and the per-layer
   compact copies survive; the candidates are every video token.
 
+The step's attention row, its head mean and the cosine are computed in float32 (`score_dtype="float32"`, the
+`refined` default) or, as published, in the model's own dtype (`score_dtype="model"`, the `official` default): the
+published `calculate_attention_weights` multiplies, soft-maxes and averages in float16, which moves the top-k boundary
+and the similar-step decision. With `carry_state=True` the previous attention vector survives `start`: the first
+decode step of a generation is compared with the last step of the previous one, as the published model (whose state
+lives on the model) does across the samples of a run.
+
 Shapes follow transformers' caches: keys and values are `[B, kv_heads, seq, head_dim]`, queries
 `[B, heads, q, head_dim]`.
 """
@@ -28,13 +35,33 @@ import torch.nn.functional as F
 
 from lightning_prune.dycoke.ttm import check_variant, kept_count
 
+#: Where the decode step scores: in float32, or in the model's dtype (as the published code does).
+SCORE_DTYPES = ("model", "float32")
+
+
+def check_score_dtype(score_dtype: str) -> None:
+    """Raise a `ValueError` naming the choices unless `score_dtype` is one of `SCORE_DTYPES`."""
+    if score_dtype not in SCORE_DTYPES:
+        raise ValueError(f"`score_dtype` must be one of {list(SCORE_DTYPES)}, got {score_dtype!r}.")
+
+
+def default_score_dtype(variant: str) -> str:
+    """`model` for the `official` variant (as published), `float32` for `refined`."""
+    return "model" if variant == "official" else "float32"
+
 
 def last_query_attention(
-    query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, scaling: float
+    query: torch.Tensor,
+    key: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    score_dtype: str = "float32",
 ) -> torch.Tensor:
     """Head-mean attention probabilities of the newest query token over all keys.
 
-    Grouped-query attention is handled without repeating the keys: query heads are grouped per key head.
+    `float32`: grouped-query attention is handled without repeating the keys (query heads grouped per key head), the
+    scores are scaled and soft-maxed in float32. `model`: the published computation in the inputs' dtype: keys
+    repeated per query head, `(q @ k^T) * scaling`, softmax and the mean over heads all in that dtype.
 
     Args:
         query: `[B, H, q, d]`; only the last query token is used.
@@ -42,10 +69,14 @@ def last_query_attention(
         attention_mask: `None`, a boolean mask (True = attend) or an additive float mask, broadcastable to
             `[B, 1, q, S]`.
         scaling: the softmax scale, usually `d ** -0.5`.
+        score_dtype: `float32` or `model`.
 
     Returns:
-        `[B, S]` float32 probabilities (each row sums to 1).
+        `[B, S]` probabilities (each row sums to 1), float32 or in the inputs' dtype.
     """
+    check_score_dtype(score_dtype)
+    if score_dtype == "model":
+        return _model_dtype_attention(query, key, attention_mask, scaling)
     batch, heads, _, dim = query.shape
     kv_heads = key.shape[1]
     grouped = query[:, :, -1, :].reshape(batch, kv_heads, heads // kv_heads, dim)
@@ -57,6 +88,21 @@ def last_query_attention(
         else:
             scores = scores + last_row.float()
     return scores.softmax(dim=-1).mean(dim=(1, 2))
+
+
+def _model_dtype_attention(
+    query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, scaling: float
+) -> torch.Tensor:
+    # As the published `calculate_attention_weights` + `dycoke_pruning`: every op in the model's dtype, the same shapes.
+    keys = key.repeat_interleave(query.shape[1] // key.shape[1], dim=1)  # repeat_kv: [B, H, S, d]
+    scores = query[:, :, -1:, :] @ keys.transpose(-2, -1) * scaling  # [B, H, 1, S]
+    if attention_mask is not None:
+        last_row = attention_mask[:, :, -1:, :]
+        if last_row.dtype == torch.bool:
+            scores = scores.masked_fill(~last_row, float("-inf"))
+        else:
+            scores = scores + last_row.to(scores.dtype)
+    return torch.softmax(scores, dim=-1).mean(1)[:, -1]
 
 
 def select_visual_tokens(visual_attention: torch.Tensor, keep: int) -> torch.Tensor:
@@ -124,12 +170,17 @@ class DecodePruning:
         profile: accumulate the wall time of this class's own work (scoring, top-k, cache selection) in
             `overhead_s` (synchronizes CUDA around it).
         variant: what a similar step does: `official` attends to the full cache, `refined` reuses the selection.
+        score_dtype: `model` (the published computation in the model's dtype) or `float32`; None: the variant's
+            default (`official`: `model`, `refined`: `float32`).
+        carry_state: keep the last attention vector across generations (the published runs, batch 1): the first
+            decode step of the next generation is compared with it. Needs batch size 1.
 
     Attributes:
         scored_steps: decode steps scored since `start`.
         reused_steps: of those, steps where every sample was similar (refined: reused; official: unpruned).
         attended_lengths: per scored step, the mean (over the batch) KV length layers `>= L` attend to.
         overhead_s: with `profile`, seconds spent in `observe` and `prune` since `start`.
+        carried_attention: with `carry_state`, the last scored step's candidate attention `[1, V]` (survives `reset`).
     """
 
     def __init__(
@@ -139,8 +190,15 @@ class DecodePruning:
         reuse_threshold: float | None = 0.9,
         profile: bool = False,
         variant: str = "official",
+        score_dtype: str | None = None,
+        carry_state: bool = False,
     ):
         check_variant(variant)
+        score_dtype = default_score_dtype(variant) if score_dtype is None else score_dtype
+        check_score_dtype(score_dtype)
+        self.score_dtype = score_dtype
+        self.carry_state = carry_state
+        self.carried_attention: torch.Tensor | None = None  # carry_state: the last step's attention vector [1, V]
         self.prune_layer = prune_layer
         self.ratio = ratio
         self.reuse_threshold = reuse_threshold
@@ -181,6 +239,13 @@ class DecodePruning:
         """
         self.reset()
         batch = visual_positions.shape[0]
+        if self.carry_state:
+            if batch != 1:
+                raise ValueError(
+                    f"`carry_state_across_samples` needs batches of 1 sample (the published runs), got {batch}."
+                )
+            if self.carried_attention is not None and self.carried_attention.shape == visual_positions.shape:
+                self._previous_attention = self.carried_attention  # a different candidate count starts afresh
         is_visual = torch.zeros(batch, prompt_length, dtype=torch.bool, device=visual_positions.device)
         is_visual.scatter_(1, visual_positions, True)
         self.visual_positions = visual_positions
@@ -200,7 +265,8 @@ class DecodePruning:
             scaling: the softmax scale.
         """
         began = self._tic(key)
-        visual = last_query_attention(query, key, attention_mask, scaling).gather(1, self.visual_positions)
+        attention = last_query_attention(query, key, attention_mask, scaling, self.score_dtype)
+        visual = attention.gather(1, self.visual_positions)
         reuse = torch.zeros(visual.shape[0], dtype=torch.bool, device=visual.device)
         if self.reuse_threshold is not None and self._previous_attention is not None:
             reuse = F.cosine_similarity(visual, self._previous_attention, dim=-1) >= self.reuse_threshold
@@ -218,6 +284,8 @@ class DecodePruning:
         else:
             self.attended_lengths.append(float(pruned_length))
         self._previous_attention = visual
+        if self.carry_state:
+            self.carried_attention = visual
         self._kv_length = key.shape[2]
         self.scored_steps += 1
         self.reused_steps += all_reused

@@ -78,7 +78,9 @@ class EfficiencyProbe(Callback):
     @override
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         model = pl_module.model
-        self._video_token = video_token_id(model)
+        family = getattr(pl_module, "family", None)  # the VideoLLM's adapter knows (InternVL: its image token)
+        self._video_token = (family.video_token_id(family.find_base(model)) if family is not None
+                             else video_token_id(model))
         self._timer = GenerationTimer(model).attach()
         self._handle = model.register_forward_pre_hook(self._count_visual_tokens, with_kwargs=True)
         self._device = pl_module.device

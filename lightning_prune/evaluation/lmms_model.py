@@ -85,9 +85,17 @@ class LightningPruneVideoLLM(lmms):
             groups[(request.max_new_tokens, tuple(request.until))].append(request)
         answers = [""] * len(parsed)
         for group in groups.values():
-            group.sort(key=lambda request: -len(request.context))  # similar lengths together: less padding
+            group.sort(key=self._order)
             self._generate(group, answers)
         return answers
+
+    def _order(self, request: VideoRequest) -> tuple:
+        """Longest context first (similar lengths together: less padding). With DyCoke's carried state the order
+        changes answers, so it is the published wrapper's: by token count, then by the context itself."""
+        if self.settings.dycoke and self.settings.dycoke.get("carry_state_across_samples"):
+            tokens = self.module.processor.tokenizer.encode(request.context, add_special_tokens=False)
+            return -len(tokens), request.context
+        return (-len(request.context),)
 
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
         raise NotImplementedError(self._unserved("loglikelihood", requests))

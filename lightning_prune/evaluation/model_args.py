@@ -5,7 +5,9 @@ its `init_args`, its DyCoke callback (if listed under `trainer.callbacks`) gives
 `data.init_args.num_frames` the default frame count. The other keys override those: `dycoke=true|false`, the DyCoke
 callback's own argument names or the paper's letters (`K` merging ratio, `L` prune layer, `P` decode prune ratio),
 `num_frames`, `frame_sampling`, `num_workers` (video-decoding processes; default: the config's data `num_workers`),
-`batch_size`, `device` and `report` (where the efficiency report JSON goes).
+`batch_size`, `device`, `report` (where the efficiency report JSON goes) and `prompt` (`published` or
+`chat_template`: the `VideoLLM`'s prompt format; default: the config's). DyCoke's `carry_state_across_samples`
+needs `batch_size=1`.
 No lmms-eval import here: the checks run (and are tested) without the harness.
 """
 
@@ -21,12 +23,14 @@ import yaml
 
 from lightning_prune.callbacks.dycoke import DyCoke
 from lightning_prune.data.video_qa import FRAME_SAMPLERS
-from lightning_prune.modules.video_llm import VideoLLM
+from lightning_prune.dycoke.families import FAMILY_NAMES, get_family
+from lightning_prune.dycoke.families.base import published_prompt_refusal
+from lightning_prune.modules.video_llm import PROMPTS, VideoLLM
 
 # The published DyCoke letters, mapped onto the callback's argument names.
 DYCOKE_ALIASES = {"K": "merging_ratio", "L": "prune_layer", "P": "decode_prune_ratio"}
 BRIDGE_KEYS = ("config", "dycoke", "num_frames", "frame_sampling", "batch_size", "max_batch_size", "device", "report",
-               "num_workers")
+               "num_workers", "prompt")
 _NOT_SETTINGS = ("self", "log_prefix")  # DyCoke constructor arguments that are no DyCoke setting
 # lmms-eval hands the prompt over whole (question, options and instruction): the module must not re-template it.
 CONTEXT_TEMPLATE = "{question}"
@@ -126,8 +130,25 @@ def parse_model_args(model_args: dict[str, Any]) -> EvaluationSettings:
         report = report / "lightning_prune_efficiency.json" if report.suffix != ".json" else report
     if "prompt_template" in inspect.signature(model_class.__init__).parameters:
         init_args["prompt_template"] = CONTEXT_TEMPLATE
+    _apply_prompt(args, init_args)
+    if dycoke is not None and dycoke.get("carry_state_across_samples") and batch_size != 1:
+        raise ValueError("`carry_state_across_samples` needs `batch_size` 1 (the published runs, in dataset order), "
+                         f"got {batch_size}.")
     return EvaluationSettings(config, model_class, init_args, dycoke, num_frames, frame_sampling, batch_size,
                               num_workers, device, report)
+
+
+def _apply_prompt(args: dict[str, Any], init_args: dict[str, Any]) -> None:
+    """Check the prompt format (given here or in the config) against the model's family, before any model loads."""
+    if "prompt" in args:
+        init_args["prompt"] = args["prompt"]
+    prompt = init_args.get("prompt", "chat_template")
+    if prompt not in PROMPTS:
+        raise ValueError(f"`prompt` must be one of {list(PROMPTS)}, got {prompt!r}.")
+    # A family named in the config is checked here; one found from the checkpoint, by VideoLLM before weights load.
+    family = init_args.get("family")
+    if prompt == "published" and family in FAMILY_NAMES and get_family(family).published_conversation is None:
+        raise ValueError(published_prompt_refusal(family))
 
 
 def _read_config(path: Path) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """`VideoLLM`: a transformers video LLM answering questions about videos, as a LightningModule.
 
-Families (`lightning_prune.dycoke.families`): LLaVA-OneVision, LLaVA-NeXT-Video, Qwen2.5-VL, Qwen3-VL.
+Families (`lightning_prune.dycoke.families`): LLaVA-OneVision, LLaVA-NeXT-Video, Qwen2.5-VL, Qwen3-VL, InternVL.
 `predict_step` generates free-form answers; `test_step` scores multiple-choice video QA: the option whose letter
 (A, B, ...) gets the highest first-token logit is the prediction, and `test/acc` is logged. The model comes from
 `model_name_or_path` (a Hub id or a local folder: the family's transformers class, found from the checkpoint's
@@ -19,9 +19,11 @@ from lightning.pytorch import LightningModule
 from typing_extensions import override
 
 from lightning_prune.dycoke.families import FAMILY_NAMES, family_for_model_type, get_family
+from lightning_prune.dycoke.families.base import published_prompt_refusal
 from lightning_prune.dycoke.families.llava_onevision import TINY_DEFAULTS  # noqa: F401  (re-exported)
 
 DEFAULT_PROMPT = "{question}\n{options}\nAnswer with the option's letter from the given choices directly."
+PROMPTS = ("chat_template", "published")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -51,9 +53,12 @@ class VideoLLM(LightningModule):
         max_new_tokens: answer length limit in `predict_step`.
         prompt_template: user prompt with `{question}` and `{options}` (one "A. ..." line per option).
         seed: seed of the random model's weights.
-        family: `llava_onevision`, `llava_next_video`, `qwen2_5_vl` or `qwen3_vl`; None: from the checkpoint's
-            `model_type` (`llava_onevision` for `tiny_config`).
+        family: `llava_onevision`, `llava_next_video`, `qwen2_5_vl`, `qwen3_vl` or `internvl`; None: from the
+            checkpoint's `model_type` (`llava_onevision` for `tiny_config`).
         trust_remote_code: passed to `from_pretrained` (never set unless you set it).
+        prompt: `chat_template` (default): the processor's chat template; `published`: the prompt of the published
+            DyCoke evaluation (LLaVA-OneVision only: the `qwen_1_5` conversation with its system turn), refused for
+            families without published DyCoke code.
     """
 
     def __init__(
@@ -67,6 +72,7 @@ class VideoLLM(LightningModule):
         seed: int = 0,
         family: str | None = None,
         trust_remote_code: bool = False,
+        prompt: Literal["chat_template", "published"] = "chat_template",
     ) -> None:
         super().__init__()
         problems = []
@@ -85,12 +91,16 @@ class VideoLLM(LightningModule):
             problems.append(f"`prompt_template` must contain '{{question}}', got {prompt_template!r}.")
         if family is not None and family not in FAMILY_NAMES:
             problems.append(f"`family` must be one of {list(FAMILY_NAMES)}, got {family!r}.")
+        if prompt not in PROMPTS:
+            problems.append(f"`prompt` must be one of {list(PROMPTS)}, got {prompt!r}.")
+        elif prompt == "published" and family in FAMILY_NAMES and get_family(family).published_conversation is None:
+            problems.append(published_prompt_refusal(family))
         if problems:
             raise ValueError(" ".join(problems))
         self.save_hyperparameters()
         if model_name_or_path is not None:
             self.family, self.model, self.processor = _load_pretrained(
-                model_name_or_path, dtype, attn_implementation, family, trust_remote_code
+                model_name_or_path, dtype, attn_implementation, family, trust_remote_code, prompt
             )
         else:
             self.family = get_family(family or "llava_onevision")
@@ -102,6 +112,7 @@ class VideoLLM(LightningModule):
         self.processor.tokenizer.padding_side = "left"  # generation continues every prompt at the right end
         self.max_new_tokens = max_new_tokens
         self.prompt_template = prompt_template
+        self.prompt = prompt
 
     def prompts(self, batch: dict[str, Any]) -> list[str]:
         """The chat-formatted prompt of every sample (one video placeholder, then the question and options)."""
@@ -109,6 +120,9 @@ class VideoLLM(LightningModule):
         for question, options in zip(batch["question"], batch["options"], strict=True):
             lines = "\n".join(f"{string.ascii_uppercase[i]}. {option}" for i, option in enumerate(options))
             text = self.prompt_template.format(question=question, options=lines)
+            if self.prompt == "published":
+                texts.append(self.family.published_prompt(text, self.processor.video_token))
+                continue
             conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": text}]}]
             texts.append(self.processor.apply_chat_template(conversation, add_generation_prompt=True))
         return texts
@@ -122,7 +136,8 @@ class VideoLLM(LightningModule):
         inputs = self.processor(text=self.prompts(batch), videos=videos, return_tensors="pt", padding=True,
                                 **self.family.processor_kwargs(videos))
         inputs = inputs.to(self.device)
-        inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(self.model.dtype)
+        pixels = self.family.pixel_key  # InternVL's processor hands video frames over as `pixel_values`
+        inputs[pixels] = inputs[pixels].to(self.model.dtype)
         return dict(inputs)
 
     @override
@@ -159,8 +174,15 @@ class VideoLLM(LightningModule):
         return [tokenizer.encode(letter, add_special_tokens=False)[-1] for letter in string.ascii_uppercase[:count]]
 
 
+def _check_published_prompt(adapter: Any, prompt: str) -> None:
+    """Refuse `prompt: published` (before any weights load) for a family without published DyCoke code."""
+    if prompt == "published" and adapter.published_conversation is None:
+        raise ValueError(published_prompt_refusal(adapter.name))
+
+
 def _load_pretrained(
-    name: str, dtype: str, attn_implementation: str, family: str | None, trust_remote_code: bool
+    name: str, dtype: str, attn_implementation: str, family: str | None, trust_remote_code: bool,
+    prompt: str = "chat_template",
 ) -> tuple[Any, torch.nn.Module, Any]:
     from transformers import AutoConfig, AutoProcessor
 
@@ -169,6 +191,7 @@ def _load_pretrained(
         adapter = get_family(family)
     else:
         adapter = family_for_model_type(AutoConfig.from_pretrained(name, **remote).model_type)
+    _check_published_prompt(adapter, prompt)
     model = adapter.load_class(adapter.generation_class).from_pretrained(
         name, dtype=_DTYPES.get(dtype, "auto"), attn_implementation=attn_implementation, **remote
     ).eval()

@@ -10,6 +10,8 @@ Two cases the published code cannot run are given the conventions our documentat
 and F <= 4 runs the second loop zero times (the published code stacks an empty list and raises).
 """
 
+import math
+
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
@@ -71,3 +73,48 @@ class PublishedDecodeState:
         keep = int(self.image_length * (1 - self.ratio))
         top = (image_attention.topk(keep, sorted=False).indices + self.start).tolist()
         return list(range(self.start)) + top + list(range(self.start + self.image_length, sequence_length))
+
+
+def published_step_attention(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """`calculate_attention_weights` on the decode query of layer L - 1 (no mask, as the published loop passes
+    none), then `dycoke_pruning`'s `attn.mean(1)[0, -1]`: every op in the inputs' dtype.
+
+    Args:
+        query: `[1, H, 1, d]`; key: `[1, H_kv, S, d]` (repeated per query head as `repeat_kv` does).
+    """
+    batch, kv_heads, length, dim = key.shape
+    groups = query.shape[1] // kv_heads
+    key = key[:, :, None].expand(batch, kv_heads, groups, length, dim).reshape(batch, kv_heads * groups, length, dim)
+    scores = query @ key.transpose(-2, -1) * (1 / math.sqrt(query.size(-1)))
+    return torch.softmax(scores, dim=-1).mean(1)[0, -1]
+
+
+IMAGE_TOKEN_INDEX = -200  # `llava/constants.py`
+
+
+def published_qwen_1_5_prompt(context: str) -> str:
+    """The prompt `lmms_eval/models/llava_onevision.py` builds for one video: `"<image>" + "\\n" + context` as the
+    user message of `conv_templates["qwen_1_5"]` (`conv_qwen`: CHATML, system "<|im_start|>system\\nYou are a helpful
+    assistant.", roles "<|im_start|>user" / "<|im_start|>assistant", sep "<|im_end|>"), then an empty assistant turn,
+    rendered by `Conversation.get_prompt`'s CHATML branch."""
+    system, roles, sep = "<|im_start|>system\nYou are a helpful assistant.", ("<|im_start|>user",
+                                                                           "<|im_start|>assistant"), "<|im_end|>"
+    messages = [(roles[0], "<image>" + "\n" + context), (roles[1], None)]
+    rendered = "" if system == "" else system + sep + "\n"
+    for role, message in messages:
+        rendered += role + "\n" + message + sep + "\n" if message else role + "\n"
+    return rendered
+
+
+def published_tokenizer_image_token(prompt: str, tokenizer) -> list[int]:
+    """`llava/mm_utils.py::tokenizer_image_token`: each chunk between "<image>" tokenized on its own, joined by
+    `IMAGE_TOKEN_INDEX` (a leading BOS kept once)."""
+    chunks = [tokenizer(chunk).input_ids for chunk in prompt.split("<image>")]
+    ids, offset = [], 0
+    if chunks and chunks[0] and chunks[0][0] == tokenizer.bos_token_id:
+        offset = 1
+        ids.append(chunks[0][0])
+    separated = [part for chunk in chunks for part in (chunk, [IMAGE_TOKEN_INDEX] * (offset + 1))][:-1]
+    for part in separated:
+        ids.extend(part[offset:])
+    return ids

@@ -27,8 +27,8 @@ def test_video_llm_refuses_an_odd_frame_count_for_qwen_before_any_compute():
 
 def test_video_llm_rejects_an_unknown_family():
     with pytest.raises(ValueError, match=r"`family` must be one of \['llava_onevision', 'llava_next_video', "
-                                         r"'qwen2_5_vl', 'qwen3_vl'\], got 'internvl'"):
-        VideoLLM(tiny_config=True, family="internvl")
+                                         r"'qwen2_5_vl', 'qwen3_vl', 'internvl'\], got 'gemma3'"):
+        VideoLLM(tiny_config=True, family="gemma3")
 
 
 def test_family_for_model_type_lists_the_supported_families():

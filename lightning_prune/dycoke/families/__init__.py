@@ -18,6 +18,7 @@ _FAMILIES = {
     "llava_next_video": "lightning_prune.dycoke.families.llava_next_video:LlavaNextVideoAdapter",
     "qwen2_5_vl": "lightning_prune.dycoke.families.qwen2_5_vl:Qwen2_5_VLAdapter",
     "qwen3_vl": "lightning_prune.dycoke.families.qwen3_vl:Qwen3VLAdapter",
+    "internvl": "lightning_prune.dycoke.families.internvl:InternVLAdapter",
 }
 
 FAMILY_NAMES = tuple(_FAMILIES)

@@ -59,6 +59,11 @@ class FamilyAdapter:
         base_class / generation_class: `module:Class` paths of the transformers model whose forward the hooks
             wrap (it owns `get_video_features` and the text model) and of the class `from_pretrained` loads.
         frames_per_step: input frames that make one TTM "frame" (Qwen's temporal patch: 2).
+        encoder_key / pixel_key: where the video's encoder output (`mm_encoder_outputs[encoder_key]`) and pixels
+            (`pixel_key`) come in (InternVL encodes video frames as images: `image` / `pixel_values`).
+        published_conversation: the conversation template the published DyCoke evaluation used for this family
+            (`qwen_1_5` for LLaVA-OneVision), or None where no published DyCoke code exists: those families use
+            their own chat template.
     """
 
     name: ClassVar[str]
@@ -66,6 +71,9 @@ class FamilyAdapter:
     base_class: ClassVar[str]
     generation_class: ClassVar[str]
     frames_per_step: ClassVar[int] = 1
+    encoder_key: ClassVar[str] = "video"
+    pixel_key: ClassVar[str] = "pixel_values_videos"
+    published_conversation: ClassVar[str | None] = None
 
     @classmethod
     def load_class(cls, path: str) -> type:
@@ -91,6 +99,11 @@ class FamilyAdapter:
     def select(self, video: VideoTokens, kept: list[torch.Tensor]) -> Any:
         """The encoder output holding only the kept video tokens (per sample `[M]` indices into its video run)."""
         raise NotImplementedError
+
+    def published_prompt(self, text: str, video_token: str) -> str:
+        """The prompt of the published DyCoke evaluation for one video and `text` (the question as the harness gives
+        it), with `video_token` where the published wrapper puts its image token."""
+        raise ValueError(published_prompt_refusal(self.name))
 
     def check_frames(self, num_frames: int) -> None:
         """Raise before any compute when a video of `num_frames` frames cannot be split into TTM frames."""
@@ -133,6 +146,19 @@ class FamilyAdapter:
         raise NotImplementedError
 
 
+def published_prompt_families() -> list[str]:
+    """Families whose adapter builds the published DyCoke prompt."""
+    from lightning_prune.dycoke.families import FAMILY_NAMES, get_family
+
+    return [name for name in FAMILY_NAMES if get_family(name).published_conversation is not None]
+
+
+def published_prompt_refusal(family: str) -> str:
+    """The message refusing `prompt: published` for a family without published DyCoke code."""
+    return (f"`prompt` 'published' exists only for families with published DyCoke code "
+            f"{published_prompt_families()}, got family {family!r}; use prompt 'chat_template'.")
+
+
 def contiguous_positions(mask: torch.Tensor | None, columns: torch.Tensor) -> torch.Tensor:
     """`[B, S']` positions 0, 1, ... over the non-padding tokens (0 on padding), as `generate` numbers a prompt."""
     if mask is not None:
@@ -140,9 +166,9 @@ def contiguous_positions(mask: torch.Tensor | None, columns: torch.Tensor) -> to
     return torch.arange(columns.shape[1], device=columns.device).expand(columns.shape[0], -1)
 
 
-def encoder_output(kwargs: dict, compute) -> Any | None:
-    """`mm_encoder_outputs["video"]` when `generate` precomputed it, else `compute()` when pixels came, else None."""
-    encoded = (kwargs.get("mm_encoder_outputs") or {}).get("video")
-    if encoded is None and kwargs.get("pixel_values_videos") is not None:
+def encoder_output(kwargs: dict, compute, key: str = "video", pixel_key: str = "pixel_values_videos") -> Any | None:
+    """`mm_encoder_outputs[key]` when `generate` precomputed it, else `compute()` when pixels came, else None."""
+    encoded = (kwargs.get("mm_encoder_outputs") or {}).get(key)
+    if encoded is None and kwargs.get(pixel_key) is not None:
         encoded = compute()
     return encoded

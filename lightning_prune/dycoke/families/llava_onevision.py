@@ -4,6 +4,9 @@
 - Tokens per frame: `ceil(g / 2) ** 2` for a g x g patch grid (384 / 14 -> 27 -> 14 x 14 = 196).
 - Separator / newline: one `image_newline` token after all frames (a video token: `trailing = 1`).
 - Positions: 1-D RoPE; the merged prompt is renumbered 0, 1, ... (as the published code builds it).
+- Published prompt: the `qwen_1_5` conversation of KD-TAO/DyCoke (`llava/conversation.py`, ChatML with a system
+  turn), the video's image token first in the user turn, then a newline and the question
+  (`lmms_eval/models/llava_onevision.py`); the Hugging Face chat template has no system turn.
 """
 
 from __future__ import annotations
@@ -48,6 +51,13 @@ class LlavaOnevisionAdapter(FamilyAdapter):
     base_class = "transformers:LlavaOnevisionModel"
     generation_class = "transformers:LlavaOnevisionForConditionalGeneration"
     trailing = 1  # the newline token after the frames
+    published_conversation = "qwen_1_5"
+
+    def published_prompt(self, text: str, video_token: str) -> str:
+        # ChatML: the system turn, then role + "\n" + message + separator + "\n" per turn, an open assistant turn.
+        system = "<|im_start|>system\nYou are a helpful assistant."
+        return (f"{system}<|im_end|>\n<|im_start|>user\n{video_token}\n{text}<|im_end|>\n"
+                "<|im_start|>assistant\n")
 
     def tokens_per_frame(self, base: nn.Module) -> int:
         vision = base.config.vision_config

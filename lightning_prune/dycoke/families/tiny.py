@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 
-def byte_tokenizer(specials: list[str], image_token: str, video_token: str):
+def byte_tokenizer(specials: list[str], image_token: str, video_token: str, named: dict[str, str] | None = None):
     """A byte-level BPE tokenizer without merges: every string is encodable; 256 bytes plus `specials`.
 
-    `specials[0]` is the padding token, `<|im_end|>` (which must be among them) the end of a turn.
+    `specials[0]` is the padding token, `<|im_end|>` (which must be among them) the end of a turn; `named` adds
+    named special tokens (`tokenizer.<name>` and `tokenizer.<name>_id`), e.g. InternVL's `context_image_token`.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -22,7 +23,7 @@ def byte_tokenizer(specials: list[str], image_token: str, video_token: str):
         tokenizer_object=backend,
         eos_token="<|im_end|>",
         pad_token=specials[0],
-        extra_special_tokens={"image_token": image_token, "video_token": video_token},
+        extra_special_tokens={"image_token": image_token, "video_token": video_token, **(named or {})},
     )
 
 
