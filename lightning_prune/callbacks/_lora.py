@@ -146,8 +146,9 @@ class LoraAdapters:
 
 
 def lora_masks(network: nn.Module, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Mask-mode masks for a network with adapters injected: base weights under their new names, and for every
-    adapted linear whose weight is masked, `B`'s rows and `A`'s columns of the removed output rows / input columns.
+    """Mask-mode masks of the adapters, for a network with adapters injected: for every adapted linear whose
+    weight is masked, `B`'s rows and `A`'s columns of the removed output rows / input columns (then `B A` is zero
+    wherever the weight is masked). The base weights are frozen, so their masks, once applied, need no guard.
 
     Raises:
         ValueError: If a masked weight of an adapted linear is not masked by whole rows and columns (no LoRA delta
@@ -156,14 +157,10 @@ def lora_masks(network: nn.Module, masks: dict[str, torch.Tensor]) -> dict[str, 
     from peft.tuners.lora import LoraLayer
 
     adapted = {name: module for name, module in network.named_modules() if isinstance(module, LoraLayer)}
-    renamed: dict[str, torch.Tensor] = {}
+    out: dict[str, torch.Tensor] = {}
     for param, mask in masks.items():
         owner, _, leaf = param.rpartition(".")
-        if owner not in adapted:
-            renamed[param] = mask
-            continue
-        renamed[f"{owner}.base_layer.{leaf}"] = mask
-        if leaf != "weight":
+        if owner not in adapted or leaf != "weight":
             continue
         kept_rows, kept_cols = mask.any(dim=1), mask.any(dim=0)
         if not torch.equal(mask.bool(), kept_rows[:, None] & kept_cols[None, :]):
@@ -172,16 +169,6 @@ def lora_masks(network: nn.Module, masks: dict[str, torch.Tensor]) -> dict[str, 
                              "or use physical mode.")
         module = adapted[owner]
         lora_a, lora_b = module.lora_A[ADAPTER].weight, module.lora_B[ADAPTER].weight
-        renamed[f"{owner}.lora_B.{ADAPTER}.weight"] = kept_rows[:, None].to(lora_b.dtype).expand_as(lora_b).clone()
-        renamed[f"{owner}.lora_A.{ADAPTER}.weight"] = kept_cols[None, :].to(lora_a.dtype).expand_as(lora_a).clone()
-    return renamed
-
-
-def unadapted_masks(masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The base-weight masks under the network's own names again (after merging), no adapter masks."""
-    plain: dict[str, torch.Tensor] = {}
-    for param, mask in masks.items():
-        if ".lora_" in param:
-            continue
-        plain[param.replace(".base_layer.", ".")] = mask
-    return plain
+        out[f"{owner}.lora_B.{ADAPTER}.weight"] = kept_rows[:, None].to(lora_b.dtype).expand_as(lora_b).clone()
+        out[f"{owner}.lora_A.{ADAPTER}.weight"] = kept_cols[None, :].to(lora_a.dtype).expand_as(lora_a).clone()
+    return out

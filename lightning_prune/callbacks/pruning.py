@@ -179,6 +179,7 @@ class Pruning(Callback):
         self._checked_plan = self._checked_names = self._validated = self._said_hparams = False
         self.lora_settings, self.taylor_variant = _lora.lora_settings(retrain), taylor_variant
         self._lora: _lora.LoraAdapters | None = None
+        self._base_masks: dict[str, torch.Tensor] = {}  # mask mode: the masks of the frozen base weights
 
     @property
     def pruned(self) -> bool:
@@ -453,10 +454,10 @@ class Pruning(Callback):
     def _start_lora(self, trainer: Trainer, network: torch.nn.Module) -> int:
         """Inject the LoRA adapters (mask mode: their rows/columns of removed units masked too); trainable count."""
         self._lora = _lora.LoraAdapters(network, self.lora_settings)
-        if self._guard is not None:
-            masks = _lora.lora_masks(network, self._guard.masks)
+        if self._guard is not None:  # the frozen base weights stay masked; the guard now keeps B A zero there
+            self._base_masks = self._guard.masks
             self._guard.remove()
-            self._guard = MaskGuard(network, masks)
+            self._guard = MaskGuard(network, _lora.lora_masks(network, self._base_masks))
         _distributed.rebuild_wrapper(trainer)
         return self._lora.trainable_parameters()
 
@@ -465,9 +466,8 @@ class Pruning(Callback):
             return
         self._lora.merge()
         if self._guard is not None:
-            masks = _lora.unadapted_masks(self._guard.masks)
             self._guard.remove()
-            self._guard = MaskGuard(self._lora.network, masks)
+            self._guard = MaskGuard(self._lora.network, self._base_masks)
 
     def _restart_best(self, trainer: Trainer) -> None:
         if not self.restart_best:
