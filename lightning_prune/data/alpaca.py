@@ -134,9 +134,6 @@ class AlpacaDataModule(LightningDataModule):
         check_at_least("batch_size", batch_size, 1)
         check_at_least("eval_batch_size", eval_batch_size, 1)
         check_at_least("val_size", val_size, 1)
-        for name, path in (("train_file", train_file), ("val_file", val_file)):
-            if path is not None and not Path(path).is_file():
-                raise FileNotFoundError(f"`{name}` must be an existing Alpaca JSON/JSONL file, got {path!r}.")
         check_tokenizer_folder(tokenizer)
         self.save_hyperparameters()
         self.train_file, self.val_file, self.val_size = train_file, val_file, val_size
@@ -156,6 +153,9 @@ class AlpacaDataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._examples:
             return
+        for name, path in (("train_file", self.train_file), ("val_file", self.val_file)):
+            if path is not None and not Path(path).is_file():  # checked here, so a config parses on another machine
+                raise FileNotFoundError(f"`{name}` must be an existing Alpaca JSON/JSONL file, got {path!r}.")
         if self.tokenizer is None:
             self.tokenizer = load_tokenizer(self.tokenizer_name)
         train = read_records(self.train_file)

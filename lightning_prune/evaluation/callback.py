@@ -80,9 +80,6 @@ class LmEvaluation(Callback):
             problems.append(f"`batch_size` must be an integer >= 1, got {batch_size!r}.")
         if problems:
             raise ValueError(" ".join(problems))
-        for name, path in self.perplexity_files.items():
-            if not Path(path).is_file():
-                raise FileNotFoundError(f"`perplexity[{name!r}]` must be an existing file, got {path!r}.")
         self.preset, self.seq_len, self.tokenizer_name = perplexity_preset, perplexity_seq_len, tokenizer
         self.batch_size, self.limit, self.include_path = batch_size, limit, include_path
         self.results: dict[str, dict[str, float]] = {}
@@ -95,6 +92,9 @@ class LmEvaluation(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit" or self._tokenizer is not None:
             return
+        for name, path in self.perplexity_files.items():  # here, so that a config parses on another machine
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"`perplexity[{name!r}]` must be an existing file, got {path!r}.")
         if self.tasks:
             check_tasks(self.tasks, self.include_path)
         self._tokenizer = self._resolve_tokenizer(trainer)

@@ -67,7 +67,7 @@ def test_alpaca_datamodule_cutoff_train_on_inputs_and_held_out_split(files):
 def test_alpaca_bad_inputs_are_one_message_each(files, tmp_path):
     tokenizer_dir, train, _ = files
     with pytest.raises(FileNotFoundError, match="`train_file` must be an existing Alpaca"):
-        AlpacaDataModule(str(tmp_path / "missing.json"), str(tokenizer_dir))
+        AlpacaDataModule(str(tmp_path / "missing.json"), str(tokenizer_dir)).setup()
     with pytest.raises(ValueError, match="`val_size` must be below the 3 records"):
         AlpacaDataModule(str(train), str(tokenizer_dir), val_size=3).setup()
     bad = tmp_path / "bad.json"
