@@ -110,6 +110,9 @@ class Pruning(Callback):
             adapters are merged before `pruned_hf/` is written (see `callbacks/_lora.py`). One pruning step only.
         taylor_variant: For `taylor`: `group` (default: `(sum over the unit's group of g * w)^2` per batch) or
             LLM-Pruner's `vectorize`, `param_first`, `param_second`, `param_mix` (`pruning.importance`).
+        pad_export: When layer sizes differ (layer ranges, global ranking), write `pruned_hf/` zero-padded to the
+            largest layer (same logits, loads with `from_pretrained`, e.g. for `lm_eval --model hf`) instead of
+            nothing (`pruning/hf_padding.py`).
     """
 
     def __init__(
@@ -137,6 +140,7 @@ class Pruning(Callback):
         retrain_recipe: Literal["restart", "continue"] = "restart",
         retrain: dict[str, Any] | None = None,
         taylor_variant: Literal["group", "vectorize", "param_first", "param_second", "param_mix"] = "group",
+        pad_export: bool = False,
     ) -> None:
         super().__init__()
         self.names = MetricNames(acc=acc_key, loss=loss_key, train_loss=train_loss_key, split=split)
@@ -178,6 +182,7 @@ class Pruning(Callback):
         self._guard: MaskGuard | None = None
         self._checked_plan = self._checked_names = self._validated = self._said_hparams = False
         self.lora_settings, self.taylor_variant = _lora.lora_settings(retrain), taylor_variant
+        self.pad_export = pad_export
         self._lora: _lora.LoraAdapters | None = None
         self._base_masks: dict[str, torch.Tensor] = {}  # mask mode: the masks of the frozen base weights
 
@@ -262,7 +267,8 @@ class Pruning(Callback):
         self._merge_lora()
         if self.pruned and self.save_pretrained and trainer.is_global_zero:
             example = to_device(self._example_input(trainer, pl_module), pl_module.device)
-            save_pruned_hf(trainer, resolve_target(pl_module, self.target), example, self.pruned_indices, self.mode)
+            save_pruned_hf(trainer, resolve_target(pl_module, self.target), example, self.pruned_indices, self.mode,
+                           pad=self.pad_export)
 
     @override
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
