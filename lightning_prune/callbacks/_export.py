@@ -43,6 +43,9 @@ def save_pruned_hf(
         rank_zero_info(f"Pruning: {reason}; writing {folder.name}/ zero-padded to the largest layer (same logits, "
                        "no memory saved: the checkpoint holds the pruned model).")
         reason = save_pruned_pretrained(zero_padded_copy(network), folder)
+    tokenizer = getattr(getattr(trainer, "datamodule", None), "tokenizer", None)
+    if reason is None and callable(getattr(tokenizer, "save_pretrained", None)):
+        tokenizer.save_pretrained(str(folder))  # so that tools loading only the folder (lm_eval --model hf) find it
     if reason is None:
         rank_zero_info(f"Pruning: saved the pruned model for `from_pretrained` to {folder}.")
     else:
