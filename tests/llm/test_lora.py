@@ -144,3 +144,17 @@ def test_lora_target_matching_nothing_stops_the_fit_before_training(tmp_path):
     with pytest.raises(ValueError, match="entry 'query' must match a linear layer"):
         trainer.fit(module, loader, loader)
     assert all(torch.equal(p, before[n]) for n, p in module.named_parameters())  # no step was taken
+
+
+def test_lora_fit_resumes_mid_recovery_from_its_merged_checkpoint(tmp_path):
+    trainer, module, _, loader, ids = _fit(tmp_path, "physical", LORA, epochs=2)
+    trainer.fit(module, loader, loader)
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert not any(".lora_" in key or ".base_layer." in key for key in saved["state_dict"])  # merged weights
+    resumed_trainer, resumed, pruning, loader, _ = _fit(tmp_path / "resumed", "physical", LORA, epochs=3)
+    resumed_trainer.fit(resumed, loader, loader, ckpt_path=tmp_path / "checkpoints" / "last.ckpt")
+    assert pruning._lora is not None and pruning._lora.merged  # adapters re-attached on resume, merged at the end
+    assert resumed_trainer.current_epoch == 3
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "resumed" / "pruned_hf").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(exported(ids).logits, resumed.eval()(ids), rtol=1e-5, atol=1e-5)
