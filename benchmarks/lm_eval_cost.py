@@ -1,7 +1,7 @@
 """What measuring and recovering a pruned LLM costs here: lm-eval in process vs its CLI, LoRA vs full retraining.
 
 On the random Llama of `benchmarks/llm_pruning.py` (hidden 512, 8 layers, 8 query heads in 2 KV groups, MLP 1408,
-vocabulary 32,000), pruned physically by L1 at 50% of every MLP and 25% of the query heads:
+vocabulary 32,000), pruned physically by L1 at 50% of every MLP and 50% of the query heads:
 
 1. Time per sample of the shipped tiny lm-eval task (40 four-way questions = 160 log-likelihood requests), in
    process (`evaluate_lm`, the network object handed to lm-eval's HFLM; first call and a repeat) and through
@@ -34,13 +34,16 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from lightning_prune.callbacks._lora import LoraAdapters, lora_settings
 from lightning_prune.evaluation.lm_harness import LM_TASKS_DIR, TINY_LM_TASK, evaluate_lm
+from lightning_prune.pruning.hf_export import save_pruned_pretrained
 from lightning_prune.pruning.importance import build_criterion
 from lightning_prune.pruning.lm_loss import causal_lm_loss
 from lightning_prune.pruning.structure import build_structure
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = ROOT / "lightning_prune" / "data" / "assets" / "tiny_text"
-PATTERNS = {"model.layers.*.mlp": 0.5, "model.layers.*.self_attn": 0.25}
+# Half the query heads (8 -> 4), not the quarter of llm_pruning.py: transformers 5.25 refuses a Llama config whose
+# hidden size (512) is not a multiple of the head count (6), so 6 heads could not be written to a folder.
+PATTERNS = {"model.layers.*.mlp": 0.5, "model.layers.*.self_attn": 0.5}
 SAMPLES = 40
 
 
@@ -66,7 +69,7 @@ def lm_eval_times(model: LlamaForCausalLM, device: torch.device, batch_size: int
         evaluate_lm(model, tokenizer, [TINY_LM_TASK], batch_size=batch_size)
         times.append(time.perf_counter() - start)
     with tempfile.TemporaryDirectory() as folder:
-        model.save_pretrained(folder)
+        assert save_pruned_pretrained(model, folder) is None  # a config with the pruned sizes
         tokenizer.save_pretrained(folder)
         env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         command = [str(Path(sys.executable).with_name("lm_eval")), "--model", "hf", "--model_args",
