@@ -76,6 +76,7 @@ class Pruning(Callback):
     Args:
         criterion: `l1`, `taylor`, `oracle`, `random` or `explicit`.
         layers: `{glob pattern over module names: ratio in [0, 1)}`; `floor(ratio * units)` units are pruned.
+            A segment `a-b` is an inclusive range of layer numbers (`model.layers.4-29.mlp`).
         indices: For `explicit`: `{layer name: pruned unit indices}`.
         mode: `physical` (units removed) or `mask` (their dependency groups zeroed and kept at zero).
         prune_at: `"start"`: prune before the first epoch (pretrained weights).
