@@ -55,7 +55,7 @@ def retrain_problems(retrain: dict[str, Any] | None) -> list[str]:
 
 def lora_settings(retrain: dict[str, Any] | None) -> dict[str, Any] | None:
     """The LoRA settings (defaults filled in), or None for full retraining."""
-    if not retrain or retrain.get("method", "full") != "lora":
+    if not isinstance(retrain, dict) or retrain.get("method", "full") != "lora":
         return None
     return {**DEFAULTS, **{key: value for key, value in retrain.items() if key != "method"}}
 

@@ -158,3 +158,11 @@ def test_lora_fit_resumes_mid_recovery_from_its_merged_checkpoint(tmp_path):
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "resumed" / "pruned_hf").eval()
     with torch.no_grad():
         torch.testing.assert_close(exported(ids).logits, resumed.eval()(ids), rtol=1e-5, atol=1e-5)
+
+
+def test_lora_mask_mode_refuses_to_resume_mid_recovery(tmp_path):
+    trainer, module, _, loader, _ = _fit(tmp_path, "mask", LORA, epochs=2)
+    trainer.fit(module, loader, loader)
+    resumed_trainer, resumed, _, loader, _ = _fit(tmp_path / "resumed", "mask", LORA, epochs=3)
+    with pytest.raises(ValueError, match="must start from the pruning step in mask mode, got a resumed retrain"):
+        resumed_trainer.fit(resumed, loader, loader, ckpt_path=tmp_path / "checkpoints" / "last.ckpt")
