@@ -12,7 +12,7 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1 || $(BIN)/pip install -q torch torchvision
-	$(BIN)/pip install -q -e ".[video,ray,lmms,dev]"
+	$(BIN)/pip install -q -e ".[video,ray,lmms,lm,dev]"
 	touch $(STAMP)
 
 install: $(STAMP)

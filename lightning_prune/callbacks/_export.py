@@ -22,7 +22,8 @@ def pruned_copy(network: torch.nn.Module, example: Any, indices: dict[str, list[
 
 
 def save_pruned_hf(
-    trainer: Trainer, network: torch.nn.Module, example: Any, indices: dict[str, list[int]], mode: str
+    trainer: Trainer, network: torch.nn.Module, example: Any, indices: dict[str, list[int]], mode: str,
+    pad: bool = False,
 ) -> None:
     """transformers models: `save_pretrained` the pruned model as `<log dir>/pruned_hf` (see `hf_export`).
 
@@ -36,6 +37,15 @@ def save_pruned_hf(
         network = pruned_copy(network, example, indices)
     folder = Path(trainer.log_dir or trainer.default_root_dir) / "pruned_hf"
     reason = save_pruned_pretrained(network, folder)
+    if reason is not None and pad and "sizes differ per layer" in reason:
+        from lightning_prune.pruning.hf_padding import zero_padded_copy
+
+        rank_zero_info(f"Pruning: {reason}; writing {folder.name}/ zero-padded to the largest layer (same logits, "
+                       "no memory saved: the checkpoint holds the pruned model).")
+        reason = save_pruned_pretrained(zero_padded_copy(network), folder)
+    tokenizer = getattr(getattr(trainer, "datamodule", None), "tokenizer", None)
+    if reason is None and callable(getattr(tokenizer, "save_pretrained", None)):
+        tokenizer.save_pretrained(str(folder))  # so that tools loading only the folder (lm_eval --model hf) find it
     if reason is None:
         rank_zero_info(f"Pruning: saved the pruned model for `from_pretrained` to {folder}.")
     else:

@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.seed import isolate_rng
 from typing_extensions import override
 
-from lightning_prune.callbacks import _distributed, _loaders, _schedule
+from lightning_prune.callbacks import _distributed, _loaders, _lora, _schedule
 from lightning_prune.callbacks._arguments import argument_problems
 from lightning_prune.callbacks._checkpoints import (
     install_structure_restore,
@@ -25,7 +25,7 @@ from lightning_prune.outcome import MetricNames, final_metrics, retrain_outcome
 from lightning_prune.pruning.budget import budget_problems, check_reachable, indices_for_budget
 from lightning_prune.pruning.checkpoint import RECORD_VERSION, read_record, resolve_target
 from lightning_prune.pruning.distributed import agreed
-from lightning_prune.pruning.importance import build_criterion, lowest_units
+from lightning_prune.pruning.importance import TAYLOR_VARIANTS, build_criterion, lowest_units
 from lightning_prune.pruning.inputs import first_example, to_device
 from lightning_prune.pruning.masks import MaskGuard
 from lightning_prune.pruning.metrics import count_params_and_macs
@@ -76,6 +76,7 @@ class Pruning(Callback):
     Args:
         criterion: `l1`, `taylor`, `oracle`, `random` or `explicit`.
         layers: `{glob pattern over module names: ratio in [0, 1)}`; `floor(ratio * units)` units are pruned.
+            A segment `a-b` is an inclusive range of layer numbers (`model.layers.4-29.mlp`).
         indices: For `explicit`: `{layer name: pruned unit indices}`.
         mode: `physical` (units removed) or `mask` (their dependency groups zeroed and kept at zero).
         prune_at: `"start"`: prune before the first epoch (pretrained weights).
@@ -104,6 +105,15 @@ class Pruning(Callback):
             at the first step) or `continue`: the recipe begun at the first step goes on. Mask mode keeps the
             optimizer (momentum) and schedulers; physical mode builds the optimizer anew over the smaller
             parameters (zero moments) and gives each LR scheduler back its state (epoch, last LR).
+        retrain: `{method: full}` (default: every weight retrains) or `{method: lora, r, alpha, dropout,
+            target_modules}`: LoRA adapters (peft) on the pruned network, defaults r 8, alpha 16, dropout 0.05 on
+            q/k/v/o/gate/down/up (LLM-Pruner's `post_training.py`); checkpoints hold merged weights, and the
+            adapters are merged before `pruned_hf/` is written (see `callbacks/_lora.py`). One pruning step only.
+        taylor_variant: For `taylor`: `group` (default: `(sum over the unit's group of g * w)^2` per batch) or
+            LLM-Pruner's `vectorize`, `param_first`, `param_second`, `param_mix` (`pruning.importance`).
+        pad_export: When layer sizes differ (layer ranges, global ranking), write `pruned_hf/` zero-padded to the
+            largest layer (same logits, loads with `from_pretrained`, e.g. for `lm_eval --model hf`) instead of
+            nothing (`pruning/hf_padding.py`).
     """
 
     def __init__(
@@ -129,6 +139,9 @@ class Pruning(Callback):
         budget: dict[str, float] | None = None,
         schedule: dict[str, Any] | None = None,
         retrain_recipe: Literal["restart", "continue"] = "restart",
+        retrain: dict[str, Any] | None = None,
+        taylor_variant: Literal["group", "vectorize", "param_first", "param_second", "param_mix"] = "group",
+        pad_export: bool = False,
     ) -> None:
         super().__init__()
         self.names = MetricNames(acc=acc_key, loss=loss_key, train_loss=train_loss_key, split=split)
@@ -142,6 +155,11 @@ class Pruning(Callback):
         problems += schedule_problems(schedule, criterion, budget)
         if retrain_recipe not in _schedule.RECIPES:
             problems.append(f"`retrain_recipe` must be one of {list(_schedule.RECIPES)}, got {retrain_recipe!r}.")
+        problems += _lora.retrain_problems(retrain)
+        if _lora.lora_settings(retrain) and schedule:
+            problems.append("`retrain.method` 'lora' must be used with one pruning step, got a `schedule`.")
+        if taylor_variant not in TAYLOR_VARIANTS:
+            problems.append(f"`taylor_variant` must be one of {list(TAYLOR_VARIANTS)}, got {taylor_variant!r}.")
         if problems:
             raise ValueError(" ".join(problems))
         self.budget = dict(budget) if budget else None
@@ -164,6 +182,10 @@ class Pruning(Callback):
         self._history: dict[str, Any] = {"history": [], "heads": {}}
         self._guard: MaskGuard | None = None
         self._checked_plan = self._checked_names = self._validated = self._said_hparams = False
+        self.lora_settings, self.taylor_variant = _lora.lora_settings(retrain), taylor_variant
+        self.pad_export = pad_export
+        self._lora: _lora.LoraAdapters | None = None
+        self._base_masks: dict[str, torch.Tensor] = {}  # mask mode: the masks of the frozen base weights
 
     @property
     def pruned(self) -> bool:
@@ -243,13 +265,17 @@ class Pruning(Callback):
         if self.retrain_history:
             self.final_metrics = final_metrics(retrain_outcome(self.retrain_history, split=self.names.split))
             _log_to_loggers(trainer, self.final_metrics)
+        self._merge_lora()
         if self.pruned and self.save_pretrained and trainer.is_global_zero:
             example = to_device(self._example_input(trainer, pl_module), pl_module.device)
-            save_pruned_hf(trainer, resolve_target(pl_module, self.target), example, self.pruned_indices, self.mode)
+            save_pruned_hf(trainer, resolve_target(pl_module, self.target), example, self.pruned_indices, self.mode,
+                           pad=self.pad_export)
 
     @override
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         self._said_hparams = plain_hyperparameters(checkpoint, self._said_hparams)
+        if self._lora is not None and not self._lora.merged:  # checkpoints hold merged weights
+            checkpoint["state_dict"] = self._lora.merged_state_dict(checkpoint["state_dict"], _prefix(self.target))
         if self.pruned:
             checkpoint.setdefault("lightning_prune", {})["pruning"] = {
                 "version": RECORD_VERSION, "target": self.target, "mode": self.mode, "criterion": self.criterion,
@@ -262,6 +288,11 @@ class Pruning(Callback):
         record = read_record(checkpoint)
         if record and record.get("phase") == "retrain" and callable(getattr(pl_module, "start_retrain", None)):
             pl_module.start_retrain()  # before the optimizers are built and their state is loaded
+        if record and record.get("phase") == "retrain" and self.lora_settings and trainer.state.fn == "fit":
+            if self.mode == "mask":
+                raise ValueError("`retrain.method` 'lora' must start from the pruning step in mask mode, got a "
+                                 "resumed retrain: resume in physical mode, or retrain from the pruned checkpoint.")
+            self._start_lora(trainer, resolve_target(pl_module, self.target))  # the weights (merged) are in
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -286,7 +317,7 @@ class Pruning(Callback):
     # ------------------------------------------------------------------------------------------- internals
     def _criterion_options(self) -> dict[str, Any]:
         options = {"l1": {"reduction": self.l1_reduction}, "random": {"seed": self.seed},
-                   "explicit": {"indices": self.indices}}
+                   "explicit": {"indices": self.indices}, "taylor": {"variant": self.taylor_variant}}
         return options.get(self.criterion, {})
 
     def _check_plan(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -298,6 +329,8 @@ class Pruning(Callback):
         network = resolve_target(pl_module, self.target)
         example = to_device(self._example_input(trainer, pl_module), pl_module.device)
         structure = build_structure(network, example)
+        if self.lora_settings:
+            _lora.check_targets(network, self.lora_settings)
         _schedule.check_structure(structure, len(self.steps), self.layers, self.mode)
         counts = self._plan(structure)
         if self.budget:
@@ -396,6 +429,8 @@ class Pruning(Callback):
             measured = pruned_copy(network, example, indices)
             self._guard = MaskGuard(network, structure.parameter_masks(indices))
         metrics["prune/params_after"], metrics["prune/macs_after"] = count_params_and_macs(measured, example)
+        if first and self.lora_settings:
+            metrics["retrain/trainable_params"] = float(self._start_lora(trainer, network))
         metrics.update(budget_report)
         self.pruned_indices, self._pruned_at, self.retrain_history = indices, trainer.current_epoch, []
         self.step_records.append({"epoch": trainer.current_epoch, "fraction": step.fraction, "indices": new})
@@ -423,6 +458,24 @@ class Pruning(Callback):
             + ", ".join(f"{name}: {len(idxs)}" for name, idxs in indices.items())
         )
 
+    def _start_lora(self, trainer: Trainer, network: torch.nn.Module) -> int:
+        """Inject the LoRA adapters (mask mode: their rows/columns of removed units masked too); trainable count."""
+        self._lora = _lora.LoraAdapters(network, self.lora_settings)
+        if self._guard is not None:  # the frozen base weights stay masked; the guard now keeps B A zero there
+            self._base_masks = self._guard.masks
+            self._guard.remove()
+            self._guard = MaskGuard(network, _lora.lora_masks(network, self._base_masks))
+        _distributed.rebuild_wrapper(trainer)
+        return self._lora.trainable_parameters()
+
+    def _merge_lora(self) -> None:
+        if self._lora is None or self._lora.merged:
+            return
+        self._lora.merge()
+        if self._guard is not None:
+            self._guard.remove()
+            self._guard = MaskGuard(self._lora.network, self._base_masks)
+
     def _restart_best(self, trainer: Trainer) -> None:
         if not self.restart_best:
             return
@@ -432,6 +485,10 @@ class Pruning(Callback):
                 f"Pruning: {', '.join(reset)} start their best tracking afresh (pre-pruning scores rate another "
                 "network; their files stay on disk); `restart_best=False` keeps them."
             )
+
+
+def _prefix(target: str) -> str:
+    return f"{target}." if target else ""
 
 
 def _log_to_loggers(trainer: Trainer, metrics: dict[str, float]) -> None:

@@ -10,6 +10,7 @@ _LAZY = {
     "VideoQADataModule": "lightning_prune.data.video_qa",
     "TextDataModule": "lightning_prune.data.text",
     "LlavaInstructDataModule": "lightning_prune.data.llava_instruct",
+    "AlpacaDataModule": "lightning_prune.data.alpaca",
 }
 
 __all__ = sorted(_LAZY)

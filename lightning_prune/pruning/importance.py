@@ -5,7 +5,8 @@ Each criterion is a pure function over a `PruningStructure` plus a thin class be
 `build_criterion`. A unit is a filter / output channel (with its whole dependency group) or an attention head.
 
 - `l1`: L1 norm of the layer's own filter weights (Li et al., 2017), summed or averaged within the filter.
-- `taylor`: first-order Taylor (Molchanov et al., 2019): `sum_batches (sum_{group params} g * w)^2`.
+- `taylor`: first-order Taylor (Molchanov et al., 2019): `sum_batches (sum_{group params} g * w)^2` (variant
+  `group`), or LLM-Pruner's `vectorize`, `param_first`, `param_second`, `param_mix` (`taylor_variants.py`).
 - `oracle`: the increase of the loss when the unit alone is removed (`oracle.py`).
 - `random`: seeded uniform scores.
 - `explicit`: the user's indices score 0, the rest 1.
@@ -29,6 +30,9 @@ from lightning_prune.pruning.inputs import call_network
 from lightning_prune.pruning.modes import modes_restored
 from lightning_prune.pruning.oracle import oracle_scores
 from lightning_prune.pruning.structure import PruningStructure
+from lightning_prune.pruning.taylor_variants import LLM_PRUNER_VARIANTS, llm_pruner_taylor_scores
+
+TAYLOR_VARIANTS = ("group", *LLM_PRUNER_VARIANTS)
 
 
 def l1_scores(
@@ -207,13 +211,21 @@ class L1Criterion(Criterion):
 
 
 class TaylorCriterion(Criterion):
-    """`taylor`: first-order Taylor importance over the calibration batches."""
+    """`taylor`: Taylor importance over the calibration batches. Args: variant: `group` (Molchanov) or one of
+    LLM-Pruner's `vectorize`, `param_first`, `param_second`, `param_mix`."""
 
     name = "taylor"
     needs_data = True
 
+    def __init__(self, variant: str = "group") -> None:
+        if variant not in TAYLOR_VARIANTS:
+            raise ValueError(f"`taylor_variant` must be one of {list(TAYLOR_VARIANTS)}, got {variant!r}.")
+        self.variant = variant
+
     def scores(self, structure, layers, batches=(), loss_fn=F.cross_entropy):
-        return taylor_scores(structure, layers, batches, loss_fn)
+        if self.variant == "group":
+            return taylor_scores(structure, layers, batches, loss_fn)
+        return llm_pruner_taylor_scores(structure, layers, batches, loss_fn, self.variant)
 
 
 class OracleCriterion(Criterion):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 from typing import Literal
 
 import torch
@@ -22,6 +21,7 @@ from torch import nn
 from lightning_prune.pruning.attention import head_slices, is_head_prunable, prune_heads
 from lightning_prune.pruning.inputs import first_example
 from lightning_prune.pruning.modes import modes_restored
+from lightning_prune.pruning.patterns import matching_layers
 from lightning_prune.pruning.slices import ParamSlice, group_slices, masks_from_slices
 
 LayerKind = Literal["channels", "heads", "kv_groups"]
@@ -149,7 +149,7 @@ class PruningStructure:
         check_ratios(patterns)
         chosen: dict[str, float] = {}
         for pattern, ratio in patterns.items():
-            matched = [name for name in self.layers if fnmatchcase(name, pattern)]
+            matched = matching_layers(pattern, list(self.layers))  # globs, and `a-b` layer ranges
             if not matched:
                 raise ValueError(
                     f"`layers` pattern {pattern!r} must match a prunable layer, got no match; "
