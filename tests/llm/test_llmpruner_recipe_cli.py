@@ -17,6 +17,7 @@ from lightning_prune.evaluation.lm_harness import LM_TASKS_DIR, TINY_LM_TASK, fl
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # a whole fit plus lm-eval's CLI
 def test_tiny_llmpruner_recipe_runs_offline_and_lm_eval_cli_scores_its_pruned_hf(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")

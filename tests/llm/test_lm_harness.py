@@ -69,6 +69,7 @@ def test_evaluate_lm_in_process_on_a_per_layer_size_model_equals_hand_computatio
     assert set(logged_names(results)) == {f"lm_eval/{TINY_LM_TASK}/acc", f"lm_eval/{TINY_LM_TASK}/acc_norm"}
 
 
+@pytest.mark.slow  # lm-eval's own CLI in a subprocess
 def test_lm_eval_cli_evaluates_a_pruned_hf_folder_on_the_shipped_task(tmp_path):
     model = tiny_llama(seed=4)
     for layer in model.model.layers:  # uniform pruning: exportable
