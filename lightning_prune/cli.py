@@ -7,21 +7,43 @@ to a local `metrics.csv`; the resolved config goes to both.
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from jsonargparse import set_parsing_settings
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from typing_extensions import override
 
+from lightning_prune._config_guard import ConfigWalker, Group, check_argv, parser_hints
 from lightning_prune._errors import check_same_model, one_line_error
 from lightning_prune._files import read_checkpoint
 
 _RUNS_DIR = "runs"
 _SHOW_TRACEBACK = "LIGHTNING_PRUNE_TRACEBACK"
+
+
+def resolve_class_in(class_path: str, bases: tuple[type, ...]) -> type:
+    """The class ``class_path`` names (a short name among the subclasses of ``bases``, as jsonargparse resolves it).
+
+    Raises:
+        ValueError: unless it is a subclass of one of ``bases``.
+    """
+    from jsonargparse._typehints import resolve_class_path_by_name
+    from jsonargparse._util import import_object
+
+    name = class_path if "." in class_path else resolve_class_path_by_name(bases, class_path)
+    try:
+        found = import_object(name)
+    except Exception as error:  # noqa: BLE001  (nothing importable by that name)
+        raise ValueError(f"nothing importable is called {class_path!r}") from error
+    if not (inspect.isclass(found) and issubclass(found, bases)):
+        raise ValueError(f"{class_path!r} is not a subclass of {bases}")
+    return found
 
 
 def default_loggers(name: str = "lightning-prune") -> list[dict[str, Any]]:
@@ -56,6 +78,8 @@ class LightningPruneCLI(LightningCLI):
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         # Parse errors are raised (not printed with a 50-line usage) so that `main` can say them in one line.
         no_exit = {"exit_on_error": False}
+        # A second guard behind `parse_arguments`' check: a class spec inside a free-form value stays a dict.
+        set_parsing_settings(instantiate_subclass_spec_in_any=False)
         super().__init__(
             model_class=None,
             datamodule_class=None,
@@ -84,6 +108,17 @@ class LightningPruneCLI(LightningCLI):
             checkpoint = read_checkpoint(Path(ckpt_path), "--ckpt_path")
             check_same_model(checkpoint.get("hyper_parameters") or {}, self.config[subcommand].get("model"), ckpt_path)
         super()._parse_ckpt_path()
+
+    @override
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        # No code from configs: every class_path of the raw input is checked before jsonargparse builds anything.
+        argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
+        subcommand = next((word for word in argv if not word.startswith("-")), None)
+        if subcommand in self._subcommand_parsers:
+            start = argv.index(subcommand)
+            hints = parser_hints(self._subcommand_parsers[subcommand])
+            check_argv(ConfigWalker(Group(hints), resolve_class_in), argv[start + 1 :])
+        super().parse_arguments(parser, args)
 
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:

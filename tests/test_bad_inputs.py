@@ -1,0 +1,124 @@
+"""Bad inputs as a careless or hostile user gives them: each is one clear line and a non-zero exit, before compute.
+
+One table, run in this process through the real entry point (`lightning_prune.cli.main`). Rows that could run code
+carry a command that would create a marker file: the test also checks that the file was never created.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lightning_prune.cli import main
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+QUICKSTART = str(CONFIGS / "quickstart.yaml")
+STUDY = str(CONFIGS / "study" / "quickstart.yaml")
+LLAMA = CONFIGS / "pruning" / "tiny_llama_l1.yaml"
+
+
+def _system(marker: str) -> str:
+    return f'{{class_path: os.system, init_args: {{command: "touch {marker}"}}}}'
+
+
+def _popen(marker: str) -> str:
+    return f"{{class_path: subprocess.Popen, init_args: {{args: [touch, {marker}]}}}}"
+
+
+def _llama_with_evil_config(tmp: Path, marker: str) -> str:
+    config = yaml.safe_load(LLAMA.read_text())
+    config["model"]["init_args"]["config"]["evil"] = yaml.safe_load(_system(marker))
+    path = tmp / "llama.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def _included_model_file(tmp: Path, marker: str) -> str:
+    """main.yaml says `model: model.yaml`; model.yaml hides a class spec in a list inside model_kwargs."""
+    config = yaml.safe_load(Path(QUICKSTART).read_text())
+    model = config.pop("model")
+    model["init_args"]["model_kwargs"] = {"extra": {"layers": [1, yaml.safe_load(_popen(marker))]}}
+    (tmp / "parts").mkdir()
+    (tmp / "parts" / "model.yaml").write_text(yaml.safe_dump(model))
+    config["model"] = "model.yaml"  # relative to the including file, as jsonargparse reads it
+    (tmp / "parts" / "main.yaml").write_text(yaml.safe_dump(config))
+    return str(tmp / "parts" / "main.yaml")
+
+
+def _study_yaml(tmp: Path, marker: str) -> str:
+    path = tmp / "extra.yaml"
+    path.write_text(f"pretrain:\n  trainer:\n    foo: {_system(marker)}\n")
+    return str(path)
+
+
+# (id, argv builder(tmp, marker) -> argv, fragment expected in the one-line error)
+NO_CODE = [
+    ("fit-schedule-steps",
+     lambda t, m: ["fit", "--config", QUICKSTART, "--trainer.callbacks.init_args.schedule",
+                   f"{{steps: {_system(m)}, every_n_epochs: 1}}"],
+     "`trainer.callbacks.init_args.schedule.steps` must hold data only, got `class_path: os.system`"),
+    ("fit-model-kwargs",
+     lambda t, m: ["fit", "--config", QUICKSTART, "--model.init_args.model_kwargs", f"{{x: {_system(m)}}}"],
+     "`model.init_args.model_kwargs.x` must hold data only"),
+    ("fit-list-in-dict",
+     lambda t, m: ["fit", "--config", QUICKSTART, "--model.init_args.model_kwargs", f"{{x: {{y: [1, {_popen(m)}]}}}}"],
+     "`model.init_args.model_kwargs.x.y[1]` must hold data only, got `class_path: subprocess.Popen`"),
+    ("fit-yaml-in-a-string",
+     lambda t, m: ["fit", "--config", QUICKSTART, "--model.init_args.model_kwargs", f"{{x: '{_system(m)}'}}"],
+     "`model.init_args.model_kwargs.x` must hold data only"),
+    ("fit-causal-lm-config",
+     lambda t, m: ["fit", "--config", _llama_with_evil_config(t, m)],
+     "`model.init_args.config.evil` must hold data only"),
+    ("fit-included-config-file",
+     lambda t, m: ["fit", "--config", _included_model_file(t, m)],
+     "`model.init_args.model_kwargs.extra.layers[1]` must hold data only"),
+    ("fit-slot-not-a-subclass",
+     lambda t, m: ["fit", "--config", QUICKSTART, "--model", _system(m)],
+     "`model.class_path` must name a subclass of LightningModule, got 'os.system'"),
+    ("fit-dotted-class-path",
+     lambda t, m: ["fit", "--config", QUICKSTART, "--data.class_path", "os.system"],
+     "`data.class_path` must name a subclass of LightningDataModule, got 'os.system'"),
+    ("fit-optimizer-slot",
+     lambda t, m: ["fit", "--config", QUICKSTART, "--model.init_args.optimizer", _popen(m)],
+     "`model.init_args.optimizer.class_path` must name a subclass of Optimizer, got 'subprocess.Popen'"),
+    ("fit-callback-slot",
+     lambda t, m: ["fit", "--config", QUICKSTART, "--trainer.callbacks", f"[{_system(m)}]"],
+     "`trainer.callbacks[0].class_path` must name a subclass of Callback, got 'os.system'"),
+    ("study-retrain-trainer-callbacks",
+     lambda t, m: ["study", "--config", STUDY, "--retrain.trainer", f"{{callbacks: [{_system(m)}]}}"],
+     "`retrain.trainer.callbacks[0]` must hold data only"),
+    ("study-model-kwargs",
+     lambda t, m: ["study", "--config", STUDY, "--model_kwargs", f"{{x: {_system(m)}}}"],
+     "`model_kwargs.x` must hold data only"),
+    ("study-yaml-pretrain-trainer",
+     lambda t, m: ["study", "--config", STUDY, "--config", _study_yaml(t, m)],
+     "`pretrain.trainer.foo` must hold data only"),
+    ("study-data-init-args",
+     lambda t, m: ["study", "--config", STUDY, "--data.init_args.root", _popen(m)],
+     "`data.init_args.root` must hold data only"),
+    ("study-data-slot",
+     lambda t, m: ["study", "--config", STUDY, "--data", _system(m)],
+     "`data.class_path` must name a subclass of LightningDataModule, got 'os.system'"),
+]
+
+
+def _one_line_failure(argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("lightning-prune: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.mark.parametrize(("build", "expected"), [row[1:] for row in NO_CODE], ids=[row[0] for row in NO_CODE])
+def test_no_code_runs_from_any_corner_of_a_config(build, expected, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "ran"
+    line = _one_line_failure(build(tmp_path, marker), capsys)
+    assert expected in line
+    assert not marker.exists(), "a class named by the config was called"
