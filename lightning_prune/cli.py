@@ -113,11 +113,13 @@ class LightningPruneCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         # No code from configs: every class_path of the raw input is checked before jsonargparse builds anything.
         argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
+        subparsers = getattr(self, "_subcommand_parsers", None)  # absent with run=False: no subcommands
         subcommand = next((word for word in argv if not word.startswith("-")), None)
-        if subcommand in self._subcommand_parsers:
-            start = argv.index(subcommand)
-            hints = parser_hints(self._subcommand_parsers[subcommand])
-            check_argv(ConfigWalker(Group(hints), resolve_class_in), argv[start + 1 :])
+        if subparsers and subcommand in subparsers:
+            parser_of_args, argv = subparsers[subcommand], argv[argv.index(subcommand) + 1 :]
+        else:
+            parser_of_args = parser
+        check_argv(ConfigWalker(Group(parser_hints(parser_of_args)), resolve_class_in), argv)
         super().parse_arguments(parser, args)
 
     @override
