@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Union
 
+from lightning_prune._config_types import unknown_argument_problem, value_problem
+
 _MAX_INCLUDED_BYTES = 16 << 20
 _SPEC_KEYS = ("class_path", "init_args", "dict_kwargs", "__path__")
 # Types whose values are data, never a class, whatever they hold.
@@ -162,7 +164,8 @@ class ConfigWalker:
         self.expected = expected
         self.resolve = resolve
         self.slots = dict(slots or {})
-        self.merged: dict[str, Any] = {}  # what the sources seen so far set (for the class of a dotted flag)
+        self.merged: dict[str, Any] = {}
+        self._prefix = ""  # what the sources seen so far set (for the class of a dotted flag)
 
     def check(self, value: Any, keys: tuple[str | int, ...] = (), base_dir: Path | None = None) -> None:
         """Check one source (a config file's content or a flag's value at ``keys``), then remember it.
@@ -172,8 +175,13 @@ class ConfigWalker:
         """
         if keys and keys[-1] == "class_path":  # `--model.class_path X`: the spec `{class_path: X}` of `model`
             keys, value = keys[:-1], {"class_path": value}
+        self._prefix = "--" if keys else ""  # a flag is named as typed; a file's setting by its place
         hint = self.root
         for position, key in enumerate(keys):
+            if isinstance(hint, _InitArgs) and isinstance(key, str):
+                problem = unknown_argument_problem(self._name(keys[:position]), hint.cls, [key])
+                if problem is not None:
+                    raise ValueError(problem)
             hint = self._hint_at(keys[:position], hint, key)
         self._walk(value, keys, hint, base_dir)
         self._remember(keys, value)
@@ -196,6 +204,10 @@ class ConfigWalker:
         return _child_hint(hint, key)
 
     def _walk(self, value: Any, keys: tuple[str | int, ...], hint: Any, base_dir: Path | None) -> None:
+        if not isinstance(hint, (Slot, Group)) and keys and not (isinstance(value, str) and "class_path" in value):
+            problem = value_problem(self._name(keys), value, hint)
+            if problem is not None:
+                raise ValueError(problem)
         if isinstance(value, str):
             self._walk_string(value, keys, hint, base_dir)
         elif isinstance(value, list):
@@ -207,6 +219,9 @@ class ConfigWalker:
 
     def _walk_mapping(self, value: dict, keys: tuple[str | int, ...], hint: Any, base_dir: Path | None) -> None:
         if isinstance(hint, _InitArgs):
+            problem = unknown_argument_problem(self._name(keys), hint.cls, [str(key) for key in value])
+            if problem is not None:
+                raise ValueError(problem)
             for key, item in value.items():
                 self._walk(item, (*keys, key), self._slot_or(keys, key, hint.hint(key)), base_dir)
             return
@@ -258,7 +273,7 @@ class ConfigWalker:
     # -- classes -----------------------------------------------------------------------------------------------
     def _checked_class(self, class_path: Any, keys: tuple[str | int, ...], slot: Slot) -> type:
         names = " or ".join(base.__name__ for base in slot.bases)
-        place = f"{describe(keys)}.class_path" if keys else "class_path"
+        place = f"{self._name(keys)}.class_path" if keys else "class_path"
         if not isinstance(class_path, str):
             raise ValueError(f"`{place}` must name a subclass of {names}, got {class_path!r}.")
         try:
@@ -286,9 +301,12 @@ class ConfigWalker:
         except ValueError:
             return None
 
+    def _name(self, keys: tuple[str | int, ...]) -> str:
+        return f"{self._prefix}{describe(keys)}"
+
     def _refusal(self, keys: tuple[str | int, ...], class_path: Any) -> str:
         return (
-            f"`{describe(keys)}` must hold data only, got `class_path: {class_path}` in it. A config may name a "
+            f"`{self._name(keys)}` must hold data only, got `class_path: {class_path}` in it. A config may name a "
             f"class only where one is expected ({self.expected}); nothing named elsewhere is imported or run."
         )
 

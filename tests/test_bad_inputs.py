@@ -58,16 +58,16 @@ NO_CODE = [
     ("fit-schedule-steps",
      lambda t, m: ["fit", "--config", QUICKSTART, "--trainer.callbacks.init_args.schedule",
                    f"{{steps: {_system(m)}, every_n_epochs: 1}}"],
-     "`trainer.callbacks.init_args.schedule.steps` must hold data only, got `class_path: os.system`"),
+     "`--trainer.callbacks.init_args.schedule.steps` must hold data only, got `class_path: os.system`"),
     ("fit-model-kwargs",
      lambda t, m: ["fit", "--config", QUICKSTART, "--model.init_args.model_kwargs", f"{{x: {_system(m)}}}"],
-     "`model.init_args.model_kwargs.x` must hold data only"),
+     "`--model.init_args.model_kwargs.x` must hold data only"),
     ("fit-list-in-dict",
      lambda t, m: ["fit", "--config", QUICKSTART, "--model.init_args.model_kwargs", f"{{x: {{y: [1, {_popen(m)}]}}}}"],
-     "`model.init_args.model_kwargs.x.y[1]` must hold data only, got `class_path: subprocess.Popen`"),
+     "`--model.init_args.model_kwargs.x.y[1]` must hold data only, got `class_path: subprocess.Popen`"),
     ("fit-yaml-in-a-string",
      lambda t, m: ["fit", "--config", QUICKSTART, "--model.init_args.model_kwargs", f"{{x: '{_system(m)}'}}"],
-     "`model.init_args.model_kwargs.x` must hold data only"),
+     "`--model.init_args.model_kwargs.x` must hold data only"),
     ("fit-causal-lm-config",
      lambda t, m: ["fit", "--config", _llama_with_evil_config(t, m)],
      "`model.init_args.config.evil` must hold data only"),
@@ -76,31 +76,70 @@ NO_CODE = [
      "`model.init_args.model_kwargs.extra.layers[1]` must hold data only"),
     ("fit-slot-not-a-subclass",
      lambda t, m: ["fit", "--config", QUICKSTART, "--model", _system(m)],
-     "`model.class_path` must name a subclass of LightningModule, got 'os.system'"),
+     "`--model.class_path` must name a subclass of LightningModule, got 'os.system'"),
     ("fit-dotted-class-path",
      lambda t, m: ["fit", "--config", QUICKSTART, "--data.class_path", "os.system"],
-     "`data.class_path` must name a subclass of LightningDataModule, got 'os.system'"),
+     "`--data.class_path` must name a subclass of LightningDataModule, got 'os.system'"),
     ("fit-optimizer-slot",
      lambda t, m: ["fit", "--config", QUICKSTART, "--model.init_args.optimizer", _popen(m)],
-     "`model.init_args.optimizer.class_path` must name a subclass of Optimizer, got 'subprocess.Popen'"),
+     "`--model.init_args.optimizer.class_path` must name a subclass of Optimizer, got 'subprocess.Popen'"),
     ("fit-callback-slot",
      lambda t, m: ["fit", "--config", QUICKSTART, "--trainer.callbacks", f"[{_system(m)}]"],
-     "`trainer.callbacks[0].class_path` must name a subclass of Callback, got 'os.system'"),
+     "`--trainer.callbacks[0].class_path` must name a subclass of Callback, got 'os.system'"),
     ("study-retrain-trainer-callbacks",
      lambda t, m: ["study", "--config", STUDY, "--retrain.trainer", f"{{callbacks: [{_system(m)}]}}"],
-     "`retrain.trainer.callbacks[0]` must hold data only"),
+     "`--retrain.trainer.callbacks[0]` must hold data only"),
     ("study-model-kwargs",
      lambda t, m: ["study", "--config", STUDY, "--model_kwargs", f"{{x: {_system(m)}}}"],
-     "`model_kwargs.x` must hold data only"),
+     "`--model_kwargs.x` must hold data only"),
     ("study-yaml-pretrain-trainer",
      lambda t, m: ["study", "--config", STUDY, "--config", _study_yaml(t, m)],
      "`pretrain.trainer.foo` must hold data only"),
     ("study-data-init-args",
      lambda t, m: ["study", "--config", STUDY, "--data.init_args.root", _popen(m)],
-     "`data.init_args.root` must hold data only"),
+     "`--data.init_args.root` must hold data only"),
     ("study-data-slot",
      lambda t, m: ["study", "--config", STUDY, "--data", _system(m)],
-     "`data.class_path` must name a subclass of LightningDataModule, got 'os.system'"),
+     "`--data.class_path` must name a subclass of LightningDataModule, got 'os.system'"),
+]
+
+
+# (id, argv, the whole one-line message): choices and types named at their place, before any compute.
+WRONG_VALUES = [
+    ("criterion-choice", ["--trainer.callbacks.init_args.criterion", "l3"],
+     "`--trainer.callbacks.init_args.criterion` must be one of [l1, taylor, oracle, random, explicit], got 'l3'."),
+    ("mode-choice", ["--trainer.callbacks.init_args.mode", "hard"],
+     "`--trainer.callbacks.init_args.mode` must be one of [physical, mask], got 'hard'."),
+    ("batch-size-type", ["--data.init_args.batch_size", "abc"],
+     "`--data.init_args.batch_size` must be an integer, got 'abc' (a string)."),
+    ("lr-type", ["--model.init_args.optimizer.init_args.lr", "fast"],
+     "`--model.init_args.optimizer.init_args.lr` must be a number, got 'fast' (a string)."),
+    ("prune-epoch-type", ["--trainer.callbacks.init_args.prune_at_epoch", "ten"],
+     "`--trainer.callbacks.init_args.prune_at_epoch` must be an integer or null, got 'ten' (a string)."),
+    ("layers-list", ["--trainer.callbacks.init_args.layers", "[conv1]"],
+     "`--trainer.callbacks.init_args.layers` must be a mapping or null, got ['conv1'] (a list)."),
+    ("layers-ratio-type", ["--trainer.callbacks.init_args.layers", "{conv1: half}"],
+     "`--trainer.callbacks.init_args.layers.conv1` must be a number, got 'half' (a string)."),
+    ("optimizer-typo", ["--model.init_args.optimizer.init_args.lrr", "0.1"],
+     "`--model.init_args.optimizer.init_args` must hold arguments of torch.optim.sgd.SGD (params, lr, momentum, "
+     "dampening, weight_decay, nesterov, maximize, foreach, differentiable, fused), got unknown 'lrr'."),
+]
+
+
+def _yaml_row(tmp: Path, old: str, new: str) -> list[str]:
+    path = tmp / "edited.yaml"
+    path.write_text(Path(QUICKSTART).read_text().replace(old, new))
+    return ["fit", "--config", str(path)]
+
+
+YAML_VALUES = [
+    ("yaml-criterion", ("criterion: l1", "criterion: l3"),
+     "`trainer.callbacks[0].init_args.criterion` must be one of [l1, taylor, oracle, random, explicit], got 'l3'."),
+    ("yaml-prune-epoch", ("prune_at_epoch: 10", "prune_at_epoch: ten"),
+     "`trainer.callbacks[0].init_args.prune_at_epoch` must be an integer or null, got 'ten' (a string)."),
+    ("yaml-optimizer-typo", ("init_args: {lr: 0.05,", "init_args: {lrr: 0.05,"),
+     "`model.init_args.optimizer.init_args` must hold arguments of torch.optim.sgd.SGD (params, lr, momentum, "
+     "dampening, weight_decay, nesterov, maximize, foreach, differentiable, fused), got unknown 'lrr'."),
 ]
 
 
@@ -122,3 +161,23 @@ def test_no_code_runs_from_any_corner_of_a_config(build, expected, tmp_path, mon
     line = _one_line_failure(build(tmp_path, marker), capsys)
     assert expected in line
     assert not marker.exists(), "a class named by the config was called"
+
+
+@pytest.mark.parametrize(("args", "expected"), [row[1:] for row in WRONG_VALUES], ids=[row[0] for row in WRONG_VALUES])
+def test_wrong_value_flags_name_the_place_the_choices_or_the_type(args, expected, capsys):
+    assert _one_line_failure(["fit", "--config", QUICKSTART, *args], capsys) == f"lightning-prune: error: {expected}"
+
+
+@pytest.mark.parametrize(("edit", "expected"), [row[1:] for row in YAML_VALUES], ids=[row[0] for row in YAML_VALUES])
+def test_wrong_values_in_yaml_name_their_place(edit, expected, tmp_path, capsys):
+    line = _one_line_failure(_yaml_row(tmp_path, *edit), capsys)
+    assert line == f"lightning-prune: error: {expected}"
+
+
+def test_empty_and_binary_config_files_are_named(tmp_path, capsys):
+    (tmp_path / "empty.yaml").write_text("")
+    (tmp_path / "binary.yaml").write_bytes(bytes(range(256)))
+    line = _one_line_failure(["fit", "--config", str(tmp_path / "empty.yaml")], capsys)
+    assert line.endswith(f"must be a YAML file with settings, got '{tmp_path / 'empty.yaml'}', which is empty.")
+    line = _one_line_failure(["fit", "--config", str(tmp_path / "binary.yaml")], capsys)
+    assert line.endswith(f"`--config` must be a YAML text file, got '{tmp_path / 'binary.yaml'}', which is binary.")
