@@ -9,9 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from lightning_prune.cli import main
+from lightning_prune.data.video_qa import read_annotations
+from lightning_prune.models import build_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 QUICKSTART = str(CONFIGS / "quickstart.yaml")
@@ -181,3 +184,57 @@ def test_empty_and_binary_config_files_are_named(tmp_path, capsys):
     assert line.endswith(f"must be a YAML file with settings, got '{tmp_path / 'empty.yaml'}', which is empty.")
     line = _one_line_failure(["fit", "--config", str(tmp_path / "binary.yaml")], capsys)
     assert line.endswith(f"`--config` must be a YAML text file, got '{tmp_path / 'binary.yaml'}', which is binary.")
+
+
+_QUIET = ["--trainer.enable_progress_bar=false", "--trainer.num_sanity_val_steps=0", "--trainer.logger=false",
+          "--trainer.enable_checkpointing=false"]
+
+
+def _checkpoint_claiming(tmp: Path, model: str) -> str:
+    """A Lightning checkpoint of LeNet5-Mini's weights whose hyperparameters name ``model`` (same shapes)."""
+    state = {f"model.{key}": value for key, value in build_model("lenet5_mini").state_dict().items()}
+    path = tmp / "other.ckpt"
+    torch.save({"state_dict": state, "hyper_parameters": {"model": model, "model_kwargs": {}}}, path)
+    return str(path)
+
+
+# (id, argv builder(tmp) -> argv, fragment of the one-line error): runs that would do nothing, refused before training
+SILENT = [
+    ("max-steps-before-prune-epoch",
+     # 5 batches per epoch x 10 epochs before pruning = 50 steps: max_steps 50 stops right before the prune epoch
+     lambda t: ["fit", "--config", QUICKSTART, *_QUIET, "--trainer.limit_train_batches=5", "--trainer.max_steps=50"],
+     "`trainer.max_steps` must be above the 50 optimizer steps before pruning at epoch 10 (5 per epoch), got 50"),
+    ("explicit-empty-indices",
+     lambda t: ["fit", "--config", QUICKSTART, *_QUIET, "--trainer.callbacks.init_args.criterion", "explicit",
+                "--trainer.callbacks.init_args.layers", "null", "--trainer.callbacks.init_args.indices",
+                "{conv1: []}"],
+     "`indices` must list at least one unit to prune per layer, got none for ['conv1']"),
+    ("schedule-step-of-zero-units",
+     lambda t: ["fit", "--config", QUICKSTART, *_QUIET, "--trainer.callbacks.init_args.schedule",
+                "{at: [[10, 0.1], [11, 1.0]]}"],
+     "`schedule` step 1 (epoch 10, fraction 0.1) must prune at least one unit, got 0"),
+    ("study-checkpoint-of-another-model",
+     lambda t: ["study", "--config", STUDY, "--pretrain", "null", "--study_dir", str(t / "study"),
+                "--checkpoint", _checkpoint_claiming(t, "lenet5_mini_d6")],
+     "`--checkpoint` must hold weights of the model 'lenet5_mini', got"),
+]
+
+
+@pytest.mark.parametrize(("build", "expected"), [row[1:] for row in SILENT], ids=[row[0] for row in SILENT])
+def test_runs_that_would_do_nothing_are_refused_before_training(build, expected, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    line = _one_line_failure(build(tmp_path), capsys)
+    assert expected in line
+    assert not list(tmp_path.rglob("*.ckpt*")) or "checkpoint" in expected  # nothing trained, nothing saved
+
+
+def test_annotation_files_that_are_empty_or_not_json_are_named_with_their_line(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    with pytest.raises(ValueError, match=r"`annotation_file` must hold at least one record, got .*empty.jsonl"):
+        read_annotations(empty)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"video": "a.mp4", "question": "q", "options": ["x"], "answer": "A"}\n{"video": oops}\n')
+    with pytest.raises(ValueError, match=r"one JSON object per line, got .*broken.jsonl line 2: Expecting value "
+                                         r"\(column 11\)"):
+        read_annotations(broken)

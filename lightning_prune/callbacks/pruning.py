@@ -14,7 +14,7 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from typing_extensions import override
 
 from lightning_prune.callbacks import _distributed, _loaders, _schedule
-from lightning_prune.callbacks._arguments import argument_problems
+from lightning_prune.callbacks._arguments import argument_problems, schedule_step_problem, steps_problem
 from lightning_prune.callbacks._checkpoints import (
     install_structure_restore,
     plain_hyperparameters,
@@ -205,6 +205,7 @@ class Pruning(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self.pruned:
             self._check_plan(trainer, pl_module)
+            _raise_if(steps_problem(trainer, self.steps[-1].epoch))
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -300,6 +301,8 @@ class Pruning(Callback):
         structure = build_structure(network, example)
         _schedule.check_structure(structure, len(self.steps), self.layers, self.mode)
         counts = self._plan(structure)
+        if len(self.steps) > 1 and self.criterion != "explicit":
+            _raise_if(schedule_step_problem(structure, self.layers, self.steps))
         if self.budget:
             check_reachable(network, example, counts, self.budget)
         self._checked_plan = True
@@ -432,6 +435,11 @@ class Pruning(Callback):
                 f"Pruning: {', '.join(reset)} start their best tracking afresh (pre-pruning scores rate another "
                 "network; their files stay on disk); `restart_best=False` keeps them."
             )
+
+
+def _raise_if(problem: str | None) -> None:
+    if problem is not None:
+        raise ValueError(problem)
 
 
 def _log_to_loggers(trainer: Trainer, metrics: dict[str, float]) -> None:

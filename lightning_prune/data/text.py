@@ -7,13 +7,13 @@ Batches are `(input_ids [B, T] int64, labels [B, T] int64)` with `labels == inpu
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_prune._files import jsonl_records
 from lightning_prune.data._common import check_at_least
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -52,8 +52,7 @@ def read_documents(path: str | Path, text_field: str = "text") -> list[str]:
     if path.suffix != ".jsonl":
         return lines
     documents = []
-    for number, line in enumerate(lines, start=1):
-        record = json.loads(line)
+    for number, record in jsonl_records(path, "\n".join(lines), "train_files`/`val_files"):
         if text_field not in record:
             raise ValueError(f"`text_field` {text_field!r} must be a key of every line of {path}, got line {number} "
                              f"with keys {sorted(record)}.")
