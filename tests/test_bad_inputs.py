@@ -6,8 +6,10 @@ carry a command that would create a marker file: the test also checks that the f
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -218,6 +220,41 @@ SILENT = [
                 "--checkpoint", _checkpoint_claiming(t, "lenet5_mini_d6")],
      "`--checkpoint` must hold weights of the model 'lenet5_mini', got"),
 ]
+
+
+def _mnist_with_label(tmp: Path, label: int) -> str:
+    raw = tmp / "mnist" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for split, count in (("train", 8), ("t10k", 4)):
+        labels = np.arange(count, dtype=np.uint8) % 10
+        labels[-1] = label if split == "train" else labels[-1]
+        images = struct.pack(">IIII", 0x803, count, 28, 28) + bytes(count * 784)
+        (raw / f"{split}-images-idx3-ubyte").write_bytes(images)
+        (raw / f"{split}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 0x801, count) + labels.tobytes())
+    return str(tmp / "mnist")
+
+
+# (id, argv builder(tmp) -> argv, fragment): data and model that do not fit each other, said before the first step
+MISMATCH = [
+    ("class-count", lambda t: ["fit", "--config", QUICKSTART, *_QUIET, "--model.init_args.model_kwargs",
+                               "{num_classes: 5}"],
+     "`model` 'lenet5_mini' with {'num_classes': 5} must output one logit per class of the data, got 5 outputs for "
+     "MNISTMiniDataModule's 10 classes."),
+    ("input-channels", lambda t: ["fit", "--config", QUICKSTART, *_QUIET, "--model.init_args.model_kwargs",
+                                  "{in_channels: 3}"],
+     "`model` 'lenet5_mini' with {'in_channels': 3} must get images of 3 channels, got a batch [64, 1, 32, 32] "
+     "of 1 from MNISTMiniDataModule."),
+    ("mnist-label-out-of-range", lambda t: ["fit", "--config", QUICKSTART, *_QUIET, "--data",
+                                            "lightning_prune.data.MNISTDataModule", "--data.init_args.root",
+                                            _mnist_with_label(t, 200), "--data.init_args.download=false"],
+     "train-labels-idx1-ubyte` must hold labels in [0, 10), got 200 at record 7 (1 such records)."),
+]
+
+
+@pytest.mark.parametrize(("build", "expected"), [row[1:] for row in MISMATCH], ids=[row[0] for row in MISMATCH])
+def test_data_and_model_that_disagree_are_one_line_naming_both(build, expected, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert expected in _one_line_failure(build(tmp_path), capsys)
 
 
 @pytest.mark.parametrize(("build", "expected"), [row[1:] for row in SILENT], ids=[row[0] for row in SILENT])
