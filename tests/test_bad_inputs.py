@@ -275,3 +275,21 @@ def test_annotation_files_that_are_empty_or_not_json_are_named_with_their_line(t
     with pytest.raises(ValueError, match=r"one JSON object per line, got .*broken.jsonl line 2: Expecting value "
                                          r"\(column 11\)"):
         read_annotations(broken)
+
+
+def test_study_files_of_the_wrong_shape_are_named_with_the_remedy(tmp_path):
+    from lightning_prune.study.prepare import ensure_masks
+    from lightning_prune.study.report import TRIAL_KEYS, read_json
+    from lightning_prune.study.spec import StudyConfig
+
+    trial = tmp_path / "trial.json"
+    trial.write_text("{}")
+    with pytest.raises(ValueError, match=r"trial.json` must be an object with trial_id \(str\), mask_id \(int\), "
+                                         r"repeat \(int\), layer_masks \(dict\).*got keys \[\]\. Retrain it\."):
+        read_json(trial, "Retrain it.", TRIAL_KEYS)
+    (tmp_path / "masks.json").write_text('{"masks": 5}')
+    with pytest.raises(ValueError, match=r"masks.json` must be an object with masks \(list\), got keys \['masks'\]"):
+        ensure_masks(StudyConfig(study_dir=tmp_path))
+    (tmp_path / "masks.json").write_text('{"masks": [7]}')
+    with pytest.raises(ValueError, match=r"masks.json` must list masks with mask_id and layer_masks, got 7\."):
+        ensure_masks(StudyConfig(study_dir=tmp_path))

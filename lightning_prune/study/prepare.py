@@ -79,7 +79,8 @@ def check_study_dir(config: StudyConfig) -> str:
     digest = fingerprint(defining)
     path = study_dir / STUDY_FILE
     if path.is_file():
-        stored = read_json(path, "Delete it to record this config's fingerprint again (the results stay).")
+        stored = read_json(path, "Delete it to record this config's fingerprint again (the results stay).",
+                           {"fingerprint": str, "config": dict})
         if stored["fingerprint"] == digest:
             return digest
         differences = config_differences(stored["config"], defining)
@@ -194,7 +195,13 @@ def ensure_masks(config: StudyConfig) -> list[dict[str, Any]]:
     """
     path = Path(config.study_dir) / MASKS_FILE
     if path.is_file():
-        return read_json(path, "Delete it and rerun: the same config draws the same masks again.")["masks"]
+        remedy = "Delete it and rerun: the same config draws the same masks again."
+        masks = read_json(path, remedy, {"masks": list})["masks"]
+        bad = [entry for entry in masks if not (isinstance(entry, dict) and isinstance(entry.get("mask_id"), int)
+                                                 and isinstance(entry.get("layer_masks"), dict))]
+        if bad:
+            raise ValueError(f"`{path}` must list masks with mask_id and layer_masks, got {bad[0]!r}. {remedy}")
+        return masks
     sizes, chosen = masks_of_criteria(config, pretrained_network(config))
     sample = config.masks.sample
     drawn = enumerate_masks(sizes) if sample is None else sample_masks(sizes, sample, config.masks.seed)
