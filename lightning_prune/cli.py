@@ -22,6 +22,7 @@ from typing_extensions import override
 from lightning_prune._config_guard import ConfigWalker, Group, check_argv, parser_hints
 from lightning_prune._errors import check_same_model, one_line_error
 from lightning_prune._files import read_checkpoint
+from lightning_prune.callbacks._checkpoints import use_atomic_checkpoints
 
 _RUNS_DIR = "runs"
 _SHOW_TRACEBACK = "LIGHTNING_PRUNE_TRACEBACK"
@@ -121,6 +122,12 @@ class LightningPruneCLI(LightningCLI):
             parser_of_args = parser
         check_argv(ConfigWalker(Group(parser_hints(parser_of_args)), resolve_class_in), argv)
         super().parse_arguments(parser, args)
+
+    @override
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        use_atomic_checkpoints(trainer)  # a full disk or a kill never leaves half a checkpoint
+        return trainer
 
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:

@@ -293,3 +293,94 @@ def test_study_files_of_the_wrong_shape_are_named_with_the_remedy(tmp_path):
     (tmp_path / "masks.json").write_text('{"masks": [7]}')
     with pytest.raises(ValueError, match=r"masks.json` must list masks with mask_id and layer_masks, got 7\."):
         ensure_masks(StudyConfig(study_dir=tmp_path))
+
+
+# ------------------------------------------------------------------------------------------ checkpoints and resumes
+def _pruning_config(tmp: Path, layers: str, extra: str = "") -> str:
+    config = yaml.safe_load(Path(QUICKSTART).read_text())
+    config["trainer"].update(max_epochs=2, limit_train_batches=4, limit_val_batches=1, enable_progress_bar=False,
+                             logger=[{"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                      "init_args": {"save_dir": "runs", "name": "plan"}}])
+    pruning = config["trainer"]["callbacks"][0]["init_args"]
+    pruning.update(layers=yaml.safe_load(layers), prune_at_epoch=1, save_pretrained=False)
+    if extra:
+        pruning.update(yaml.safe_load(extra))
+    path = tmp / f"plan{len(list(tmp.glob('plan*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_resuming_under_another_prune_plan_names_both_and_can_be_allowed(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", _pruning_config(tmp_path, "{conv1: 0.5}")])
+    (pruned,) = (tmp_path / "runs").rglob("epoch=1-*.ckpt")
+    assert torch.load(pruned, weights_only=True)["lightning_prune"]["plan"]["layers"] == {"conv1": 0.5}
+    capsys.readouterr()
+    changed = _pruning_config(tmp_path, "{conv2: 0.5}")
+    line = _one_line_failure(["fit", "--config", changed, "--trainer.max_epochs=3", f"--ckpt_path={pruned}"], capsys)
+    assert line == (
+        "lightning-prune: error: `Pruning` must resume with the plan its checkpoint was made with, got a different "
+        f"one in ['layers']: checkpoint {pruned} has {{layers: {{'conv1': 0.5}}}}, the config has {{layers: "
+        "{'conv2': 0.5}}. Restore those settings, or set `allow_plan_change: true` to prune by the new plan on top."
+    )
+    allowed = _pruning_config(tmp_path, "{conv2: 0.5}", "{allow_plan_change: true}")
+    main(["fit", "--config", allowed, "--trainer.max_epochs=3", f"--ckpt_path={pruned}"])
+    (last,) = (tmp_path / "runs").rglob("epoch=2-*.ckpt")
+    record = torch.load(last, weights_only=True)["lightning_prune"]
+    assert record["plan"]["layers"] == {"conv2": 0.5} and set(record["pruning"]["indices"]) >= {"conv2"}
+
+
+def test_checkpoints_are_written_whole_or_not_at_all_and_name_the_target(tmp_path, monkeypatch):
+    import errno
+
+    from lightning_prune.callbacks._checkpoints import AtomicCheckpointIO
+
+    target = tmp_path / "ckpts" / "last.ckpt"
+    writer = AtomicCheckpointIO()
+    writer.save_checkpoint({"epoch": 1, "w": torch.ones(3)}, target)
+    real_save = torch.save
+
+    def full_disk(obj, file, *args, **kwargs):
+        file.write(b"PK\x03\x04 half a checkpoint")  # what reaches the disk before it fills up
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError) as error:
+        writer.save_checkpoint({"epoch": 2, "w": torch.zeros(3)}, target)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert error.value.filename == str(target) and error.value.errno == errno.ENOSPC
+    assert torch.load(target, weights_only=True)["epoch"] == 1  # the previous checkpoint is intact
+    assert sorted(path.name for path in target.parent.iterdir()) == ["last.ckpt"]  # no temporary file left
+
+
+def test_an_unreadable_last_checkpoint_is_moved_aside_once_and_the_phase_restarts(tmp_path):
+    from lightning_prune.callbacks._checkpoints import set_aside_unreadable
+
+    last = tmp_path / "last.ckpt"
+    torch.save({"epoch": 3}, last)
+    assert set_aside_unreadable(last, "pretraining") is False and last.is_file()
+    for content in (b"", last.read_bytes()[:100]):  # a 0-byte file (full disk) and a truncated one
+        last.write_bytes(content)
+        with pytest.warns(UserWarning, match=r"last.ckpt could not be read \(truncated, e.g. by a full disk\): moved "
+                                             r"to last.ckpt.unreadable2?; pretraining starts again"):
+            assert set_aside_unreadable(last, "pretraining") is True
+        assert not last.exists()
+    assert (tmp_path / "last.ckpt.unreadable").read_bytes() == b""
+    assert len((tmp_path / "last.ckpt.unreadable2").read_bytes()) == 100
+
+
+def test_fit_on_a_full_disk_leaves_no_half_checkpoint_and_names_it(tmp_path, monkeypatch, capsys):
+    import errno
+
+    monkeypatch.chdir(tmp_path)
+
+    def full_disk(obj, file, *args, **kwargs):
+        file.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    line = _one_line_failure(["fit", "--config", _pruning_config(tmp_path, "{conv1: 0.5}"), "--trainer.max_epochs=1",
+                              "--trainer.callbacks.init_args.prune_at_epoch=0"], capsys)
+    assert line.startswith("lightning-prune: error: `")
+    assert "epoch=0-step=4.ckpt` could not be written: No space " in line
+    assert not [path for path in tmp_path.rglob("*") if path.is_file() and "ckpt" in path.name]

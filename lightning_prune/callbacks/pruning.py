@@ -18,6 +18,7 @@ from lightning_prune.callbacks._arguments import argument_problems, schedule_ste
 from lightning_prune.callbacks._checkpoints import (
     install_structure_restore,
     plain_hyperparameters,
+    plan_problem,
     restart_best_tracking,
 )
 from lightning_prune.callbacks._export import pruned_copy, save_pruned_hf
@@ -104,6 +105,9 @@ class Pruning(Callback):
             at the first step) or `continue`: the recipe begun at the first step goes on. Mask mode keeps the
             optimizer (momentum) and schedulers; physical mode builds the optimizer anew over the smaller
             parameters (zero moments) and gives each LR scheduler back its state (epoch, last LR).
+        allow_plan_change: Resume from a checkpoint made under another prune plan (target, criterion, mode,
+            layers, indices, prune epoch, schedule, global pruning, budget) and prune by this one; by default
+            such a resume is refused, naming both plans.
     """
 
     def __init__(
@@ -129,6 +133,7 @@ class Pruning(Callback):
         budget: dict[str, float] | None = None,
         schedule: dict[str, Any] | None = None,
         retrain_recipe: Literal["restart", "continue"] = "restart",
+        allow_plan_change: bool = False,
     ) -> None:
         super().__init__()
         self.names = MetricNames(acc=acc_key, loss=loss_key, train_loss=train_loss_key, split=split)
@@ -164,6 +169,10 @@ class Pruning(Callback):
         self._history: dict[str, Any] = {"history": [], "heads": {}}
         self._guard: MaskGuard | None = None
         self._checked_plan = self._checked_names = self._validated = self._said_hparams = False
+        self.allow_plan_change = allow_plan_change
+        self.plan = {"target": target, "criterion": criterion, "mode": mode, "layers": self.layers,
+                     "indices": self.indices, "prune_epoch": self.prune_epoch, "schedule": self.schedule,
+                     "global_pruning": global_pruning, "budget": self.budget}
 
     @property
     def pruned(self) -> bool:
@@ -251,6 +260,7 @@ class Pruning(Callback):
     @override
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         self._said_hparams = plain_hyperparameters(checkpoint, self._said_hparams)
+        checkpoint.setdefault("lightning_prune", {})["plan"] = self.plan  # compared when a fit resumes from it
         if self.pruned:
             checkpoint.setdefault("lightning_prune", {})["pruning"] = {
                 "version": RECORD_VERSION, "target": self.target, "mode": self.mode, "criterion": self.criterion,
@@ -260,6 +270,8 @@ class Pruning(Callback):
 
     @override
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        if not self.allow_plan_change:
+            _raise_if(plan_problem((checkpoint.get("lightning_prune") or {}).get("plan"), self.plan, trainer.ckpt_path))
         record = read_record(checkpoint)
         if record and record.get("phase") == "retrain" and callable(getattr(pl_module, "start_retrain", None)):
             pl_module.start_retrain()  # before the optimizers are built and their state is loaded

@@ -24,6 +24,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_prune._files import write_atomic
+from lightning_prune.callbacks._checkpoints import set_aside_unreadable
 from lightning_prune.study.building import (
     build_datamodule,
     seed_datamodule,
@@ -124,7 +125,8 @@ def _pretrain(config: StudyConfig) -> tuple[dict[str, torch.Tensor], dict[str, f
     try:
         kwargs = {**trainer_kwargs(config, recipe, gpu=None), "enable_checkpointing": True}
         trainer = Trainer(**kwargs, logger=logger, callbacks=[checkpoint])
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
+        resume = last.is_file() and not set_aside_unreadable(last, "pretraining")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None)
     finally:
         finish_logger(logger)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))}
