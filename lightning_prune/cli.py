@@ -124,6 +124,21 @@ class LightningPruneCLI(LightningCLI):
         super().parse_arguments(parser, args)
 
     @override
+    def before_instantiate_classes(self) -> None:
+        # `--trainer.default_root_dir X` moves the default loggers too (they would write to `runs/` otherwise), so
+        # that "write elsewhere with --trainer.default_root_dir" works for every file of a run.
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config
+        root = config.get("trainer.default_root_dir")
+        loggers = config.get("trainer.logger")
+        if root in (None, _RUNS_DIR) or not isinstance(loggers, list):
+            return
+        for logger in loggers:
+            init_args = getattr(logger, "init_args", None)
+            if init_args is not None and init_args.get("save_dir") == _RUNS_DIR:
+                init_args["save_dir"] = str(root)
+
+    @override
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         use_atomic_checkpoints(trainer)  # a full disk or a kill never leaves half a checkpoint

@@ -384,3 +384,48 @@ def test_fit_on_a_full_disk_leaves_no_half_checkpoint_and_names_it(tmp_path, mon
     assert line.startswith("lightning-prune: error: `")
     assert "epoch=0-step=4.ckpt` could not be written: No space " in line
     assert not [path for path in tmp_path.rglob("*") if path.is_file() and "ckpt" in path.name]
+
+
+# ------------------------------------------------------------------------------------------------- messages
+def test_default_root_dir_moves_the_default_loggers_too(tmp_path, monkeypatch):
+    """The full-disk and read-only messages say "write elsewhere (--trainer.default_root_dir ...)": it must work."""
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", QUICKSTART, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
+          "--trainer.limit_val_batches=1", "--trainer.callbacks.init_args.prune_at_epoch=0",
+          "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path / 'elsewhere'}"])
+    assert not (tmp_path / "runs").exists()
+    assert len(list((tmp_path / "elsewhere").rglob("metrics.csv"))) == 1
+    assert list((tmp_path / "elsewhere").rglob("offline-run-*")) and list((tmp_path / "elsewhere").rglob("*.ckpt"))
+
+
+def test_an_error_in_a_spawned_process_is_its_own_line():
+    from torch.multiprocessing.spawn import ProcessRaisedException
+
+    from lightning_prune._errors import one_line_error
+
+    child = (  # what torch.multiprocessing reports: the child's traceback, its error last
+        "\n\n-- Process 0 terminated with the following error:\nTraceback (most recent call last):\n"
+        '  File "/x/torch/multiprocessing/spawn.py", line 90, in _wrap\n    fn(i, *args)\n'
+        "ValueError: `mode: physical` must not be used with strategy 'ddp_spawn', got ddp_spawn. Use `mode: mask`.\n"
+    )
+    assert one_line_error(ProcessRaisedException(child, 0, 123), "fit") == (
+        "`mode: physical` must not be used with strategy 'ddp_spawn', got ddp_spawn. Use `mode: mask`."
+    )
+    with pytest.raises(ProcessRaisedException):  # a bug in the child keeps its traceback
+        one_line_error(ProcessRaisedException(child.replace("ValueError", "KeyError"), 0, 123), "fit")
+
+
+def test_load_pruned_names_a_plain_pickle_without_torchs_advice(tmp_path):
+    import pickle
+
+    from lightning_prune.pruning.checkpoint import load_pruned
+
+    path = tmp_path / "pickled.ckpt"
+    path.write_bytes(pickle.dumps({"state_dict": {"w": [1.0]}}, protocol=4))
+    with pytest.raises(ValueError) as error:
+        load_pruned(torch.nn.Linear, path)
+    assert str(error.value) == (
+        f"checkpoint '{path}' must be a torch.save checkpoint of tensors and plain values, got a pickle that safe "
+        "loading refuses (Unsupported operand 149): not loaded. Save the weights again with torch.save, or use a "
+        "checkpoint written by Lightning."
+    )

@@ -210,7 +210,12 @@ def _read_checkpoint(path: Path, map_location: str | torch.device | None) -> dic
     except pickle.UnpicklingError as error:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
         if found is None:
-            raise ValueError(f"checkpoint '{path}' must be a readable torch checkpoint, got other bytes.") from None
+            reason = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(error))
+            raise ValueError(
+                f"checkpoint '{path}' must be a torch.save checkpoint of tensors and plain values, got a pickle "
+                f"that safe loading refuses ({reason.group(1).strip() if reason else 'not a torch checkpoint'}): "
+                "not loaded. Save the weights again with torch.save, or use a checkpoint written by Lightning."
+            ) from None
         raise ValueError(
             f"checkpoint '{path}' must hold plain types only (it is read with weights_only=True), got a "
             f"{found.group(1)} object; save the objects among its hyperparameters with "
