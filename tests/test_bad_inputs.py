@@ -131,6 +131,16 @@ WRONG_VALUES = [
 ]
 
 
+DYCOKE_TINY = str(CONFIGS / "dycoke" / "tiny.yaml")
+PREDICT_VALUES = [
+    ("dycoke-variant", ["--trainer.callbacks+=lightning_prune.callbacks.DyCoke",
+                        "--trainer.callbacks.init_args.variant", "fancy"],
+     "`--trainer.callbacks.init_args.variant` must be one of [official, refined], got 'fancy'."),
+    ("flash-attention", ["--model.init_args.attn_implementation", "flash_attention_2"],
+     "`--model.init_args.attn_implementation` must be one of [sdpa, eager], got 'flash_attention_2'."),
+]
+
+
 def _yaml_row(tmp: Path, old: str, new: str) -> list[str]:
     path = tmp / "edited.yaml"
     path.write_text(Path(QUICKSTART).read_text().replace(old, new))
@@ -171,6 +181,13 @@ def test_no_code_runs_from_any_corner_of_a_config(build, expected, tmp_path, mon
 @pytest.mark.parametrize(("args", "expected"), [row[1:] for row in WRONG_VALUES], ids=[row[0] for row in WRONG_VALUES])
 def test_wrong_value_flags_name_the_place_the_choices_or_the_type(args, expected, capsys):
     assert _one_line_failure(["fit", "--config", QUICKSTART, *args], capsys) == f"lightning-prune: error: {expected}"
+
+
+@pytest.mark.parametrize(("args", "expected"), [row[1:] for row in PREDICT_VALUES],
+                         ids=[row[0] for row in PREDICT_VALUES])
+def test_wrong_choices_of_video_llm_runs_are_named_before_any_model_is_built(args, expected, capsys):
+    line = _one_line_failure(["predict", "--config", DYCOKE_TINY, *args], capsys)
+    assert line == f"lightning-prune: error: {expected}"
 
 
 @pytest.mark.parametrize(("edit", "expected"), [row[1:] for row in YAML_VALUES], ids=[row[0] for row in YAML_VALUES])
