@@ -7,9 +7,13 @@ to a local `metrics.csv`; the resolved config goes to both.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +169,26 @@ def _fail(message: str) -> None:
     raise SystemExit(2)
 
 
+@contextlib.contextmanager
+def _private_temp_dir() -> Iterator[None]:
+    """A temporary folder of this command only, removed at the end with what W&B's service leaves in it (its
+    folder and stats socket, which it otherwise leaves in /tmp after every run)."""
+    folder = tempfile.mkdtemp(prefix="lightning-prune-")
+    saved, tempfile.tempdir = os.environ.get("TMPDIR"), None
+    os.environ["TMPDIR"] = folder
+    try:
+        yield
+    finally:
+        if "wandb" in sys.modules:
+            sys.modules["wandb"].teardown()  # stops the service, which owns the files there
+        if saved is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved
+        tempfile.tempdir = None
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def main(args: list[str] | None = None) -> None:
     """Console entry point. `study` goes to the study runner; everything else to LightningCLI.
 
@@ -173,19 +197,24 @@ def main(args: list[str] | None = None) -> None:
     """
     argv = list(sys.argv[1:] if args is None else args)
     try:
-        if argv[:1] == ["study"]:
-            from lightning_prune.study.cli import study_main
-
-            study_main(argv[1:])
-        else:
-            # args=None lets LightningCLI read sys.argv itself (it warns when given both).
-            cli = LightningPruneCLI(args=None if args is None else argv)
-            _finish_wandb_runs(cli.trainer)
+        with _private_temp_dir():
+            _run(argv, args)
     except KeyboardInterrupt as interrupt:
         print(f"lightning-prune: interrupted: {interrupt or 'Ctrl-C'}", file=sys.stderr)
         raise SystemExit(130) from None
     except Exception as error:  # noqa: BLE001  (what is not one of ours is re-raised by `one_line_error`)
         _fail(one_line_error(error, argv[0] if argv else "fit"))
+
+
+def _run(argv: list[str], args: list[str] | None) -> None:
+    if argv[:1] == ["study"]:
+        from lightning_prune.study.cli import study_main
+
+        study_main(argv[1:])
+    else:
+        # args=None lets LightningCLI read sys.argv itself (it warns when given both).
+        cli = LightningPruneCLI(args=None if args is None else argv)
+        _finish_wandb_runs(cli.trainer)
 
 
 if __name__ == "__main__":

@@ -404,15 +404,22 @@ def test_fit_on_a_full_disk_leaves_no_half_checkpoint_and_names_it(tmp_path, mon
 
 
 # ------------------------------------------------------------------------------------------------- messages
-def test_default_root_dir_moves_the_default_loggers_too(tmp_path, monkeypatch):
-    """The full-disk and read-only messages say "write elsewhere (--trainer.default_root_dir ...)": it must work."""
+def test_default_root_dir_moves_the_default_loggers_too_and_wandb_leaves_no_temporary_files(tmp_path, monkeypatch):
+    """The full-disk and read-only messages say "write elsewhere (--trainer.default_root_dir ...)": it must work.
+    And W&B's service leaves nothing in the temporary folder (its folder and stats socket went to /tmp before)."""
+    import tempfile
+
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    monkeypatch.setattr(tempfile, "tempdir", None)
     main(["fit", "--config", QUICKSTART, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
           "--trainer.limit_val_batches=1", "--trainer.callbacks.init_args.prune_at_epoch=0",
           "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path / 'elsewhere'}"])
     assert not (tmp_path / "runs").exists()
     assert len(list((tmp_path / "elsewhere").rglob("metrics.csv"))) == 1
     assert list((tmp_path / "elsewhere").rglob("offline-run-*")) and list((tmp_path / "elsewhere").rglob("*.ckpt"))
+    assert list((tmp_path / "tmp").iterdir()) == []
 
 
 def test_an_error_in_a_spawned_process_is_its_own_line():
