@@ -453,3 +453,27 @@ def test_load_pruned_names_a_plain_pickle_without_torchs_advice(tmp_path):
         "loading refuses (Unsupported operand 149): not loaded. Save the weights again with torch.save, or use a "
         "checkpoint written by Lightning."
     )
+
+
+def test_a_hub_tokenizer_not_in_the_cache_is_refused_at_once_when_offline(monkeypatch):
+    import time
+
+    from lightning_prune.data.text import check_tokenizer_folder
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = time.perf_counter()
+    with pytest.raises(FileNotFoundError, match=r"`tokenizer` must be a local folder, or a Hub id already in the "
+                                                r"Hugging Face cache when offline .*got 'lightning-prune-tests/none'"):
+        check_tokenizer_folder("lightning-prune-tests/none")
+    assert time.perf_counter() - started < 5  # no retries (transformers tried for 55 s)
+
+
+@pytest.mark.parametrize("reader", ["text", "conversations"])
+def test_malformed_jsonl_of_text_and_conversations_names_file_and_line(reader, tmp_path):
+    from lightning_prune.data.llava_instruct import read_conversations
+    from lightning_prune.data.text import read_documents
+
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"text": "fine"}\n\n{"text": "broken"\n')
+    with pytest.raises(ValueError, match=r"must hold one JSON object per line, got .*data.jsonl line 3: Expecting"):
+        read_documents(path) if reader == "text" else read_conversations(path, tmp_path)
