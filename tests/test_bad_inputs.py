@@ -477,3 +477,33 @@ def test_malformed_jsonl_of_text_and_conversations_names_file_and_line(reader, t
     path.write_text('{"text": "fine"}\n\n{"text": "broken"\n')
     with pytest.raises(ValueError, match=r"must hold one JSON object per line, got .*data.jsonl line 3: Expecting"):
         read_documents(path) if reader == "text" else read_conversations(path, tmp_path)
+
+
+def test_a_pickle_weights_file_in_a_model_folder_is_refused_without_torchs_advice(tmp_path):
+    import os
+
+    from safetensors.torch import load_file
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lightning_prune.modules.causal_lm import build_causal_lm
+
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1)
+    folder = tmp_path / "model"
+    LlamaForCausalLM(config).save_pretrained(folder)
+    state = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {tmp_path / 'ran'}",)
+
+    torch.save({**state, "payload": Payload()}, folder / "pytorch_model.bin")
+    with pytest.raises(ValueError) as error:
+        build_causal_lm(str(folder), None, "float32", "sdpa")
+    assert str(error.value) == (
+        f"`model` '{folder}' must hold safetensors, or weights of tensors only, got a pickle weights file whose "
+        "loading would call posix.system: refused. Use a model saved as safetensors (save_pretrained(..., "
+        "safe_serialization=True) where you trust it)."
+    )
+    assert not (tmp_path / "ran").exists()
