@@ -458,13 +458,13 @@ def test_load_pruned_names_a_plain_pickle_without_torchs_advice(tmp_path):
 def test_a_hub_tokenizer_not_in_the_cache_is_refused_at_once_when_offline(monkeypatch):
     import time
 
-    from lightning_prune.data.text import check_tokenizer_folder
+    from lightning_prune.data.text import load_tokenizer
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     started = time.perf_counter()
     with pytest.raises(FileNotFoundError, match=r"`tokenizer` must be a local folder, or a Hub id already in the "
                                                 r"Hugging Face cache when offline .*got 'lightning-prune-tests/none'"):
-        check_tokenizer_folder("lightning-prune-tests/none")
+        load_tokenizer("lightning-prune-tests/none")
     assert time.perf_counter() - started < 5  # no retries (transformers tried for 55 s)
 
 

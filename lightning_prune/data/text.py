@@ -29,6 +29,12 @@ def check_tokenizer_folder(tokenizer: str) -> None:
             f"`tokenizer` must be a folder holding a tokenizer ({', '.join(_TOKENIZER_FILES)}; usually the model "
             f"folder), got {tokenizer!r}, which holds none."
         )
+
+
+def check_cached_when_offline(tokenizer: str) -> None:
+    """Raise at once if, offline, a Hub id is not in the cache (transformers would retry for about a minute)."""
+    path = Path(tokenizer)
+    looks_local = path.exists() or tokenizer.startswith((".", "/", "~")) or tokenizer.count("/") > 1
     if not looks_local and _offline() and not _cached(tokenizer):
         raise FileNotFoundError(
             f"`tokenizer` must be a local folder, or a Hub id already in the Hugging Face cache when offline "
@@ -59,6 +65,7 @@ def _cached(repo_id: str) -> bool:
 def load_tokenizer(tokenizer: str):
     """`AutoTokenizer.from_pretrained(tokenizer)` after checking that a local folder holds one."""
     check_tokenizer_folder(tokenizer)
+    check_cached_when_offline(tokenizer)
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tokenizer)

@@ -209,6 +209,10 @@ def _read_checkpoint(path: Path, map_location: str | torch.device | None) -> dic
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        with open(path, "rb") as file:
+            pickled = file.read(1) == b"\x80"  # the PROTO opcode a pickle starts with
+        if found is None and not pickled:
+            raise ValueError(f"checkpoint '{path}' must be a readable torch checkpoint, got other bytes.") from None
         if found is None:
             reason = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(error))
             raise ValueError(
