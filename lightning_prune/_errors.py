@@ -82,6 +82,10 @@ def one_line_error(error: Exception, subcommand: str) -> str:
             f"`--trainer.accelerator` asks for a GPU, got none visible here ({str(error).strip()}). "
             "Use --trainer.accelerator cpu (or auto), or run where a CUDA GPU is visible."
         )
+    if type(error).__name__ == "ProcessRaisedException":  # a spawned process (ddp_spawn) failed: its own error
+        raised = re.findall(r"^(\w+): (\S.*)$", str(error), flags=re.MULTILINE)
+        if raised and raised[-1][0] in ("ValueError", "FileNotFoundError", "TypeError"):
+            return _own_message(raised[-1][1]) or raised[-1][1].strip()
     if isinstance(error, (ValueError, FileNotFoundError, TypeError)):
         # Our own validation raises these naming the argument, also when jsonargparse wraps them in a report.
         return _own_message(str(error)) or str(error).strip().splitlines()[0]

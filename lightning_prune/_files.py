@@ -8,6 +8,7 @@ read the results as they can read any other file the user writes.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -80,3 +81,31 @@ def _unreadable(path: Path, arg: str) -> str:
         f"`{arg}` must be a complete checkpoint written by torch.save, got {path}, which cannot be read "
         "(truncated, or not a checkpoint). Use another one, e.g. an earlier epoch's."
     )
+
+
+def jsonl_records(path: Path, text: str, arg: str) -> list[tuple[int, dict[str, Any]]]:
+    """``(line number, record)`` of each non-empty line of a JSONL file, each checked to be one JSON object.
+
+    Raises:
+        ValueError: naming ``arg``, the file and the line, for a line that is not a JSON object, or a file
+            without any record (which would otherwise give an empty dataset and a run that does nothing).
+    """
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"`{arg}` must hold one JSON object per line, got {path} line {number}: {error.msg} "
+                f"(column {error.colno})."
+            ) from None
+        if not isinstance(record, dict):
+            raise ValueError(
+                f"`{arg}` must hold one JSON object per line, got {path} line {number}: a {type(record).__name__}."
+            )
+        records.append((number, record))
+    if not records:
+        raise ValueError(f"`{arg}` must hold at least one record, got {path}, which has none.")
+    return records

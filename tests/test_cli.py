@@ -142,15 +142,16 @@ def _tiny_fit_config(tmp_path: Path, model: str = "lenet5_mini", name: str = "ru
 def test_cli_wrong_type_is_one_line_naming_the_flag(tmp_path, capsys):
     config = _tiny_fit_config(tmp_path)
     line = _one_line_error(capsys, ["fit", "--config", config, "--trainer.max_epochs", "two"])
-    assert line == "`--trainer.max_epochs` must be int or null, got 'two'."
+    assert line == "`--trainer.max_epochs` must be an integer or null, got 'two' (a string)."
 
 
 def test_cli_typo_inside_init_args_is_one_line_naming_the_class(tmp_path, capsys):
     config = _tiny_fit_config(tmp_path)
     line = _one_line_error(capsys, ["fit", "--config", config, "--model.init_args.modell", "lenet5_mini"])
     assert line == (
-        "`--model.init_args` must be arguments of lightning_prune.modules.ImageClassifier, got unknown 'modell'. "
-        "List them with: lightning-prune fit --model.help lightning_prune.modules.ImageClassifier"
+        "`--model.init_args` must hold arguments of lightning_prune.modules.classifier.ImageClassifier (model, "
+        "model_kwargs, optimizer, lr_scheduler, retrain_optimizer, retrain_lr_scheduler, label_smoothing, "
+        "input_shape), got unknown 'modell'."
     )
 
 

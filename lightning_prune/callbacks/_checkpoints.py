@@ -27,13 +27,17 @@ Three pieces, each called from one of the callback's hooks:
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from typing_extensions import override
 
+from lightning_prune._files import write_atomic
 from lightning_prune.pruning.checkpoint import mismatch_message, read_record, restore_pruning, shape_mismatch
 
 _WRAPPED = "_lightning_prune_restores_structure"
@@ -129,3 +133,62 @@ def plain_hyperparameters(checkpoint: dict, already_said: bool) -> bool:
             f"they load with weights_only=True. Pass them again when loading: `load_pruned(Module, path, {arguments})`."
         )
     return True
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, but whole or not at all: a temporary file in the same folder, then a rename.
+
+    Lightning writes a checkpoint in place, so a full disk or a kill mid-write leaves a truncated file that every
+    later resume trips on. Here the target keeps its previous content until the new one is complete, and a failed
+    write names the target (not a temporary file). Remote paths (``s3://...``) go to Lightning's own writer.
+    """
+
+    @override
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        write_atomic(Path(path), lambda file: torch.save(checkpoint, file))
+
+
+def use_atomic_checkpoints(trainer: Trainer) -> None:
+    """Give ``trainer`` the atomic writer unless it was given another `CheckpointIO` than Lightning's default."""
+    if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+        trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+
+
+def set_aside_unreadable(path: Path, phase: str) -> bool:
+    """Move an unreadable checkpoint (truncated by a full disk or a kill in older runs) out of the way.
+
+    Returns:
+        True when ``path`` was moved aside (the caller then starts ``phase`` afresh), False when it reads.
+    """
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # the index only: cheap for large files
+        return False
+    except Exception:  # noqa: BLE001  (whatever makes it unreadable: it is set aside, and said so)
+        aside = path.with_name(f"{path.name}.unreadable")
+        number = 1
+        while aside.exists():
+            number += 1
+            aside = path.with_name(f"{path.name}.unreadable{number}")
+        path.rename(aside)
+        rank_zero_warn(f"{path} could not be read (truncated, e.g. by a full disk): moved to {aside.name}; {phase} "
+                       "starts again from its first epoch.")
+        return True
+
+
+def plan_problem(recorded: dict[str, Any] | None, current: dict[str, Any], path: Any) -> str | None:
+    """Why resuming a checkpoint made under the prune plan ``recorded`` with ``current`` would prune differently."""
+    if not recorded or recorded == current:
+        return None
+    changed = sorted(key for key in set(recorded) | set(current) if recorded.get(key) != current.get(key))
+    return (
+        f"`Pruning` must resume with the plan its checkpoint was made with, got a different one in {changed}: "
+        f"checkpoint {path} has {_plan_text(recorded, changed)}, the config has {_plan_text(current, changed)}. "
+        "Restore those settings, or set `allow_plan_change: true` to prune by the new plan on top."
+    )
+
+
+def _plan_text(plan: dict[str, Any], keys: list[str]) -> str:
+    return "{" + ", ".join(f"{key}: {plan.get(key)!r}" for key in keys) + "}"

@@ -14,10 +14,11 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from typing_extensions import override
 
 from lightning_prune.callbacks import _distributed, _loaders, _lora, _schedule
-from lightning_prune.callbacks._arguments import argument_problems
+from lightning_prune.callbacks._arguments import argument_problems, schedule_step_problem, steps_problem
 from lightning_prune.callbacks._checkpoints import (
     install_structure_restore,
     plain_hyperparameters,
+    plan_problem,
     restart_best_tracking,
 )
 from lightning_prune.callbacks._export import pruned_copy, save_pruned_hf
@@ -114,6 +115,9 @@ class Pruning(Callback):
         pad_export: When layer sizes differ (layer ranges, global ranking), write `pruned_hf/` zero-padded to the
             largest layer (same logits, loads with `from_pretrained`, e.g. for `lm_eval --model hf`) instead of
             nothing (`pruning/hf_padding.py`).
+        allow_plan_change: Resume from a checkpoint made under another prune plan (target, criterion, mode,
+            layers, indices, prune epoch, schedule, global pruning, budget) and prune by this one; by default
+            such a resume is refused, naming both plans.
     """
 
     def __init__(
@@ -142,6 +146,7 @@ class Pruning(Callback):
         retrain: dict[str, Any] | None = None,
         taylor_variant: Literal["group", "vectorize", "param_first", "param_second", "param_mix"] = "group",
         pad_export: bool = False,
+        allow_plan_change: bool = False,
     ) -> None:
         super().__init__()
         self.names = MetricNames(acc=acc_key, loss=loss_key, train_loss=train_loss_key, split=split)
@@ -186,6 +191,10 @@ class Pruning(Callback):
         self.pad_export = pad_export
         self._lora: _lora.LoraAdapters | None = None
         self._base_masks: dict[str, torch.Tensor] = {}  # mask mode: the masks of the frozen base weights
+        self.allow_plan_change = allow_plan_change
+        self.plan = {"target": target, "criterion": criterion, "mode": mode, "layers": self.layers,
+                     "indices": self.indices, "prune_epoch": self.prune_epoch, "schedule": self.schedule,
+                     "global_pruning": global_pruning, "budget": self.budget, "taylor_variant": taylor_variant}
 
     @property
     def pruned(self) -> bool:
@@ -227,6 +236,7 @@ class Pruning(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self.pruned:
             self._check_plan(trainer, pl_module)
+            _raise_if(steps_problem(trainer, self.steps[-1].epoch))
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -276,6 +286,7 @@ class Pruning(Callback):
         self._said_hparams = plain_hyperparameters(checkpoint, self._said_hparams)
         if self._lora is not None and not self._lora.merged:  # checkpoints hold merged weights
             checkpoint["state_dict"] = self._lora.merged_state_dict(checkpoint["state_dict"], _prefix(self.target))
+        checkpoint.setdefault("lightning_prune", {})["plan"] = self.plan  # compared when a fit resumes from it
         if self.pruned:
             checkpoint.setdefault("lightning_prune", {})["pruning"] = {
                 "version": RECORD_VERSION, "target": self.target, "mode": self.mode, "criterion": self.criterion,
@@ -285,6 +296,8 @@ class Pruning(Callback):
 
     @override
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        if not self.allow_plan_change:
+            _raise_if(plan_problem((checkpoint.get("lightning_prune") or {}).get("plan"), self.plan, trainer.ckpt_path))
         record = read_record(checkpoint)
         if record and record.get("phase") == "retrain" and callable(getattr(pl_module, "start_retrain", None)):
             pl_module.start_retrain()  # before the optimizers are built and their state is loaded
@@ -333,6 +346,8 @@ class Pruning(Callback):
             _lora.check_targets(network, self.lora_settings)
         _schedule.check_structure(structure, len(self.steps), self.layers, self.mode)
         counts = self._plan(structure)
+        if len(self.steps) > 1 and self.criterion != "explicit":
+            _raise_if(schedule_step_problem(structure, self.layers, self.steps))
         if self.budget:
             check_reachable(network, example, counts, self.budget)
         self._checked_plan = True
@@ -489,6 +504,11 @@ class Pruning(Callback):
 
 def _prefix(target: str) -> str:
     return f"{target}." if target else ""
+
+
+def _raise_if(problem: str | None) -> None:
+    if problem is not None:
+        raise ValueError(problem)
 
 
 def _log_to_loggers(trainer: Trainer, metrics: dict[str, float]) -> None:

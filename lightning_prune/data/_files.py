@@ -9,6 +9,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 
 def require_files(root: Path, folder: Path, names: list[str], dataset: str) -> None:
     """Raise one clear error if any of ``names`` is missing from ``folder`` (a folder under the user's ``root``).
@@ -52,6 +54,20 @@ def check_idx_file(path: Path, dimensions: int, remedy: str) -> None:
         raise ValueError(
             f"`{path}` must hold {expected:,} bytes as its header says ({' x '.join(map(str, shape))} values), "
             f"got {size:,} (truncated or corrupt). {remedy}"
+        )
+
+
+def check_labels_in_range(path: Path, num_classes: int, remedy: str) -> None:
+    """Raise one clear error naming ``path`` if an IDX label file holds a label outside ``[0, num_classes)``.
+
+    The loss would otherwise fail at the first batch holding it (``Target 200 is out of bounds``), or at none.
+    """
+    labels = np.frombuffer(path.read_bytes()[8:], dtype=np.uint8)
+    bad = np.flatnonzero(labels >= num_classes)
+    if bad.size:
+        raise ValueError(
+            f"`{path}` must hold labels in [0, {num_classes}), got {int(labels[bad[0]])} at record {int(bad[0])} "
+            f"({bad.size:,} such records). {remedy}"
         )
 
 

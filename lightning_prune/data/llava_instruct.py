@@ -24,6 +24,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_prune._files import jsonl_records
 from lightning_prune.data._common import check_at_least
 from lightning_prune.data.text import check_tokenizer_folder
 
@@ -43,7 +44,15 @@ def read_conversations(path: str | Path, image_folder: str | Path) -> list[dict]
     if not path.is_file():
         raise FileNotFoundError(f"conversation file {str(path)!r} must exist, got no such file.")
     text = path.read_text(encoding="utf-8")
-    records = json.loads(text) if path.suffix == ".json" else [json.loads(line) for line in text.splitlines() if line]
+    if path.suffix == ".json":
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"conversation file {path} must be valid JSON, got line {error.lineno}: {error.msg}."
+            ) from None
+    else:
+        records = [record for _, record in jsonl_records(path, text, "train_file`/`val_file")]
     for number, record in enumerate(records):
         where = f"record {number} of {path.name}"
         if "image" not in record or "conversations" not in record:

@@ -18,7 +18,7 @@ from torchvision.datasets import KMNIST, MNIST, FashionMNIST
 from torchvision.transforms import v2
 
 from lightning_prune.data._common import check_choice
-from lightning_prune.data._files import check_idx_file, download_into_place, require_files
+from lightning_prune.data._files import check_idx_file, check_labels_in_range, download_into_place, require_files
 from lightning_prune.data._in_memory import ImageTensorDataset, InMemoryImageDataModule
 
 # torchvision dataset class, mean and std of the training pixels in [0, 1] (28x28, before padding).
@@ -85,6 +85,8 @@ class MNISTDataModule(InMemoryImageDataModule):
         remedy = f"Copy it again, or delete {self.raw_folder} and set `download: true`."
         for name in _IDX_FILES:
             check_idx_file(self.raw_folder / name, 3 if "images" in name else 1, remedy)
+            if "labels" in name:
+                check_labels_in_range(self.raw_folder / name, self.num_classes, remedy)
 
     def _download(self) -> None:
         if all((self.raw_folder / name).is_file() for name in _IDX_FILES):

@@ -7,13 +7,14 @@ Batches are `(input_ids [B, T] int64, labels [B, T] int64)` with `labels == inpu
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_prune._files import jsonl_records
 from lightning_prune.data._common import check_at_least
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -30,9 +31,41 @@ def check_tokenizer_folder(tokenizer: str) -> None:
         )
 
 
+def check_cached_when_offline(tokenizer: str) -> None:
+    """Raise at once if, offline, a Hub id is not in the cache (transformers would retry for about a minute)."""
+    path = Path(tokenizer)
+    looks_local = path.exists() or tokenizer.startswith((".", "/", "~")) or tokenizer.count("/") > 1
+    if not looks_local and _offline() and not _cached(tokenizer):
+        raise FileNotFoundError(
+            f"`tokenizer` must be a local folder, or a Hub id already in the Hugging Face cache when offline "
+            f"(HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE is set), got {tokenizer!r}, which is not cached. Download it "
+            "once online, or give the folder that holds it."
+        )
+
+
+def _offline() -> bool:
+    return any(os.environ.get(name, "").lower() in ("1", "true", "yes") for name in ("HF_HUB_OFFLINE",
+                                                                                      "TRANSFORMERS_OFFLINE"))
+
+
+def _cached(repo_id: str) -> bool:
+    """Whether the Hub cache holds a tokenizer file of ``repo_id`` (what an offline load would read)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in _TOKENIZER_FILES:
+        try:
+            found = try_to_load_from_cache(repo_id, name)
+        except ValueError:  # not a valid repo id: transformers will say so
+            return True
+        if isinstance(found, str):
+            return True
+    return False
+
+
 def load_tokenizer(tokenizer: str):
     """`AutoTokenizer.from_pretrained(tokenizer)` after checking that a local folder holds one."""
     check_tokenizer_folder(tokenizer)
+    check_cached_when_offline(tokenizer)
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tokenizer)
@@ -48,12 +81,12 @@ def read_documents(path: str | Path, text_field: str = "text") -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"text file {str(path)!r} must exist, got no such file.")
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    text = path.read_text(encoding="utf-8")
+    lines = [line for line in text.splitlines() if line.strip()]
     if path.suffix != ".jsonl":
         return lines
     documents = []
-    for number, line in enumerate(lines, start=1):
-        record = json.loads(line)
+    for number, record in jsonl_records(path, text, "train_files`/`val_files"):
         if text_field not in record:
             raise ValueError(f"`text_field` {text_field!r} must be a key of every line of {path}, got line {number} "
                              f"with keys {sorted(record)}.")

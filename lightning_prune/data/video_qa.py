@@ -26,6 +26,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
+from lightning_prune._files import jsonl_records
 from lightning_prune.data._common import check_at_least, check_choice
 
 _SYNTHETIC_QUESTION = "Which way does the red square move?"
@@ -199,10 +200,7 @@ def _answer_index(answer: Any, options: list[str], where: str) -> int:
 def read_annotations(path: str | Path) -> list[dict[str, Any]]:
     """Parse and check a video-QA JSONL file; adds `answer_index` and a default `id` to every record."""
     records = []
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        record = json.loads(line)
+    for number, record in jsonl_records(Path(path), Path(path).read_text(), "annotation_file"):
         where = f"{path}, line {number}"
         missing = [key for key in ("video", "question", "options", "answer") if key not in record]
         if missing:

@@ -13,7 +13,11 @@ that imports lmms-eval.
 
 from __future__ import annotations
 
+import sys
+import traceback
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +52,33 @@ MODEL_NAME = "lightning_prune"
 _SERVED = "generate_until requests (one video, given as a file path or a list of PIL frames, and a prompt)"
 
 
+class PluginError(SystemExit):
+    """Our error under the `lmms-eval` command, said in one line with a non-zero exit status.
+
+    lmms-eval catches every `Exception` of a run, logs it and exits 0, so a benchmark script would believe a failed
+    run succeeded; a `SystemExit` is not an `Exception` and ends the command.
+    """
+
+
+def _under_lmms_cli() -> bool:
+    program = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
+    return program.name == "lmms-eval" or (program.name == "__main__.py" and program.parent.name == "lmms_eval")
+
+
+@contextmanager
+def fatal_under_lmms_cli() -> Iterator[None]:
+    """Under the `lmms-eval` command, turn our errors into `PluginError`; elsewhere (Python, tests) keep them."""
+    try:
+        yield
+    except Exception as error:
+        if not _under_lmms_cli():
+            raise
+        if not isinstance(error, (ValueError, TypeError, FileNotFoundError, NotImplementedError, OSError)):
+            traceback.print_exc()  # a bug: its traceback, then the non-zero exit
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise PluginError(f"lightning_prune: error: {first}") from error
+
+
 class LightningPruneVideoLLM(lmms):
     """A project `VideoLLM` (any family its config builds) under lmms-eval, with or without DyCoke.
 
@@ -61,9 +92,10 @@ class LightningPruneVideoLLM(lmms):
 
     def __init__(self, **model_args: Any) -> None:
         super().__init__()
-        self.settings = parse_model_args(model_args)  # every check before the model is built
-        self._dycoke = self.settings.build_dycoke()
-        self.module = self.settings.build_module()
+        with fatal_under_lmms_cli():
+            self.settings = parse_model_args(model_args)  # every check before the model is built
+            self._dycoke = self.settings.build_dycoke()
+            self.module = self.settings.build_module()
         self._default_max_new_tokens = self.module.max_new_tokens
         self._rows: list[dict[str, Any]] = []
         self._warned: set[str] = set()
@@ -79,6 +111,10 @@ class LightningPruneVideoLLM(lmms):
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
         """Greedy answers, in request order; every request is checked (videos readable) before any generation."""
+        with fatal_under_lmms_cli():
+            return self._generate_all(requests)
+
+    def _generate_all(self, requests: list[Instance]) -> list[str]:
         parsed = [self._parse(index, request) for index, request in enumerate(requests)]
         groups: dict[tuple, list[VideoRequest]] = defaultdict(list)
         for request in parsed:

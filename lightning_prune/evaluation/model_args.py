@@ -124,6 +124,15 @@ def parse_model_args(model_args: dict[str, Any]) -> EvaluationSettings:
     device = str(args.get("device", "auto"))
     if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
         raise ValueError(f"`device` must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}.")
+    if device.startswith("cuda"):
+        import torch
+
+        index = int(device[5:]) if device.startswith("cuda:") else 0
+        if index >= torch.cuda.device_count():
+            raise ValueError(
+                f"`device` {device!r} needs a visible CUDA GPU (number {index}), got "
+                f"{torch.cuda.device_count()} here. Use --device cpu (or auto), or run where one is visible."
+            )
     report = args.get("report")
     if report is not None:
         report = Path(str(report))

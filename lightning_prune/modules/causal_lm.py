@@ -9,6 +9,8 @@ current parameters each time (pruning replaces them). What the Pruning callback 
 
 from __future__ import annotations
 
+import pickle
+import re
 from typing import Any, Literal
 
 import torch
@@ -61,7 +63,18 @@ def build_causal_lm(model: str | None, config: dict[str, Any] | None, dtype: str
         raise ValueError(f"`model` must be a causal LM with an LM head (architectures ending in "
                          f"{' or '.join(_LM_HEAD_SUFFIXES)}), got {model!r} with model_type "
                          f"{pretrained.model_type!r} and architectures {architectures}.")
-    return AutoModelForCausalLM.from_pretrained(model, dtype=_DTYPES[dtype], attn_implementation=attn_implementation)
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            model, dtype=_DTYPES[dtype], attn_implementation=attn_implementation
+        )
+    except pickle.UnpicklingError as error:  # a pickle weights file that safe loading refuses: not torch's advice
+        called = re.search(r"GLOBAL (\S+)", str(error))
+        what = f"whose loading would call {called.group(1)}" if called else "that safe loading refuses"
+        raise ValueError(
+            f"`model` {model!r} must hold safetensors, or weights of tensors only, got a pickle weights file {what}: "
+            "refused. Use a model saved as safetensors (save_pretrained(..., safe_serialization=True) where you "
+            "trust it)."
+        ) from None
 
 
 class CausalLM(TwoPhaseModule):

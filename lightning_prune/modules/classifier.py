@@ -72,12 +72,52 @@ class ImageClassifier(TwoPhaseModule):
         return last_linear[-1].out_features
 
     @override
+    def setup(self, stage: str) -> None:
+        self._batch_checked = False
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        classes = getattr(datamodule, "num_classes", None)
+        if isinstance(classes, int) and classes != self._num_classes():
+            raise ValueError(
+                f"`model` {self._described()} must output one logit per class of the data, got "
+                f"{self._num_classes()} outputs for {type(datamodule).__name__}'s {classes} classes. Set "
+                f"`model_kwargs: {{num_classes: {classes}}}` (or use data with {self._num_classes()} classes)."
+            )
+
+    def _described(self) -> str:
+        kwargs = self.hparams.get("model_kwargs") or {}
+        return f"{self.hparams.model!r}" + (f" with {kwargs}" if kwargs else "")
+
+    def _check_batch(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
+        """Once, at the first batch: the images have the network's channels, the labels fit its outputs."""
+        if getattr(self, "_batch_checked", False):
+            return
+        self._batch_checked = True
+        data = type(getattr(self.trainer, "datamodule", None) or x).__name__ if self._trainer is not None else "data"
+        convs = [m for m in self.model.modules() if isinstance(m, nn.Conv2d)]
+        expected = self.example_input_array.shape[1] if isinstance(self.example_input_array, torch.Tensor) else (
+            convs[0].in_channels if convs else None)
+        if expected is not None and x.dim() == 4 and x.shape[1] != expected:
+            raise ValueError(
+                f"`model` {self._described()} must get images of {expected} channels, got a batch "
+                f"{list(x.shape)} of {x.shape[1]} from {data}. Use data with {expected} channels or a network for "
+                f"{x.shape[1]} (e.g. `model_kwargs: {{in_channels: {x.shape[1]}}}` where the network takes it)."
+            )
+        classes = self._num_classes()
+        if y is not None and y.numel() and (int(y.min()) < 0 or int(y.max()) >= classes):
+            raise ValueError(
+                f"`model` {self._described()} must get labels in [0, {classes}), got "
+                f"{int(y.max()) if int(y.max()) >= classes else int(y.min())} from {data}. Set `model_kwargs: "
+                "{num_classes: N}` to the data's class count, or fix the labels."
+            )
+
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits `[B, num_classes]` of images `[B, C, H, W]`."""
         return self.model(x)
 
     def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, accuracy: MulticlassAccuracy):
         x, y = batch
+        self._check_batch(x, y)
         logits = self(x)
         loss = self.loss_fn(logits, y)
         accuracy.update(logits, y)  # forward() would also compute a per-batch value nobody reads
@@ -95,6 +135,7 @@ class ImageClassifier(TwoPhaseModule):
     @override
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
+        self._check_batch(x, y)
         logits = self(x)
         loss = self.loss_fn(logits, y)
         # Accumulate here and log once per epoch: `self.log` costs about a millisecond per call, which is a
@@ -123,4 +164,5 @@ class ImageClassifier(TwoPhaseModule):
     @override
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        self._check_batch(x, None)
         return self(x).argmax(dim=-1)

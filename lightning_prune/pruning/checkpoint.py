@@ -209,8 +209,17 @@ def _read_checkpoint(path: Path, map_location: str | torch.device | None) -> dic
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
-        if found is None:
+        with open(path, "rb") as file:
+            pickled = file.read(1) == b"\x80"  # the PROTO opcode a pickle starts with
+        if found is None and not pickled:
             raise ValueError(f"checkpoint '{path}' must be a readable torch checkpoint, got other bytes.") from None
+        if found is None:
+            reason = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(error))
+            raise ValueError(
+                f"checkpoint '{path}' must be a torch.save checkpoint of tensors and plain values, got a pickle "
+                f"that safe loading refuses ({reason.group(1).strip() if reason else 'not a torch checkpoint'}): "
+                "not loaded. Save the weights again with torch.save, or use a checkpoint written by Lightning."
+            ) from None
         raise ValueError(
             f"checkpoint '{path}' must hold plain types only (it is read with weights_only=True), got a "
             f"{found.group(1)} object; save the objects among its hyperparameters with "

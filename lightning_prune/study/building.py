@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningDataModule
 
+from lightning_prune.callbacks._checkpoints import AtomicCheckpointIO
 from lightning_prune.study.spec import RecipeConfig, StudyConfig, resolve_class
 
 
@@ -53,5 +54,6 @@ def trainer_kwargs(config: StudyConfig, recipe: RecipeConfig, gpu: int | None) -
         "enable_model_summary": False,
         "enable_checkpointing": False,
         "default_root_dir": str(Path(config.study_dir) / "runs"),
+        "plugins": [AtomicCheckpointIO()],  # pretrain/last.ckpt is whole or absent, also after a full disk
         **recipe.trainer,
     }

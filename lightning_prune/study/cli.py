@@ -18,14 +18,16 @@ from typing import Any
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
 
-from lightning_prune.study.spec import StudyConfig
+from lightning_prune._config_guard import ConfigWalker, Group, Slot, check_argv, parser_hints
+from lightning_prune.study.spec import StudyConfig, resolve_class
 
 _CLASS_SLOTS = ("data", "pretrain.optimizer", "pretrain.lr_scheduler", "retrain.optimizer", "retrain.lr_scheduler")
 
 
 def build_parser() -> ArgumentParser:
     """The study's argument parser (also used to check the shipped YAML files)."""
-    set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    # A class spec inside a free-form value (model_kwargs, a recipe's trainer) stays a dict: nothing is built.
+    set_parsing_settings(docstring_parse_attribute_docstrings=True, instantiate_subclass_spec_in_any=False)
     parser = ArgumentParser(
         prog="lightning-prune study",
         description="Oracle-pruning correlation study: prune one pretrained model with many masks, retrain each, "
@@ -114,9 +116,42 @@ def apply_class_slot_flags(config: StudyConfig, overrides: list[tuple[str, str, 
     return config
 
 
+def _class_slots() -> dict[tuple[str, ...], Slot]:
+    """The places of a study config that take a class; the study builds each with its init_args as data."""
+    import torch
+    from lightning.pytorch import LightningDataModule, LightningModule
+
+    bases = {
+        "data": LightningDataModule,
+        "module": LightningModule,
+        "optimizer": torch.optim.Optimizer,
+        "lr_scheduler": torch.optim.lr_scheduler.LRScheduler,
+    }
+    slots = {(name,): Slot((bases[name],), init_args_are_data=True) for name in ("data", "module")}
+    for recipe in ("pretrain", "retrain"):
+        for name in ("optimizer", "lr_scheduler"):
+            slots[(recipe, name)] = Slot((bases[name],), init_args_are_data=True)
+    return slots
+
+
+def _resolve(class_path: str, bases: tuple[type, ...]) -> type:
+    return resolve_class(class_path, bases[0])
+
+
+def check_no_code(parser: ArgumentParser, argv: list[str]) -> None:
+    """Refuse any ``class_path`` outside the study's class slots, in the files and flags, before parsing.
+
+    Raises:
+        ValueError: naming the place in the config.
+    """
+    expected = "data, module, pretrain/retrain optimizer and lr_scheduler"
+    check_argv(ConfigWalker(Group(parser_hints(parser)), _resolve, _class_slots(), expected), argv)
+
+
 def parse_config(argv: list[str]) -> StudyConfig:
     """Parse command-line arguments (and the ``--config`` file) into a `StudyConfig`."""
     parser = build_parser()
+    check_no_code(parser, argv)
     rest, overrides = split_class_slot_flags(argv)
     namespace = parser.instantiate(parser.parse_args(rest))
     config = StudyConfig(**{field.name: namespace[field.name] for field in dataclasses.fields(StudyConfig)})

@@ -8,12 +8,18 @@ finished unit (the progress bar).
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
-from collections.abc import Callable, Sequence
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_prune.study.spec import StudyConfig
 from lightning_prune.study.trial import Trial, trial_path
@@ -116,8 +122,69 @@ def run_ray(config: StudyConfig, units: Sequence[Unit], on_done: OnDone) -> None
     """
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address=config.address, include_dashboard=False, log_to_driver=False)
+    with contextlib.ExitStack() as stack:
+        if not ray.is_initialized():
+            if config.address is None:
+                stack.enter_context(local_ray(Path(config.study_dir)))
+            else:
+                ray.init(address=config.address, include_dashboard=False, log_to_driver=False)
+        _run_ray_tasks(ray, config, units, on_done)
+
+
+def _ray_temp_dir(study_dir: Path) -> Path:
+    """``study_dir/.ray``, or a private folder under /tmp when that path is too long for Ray's socket paths."""
+    inside = study_dir.resolve() / ".ray"
+    if len(str(inside)) <= _RAY_TEMP_MAX:
+        inside.mkdir(parents=True, exist_ok=True)
+        return inside
+    return Path(tempfile.mkdtemp(prefix="lp-ray-", dir="/tmp"))  # mode 0700, removed at the end like the other
+
+
+@contextlib.contextmanager
+def local_ray(study_dir: Path) -> Iterator[None]:
+    """A Ray instance for this study only: node address 127.0.0.1, no dashboard, a fresh token only its processes
+    know (never written to ``~/.ray``), its session folder inside the study folder, shut down and removed at the end.
+
+    Ray's gRPC servers (GCS, raylet, workers) still listen on every interface whatever the node address (Ray has no
+    setting for it); the token authenticates every call to them.
+    """
+    import ray
+
+    temp = _ray_temp_dir(study_dir)
+    saved = {name: os.environ.get(name) for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_USAGE_STATS_ENABLED")}
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_USAGE_STATS_ENABLED="0")
+    _reload_ray_auth()
+    try:
+        ray.init(include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1", _temp_dir=str(temp))
+        rank_zero_info(f"Ray: a local instance on 127.0.0.1 for this study, its files in {temp}.")
+        yield
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        _reload_ray_auth()
+
+
+def _reload_ray_auth() -> None:
+    """Ray reads its auth settings once, when imported: make it read them again (Ray's own way of doing so)."""
+    try:
+        from ray._raylet import AuthenticationTokenLoader, Config
+    except ImportError:  # a Ray without token authentication: the environment is all there is
+        return
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+# Ray puts Unix sockets at <temp>/session_<date>_<pid>/sockets/plasma_store: 107 bytes at most in all.
+_RAY_TEMP_MAX = 44
+
+
+def _run_ray_tasks(ray, config: StudyConfig, units: Sequence[Unit], on_done: OnDone) -> None:
     has_gpus = ray.cluster_resources().get("GPU", 0) > 0 and config.accelerator != "cpu"
     task = ray.remote(
         num_cpus=config.cpus_per_trial, num_gpus=config.gpus_per_trial if has_gpus else 0, max_retries=_RAY_RETRIES

@@ -24,6 +24,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_prune._files import write_atomic
+from lightning_prune.callbacks._checkpoints import set_aside_unreadable
 from lightning_prune.study.building import (
     build_datamodule,
     seed_datamodule,
@@ -79,7 +80,8 @@ def check_study_dir(config: StudyConfig) -> str:
     digest = fingerprint(defining)
     path = study_dir / STUDY_FILE
     if path.is_file():
-        stored = read_json(path, "Delete it to record this config's fingerprint again (the results stay).")
+        stored = read_json(path, "Delete it to record this config's fingerprint again (the results stay).",
+                           {"fingerprint": str, "config": dict})
         if stored["fingerprint"] == digest:
             return digest
         differences = config_differences(stored["config"], defining)
@@ -123,7 +125,8 @@ def _pretrain(config: StudyConfig) -> tuple[dict[str, torch.Tensor], dict[str, f
     try:
         kwargs = {**trainer_kwargs(config, recipe, gpu=None), "enable_checkpointing": True}
         trainer = Trainer(**kwargs, logger=logger, callbacks=[checkpoint])
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
+        resume = last.is_file() and not set_aside_unreadable(last, "pretraining")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None)
     finally:
         finish_logger(logger)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))}
@@ -194,7 +197,13 @@ def ensure_masks(config: StudyConfig) -> list[dict[str, Any]]:
     """
     path = Path(config.study_dir) / MASKS_FILE
     if path.is_file():
-        return read_json(path, "Delete it and rerun: the same config draws the same masks again.")["masks"]
+        remedy = "Delete it and rerun: the same config draws the same masks again."
+        masks = read_json(path, remedy, {"masks": list})["masks"]
+        bad = [entry for entry in masks if not (isinstance(entry, dict) and isinstance(entry.get("mask_id"), int)
+                                                 and isinstance(entry.get("layer_masks"), dict))]
+        if bad:
+            raise ValueError(f"`{path}` must list masks with mask_id and layer_masks, got {bad[0]!r}. {remedy}")
+        return masks
     sizes, chosen = masks_of_criteria(config, pretrained_network(config))
     sample = config.masks.sample
     drawn = enumerate_masks(sizes) if sample is None else sample_masks(sizes, sample, config.masks.seed)

@@ -63,16 +63,37 @@ def write_json(path: Path, payload: Any) -> None:
     write_atomic(path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
 
 
-def read_json(path: Path, remedy: str = "Delete it and rerun to write it again.") -> Any:
+def read_json(
+    path: Path, remedy: str = "Delete it and rerun to write it again.", required: dict[str, type] | None = None
+) -> Any:
     """A JSON file the study wrote, or one clear error naming the file and what to do.
 
+    Args:
+        path: The file.
+        remedy: What to do, for the message.
+        required: Keys the file's object must have, with their types (checked when given).
+
     Raises:
-        ValueError: if the file is not valid JSON (a truncated copy, a full disk, a hand edit).
+        ValueError: if the file is not valid JSON (a truncated copy, a full disk, a hand edit), or lacks a key.
     """
     try:
-        return json.loads(Path(path).read_text())
+        payload = json.loads(Path(path).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"`{path}` must be a complete JSON file, got unreadable content ({error}). {remedy}") from None
+    if required is not None:
+        wrong = [
+            f"{key} ({kind.__name__})" for key, kind in required.items()
+            if not isinstance(payload, dict) or key not in payload or not isinstance(payload[key], kind)
+        ]
+        if wrong:
+            got = f"keys {sorted(payload)}" if isinstance(payload, dict) else f"a {type(payload).__name__}"
+            raise ValueError(f"`{path}` must be an object with {', '.join(wrong)}, got {got}. {remedy}")
+    return payload
+
+
+TRIAL_KEYS: dict[str, type] = {column: object for column in RESULT_COLUMNS} | {
+    "trial_id": str, "mask_id": int, "repeat": int, "layer_masks": dict
+}
 
 
 # ----------------------------------------------------------------------------------------------- results.csv

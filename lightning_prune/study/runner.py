@@ -101,7 +101,7 @@ def write_report(config: StudyConfig, trials: list[Trial]) -> dict[str, Any] | N
     for trial in trials:
         path = trial_path(study_dir, trial.trial_id)
         if path.is_file():
-            records.append(report.read_json(path, "Delete it and rerun: that trial is retrained."))
+            records.append(report.read_json(path, "Delete it and rerun: that trial is retrained.", report.TRIAL_KEYS))
     if not records:
         return None
     rows = report.write_results_csv(study_dir / "results.csv", records)

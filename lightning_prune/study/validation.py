@@ -238,15 +238,27 @@ def _check_sources(config: StudyConfig) -> list[str]:
 
 def _check_checkpoint(config: StudyConfig) -> list[str]:
     """The checkpoint must be readable, safe, and hold this network's weights (not another model's)."""
+    from lightning_prune._files import read_checkpoint
     from lightning_prune.models import available_models, build_model
-    from lightning_prune.study.weights import load_network_state
+    from lightning_prune.study.weights import network_state
 
     try:
-        state = load_network_state(Path(config.checkpoint), "--checkpoint")
+        payload = read_checkpoint(Path(config.checkpoint), "--checkpoint")
     except ValueError as error:
         return [str(error)]
+    state = network_state(payload)
     if config.module is not None or config.model not in available_models():
         return []
+    trained = (payload.get("hyper_parameters") or {}) if isinstance(payload, dict) else {}
+    if "model" in trained:  # a Lightning checkpoint of our modules records its network (same shapes are not enough)
+        wanted = (config.model, {k: v for k, v in config.model_kwargs.items() if k != "weights"})
+        given = (trained["model"], {k: v for k, v in (trained.get("model_kwargs") or {}).items() if k != "weights"})
+        if given != wanted:
+            return [
+                f"`--checkpoint` must hold weights of the model {_named(*wanted)}, got {str(config.checkpoint)!r}, "
+                f"a checkpoint of {_named(*given)}. Use a checkpoint of this model, or set --model (and "
+                "--model_kwargs) to the one it holds."
+            ]
     try:
         build_model(config.model, **config.model_kwargs).load_state_dict(state)
     except (RuntimeError, TypeError, ValueError) as error:
@@ -257,6 +269,10 @@ def _check_checkpoint(config: StudyConfig) -> list[str]:
             f"which does not fit it ({reason}). Use a checkpoint of this model, or set --model to the one it holds."
         ]
     return []
+
+
+def _named(model: str, kwargs: dict[str, Any]) -> str:
+    return f"{model!r}" + (f" with {kwargs}" if kwargs else "")
 
 
 def _check_execution(config: StudyConfig) -> list[str]:

@@ -202,11 +202,11 @@ def test_pruning_schedule_refuses_physical_head_pruning_and_accepts_it_masked():
     check_structure(structure, 3, heads, "mask")
 
 
-def test_pruning_schedule_step_that_prunes_nothing_yet_is_logged_and_the_next_step_prunes(tmp_path):
+def test_pruning_schedule_step_that_prunes_nothing_is_refused_before_training(tmp_path):
     # conv2 has 4 units: floor(0.5 * 0.2 * 4) = 0 at the first step, floor(0.5 * 4) = 2 at the second
     pruning = Pruning(criterion="taylor", layers={"conv2": 0.5}, prune_at_epoch=1, calibration_batches=1,
                       schedule={"at": [[1, 0.2], [2, 1.0]]})
-    module, probe = _fit(tmp_path, pruning, max_epochs=3)
-    assert [r["indices"] for r in pruning.step_records][0] == {}
-    assert [e["channels"][1] for e in probe.epochs] == [4, 4, 2]
-    assert len(pruning.pruned_indices["conv2"]) == 2 and pruning.steps_done == 2
+    with pytest.raises(ValueError, match=r"`schedule` step 1 \(epoch 1, fraction 0.2\) must prune at least one "
+                                         r"unit, got 0 \(floor\(ratio x fraction x units\) is 0 in all"):
+        _fit(tmp_path, pruning, max_epochs=3)
+    assert pruning.steps_done == 0 and not pruning.step_records

@@ -168,3 +168,22 @@ def test_lmms_eval_command_line_runs_the_tiny_task_offline(in_task_folder):
     assert len(results) == 1 and 0.0 <= results[0]["results"][TASK]["accuracy,none"] <= 1.0
     report = json.loads((in_task_folder / "out" / "lightning_prune_efficiency.json").read_text())
     assert len(report["samples"]) == 2 and report["summary"]["visual_tokens_kept_fraction"] < 1
+
+
+def test_lmms_eval_command_line_exits_non_zero_on_our_errors(in_task_folder):
+    """lmms-eval catches every Exception and exits 0: our errors must end the command with one line and status 1
+    (one command-line case: each costs a whole lmms-eval start; the in-process checks cover the others)."""
+    model_args = f"config={TINY},dycoke=true,K=1.5"  # K: the paper's name of merging_ratio
+    script = Path(sys.executable).with_name("lmms-eval")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "lmms_eval"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(
+        [*command, "--model", "lightning_prune", "--model_args", model_args, "--tasks", TASK, "--include_path",
+         str(REPO / "lightning_prune" / "evaluation" / "tasks"), "--limit", "1", "--device", "cpu",
+         "--verbosity", "WARNING"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert completed.returncode == 1, completed.stderr[-3000:]
+    last = completed.stderr.strip().splitlines()[-1]
+    assert last == "lightning_prune: error: `merging_ratio` must be in [0, 1), got 1.5."
+    assert "Traceback" not in completed.stderr

@@ -33,8 +33,14 @@ def test_model_args_override_dycoke_with_the_papers_letters_or_the_callbacks_nam
     assert tiny.num_workers == 0
     assert (tiny.num_frames, tiny.batch_size, str(tiny.report)) == (8, 2, "out/lightning_prune_efficiency.json")
     assert tiny.trainer_device() == {"accelerator": "cpu", "devices": 1}
-    assert parse_model_args({"config": TINY, "device": "cuda:1"}).trainer_device() == {"accelerator": "gpu",
-                                                                                       "devices": [1]}
+    with pytest.MonkeyPatch.context() as patch:  # as on a machine with two GPUs
+        patch.setattr("torch.cuda.device_count", lambda: 2)
+        assert parse_model_args({"config": TINY, "device": "cuda:1"}).trainer_device() == {"accelerator": "gpu",
+                                                                                           "devices": [1]}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("torch.cuda.device_count", lambda: 0)
+        with pytest.raises(ValueError, match=r"`device` 'cuda' needs a visible CUDA GPU \(number 0\), got 0 here\."):
+            parse_model_args({"config": TINY, "device": "cuda"})
     assert parse_model_args({"config": TINY}).dycoke is None  # tiny.yaml lists no DyCoke: off unless asked
 
 

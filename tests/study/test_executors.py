@@ -193,3 +193,34 @@ def test_ray_study_survives_a_killed_worker_on_a_two_node_cluster(finished, ray_
     assert len(after) == len(list(Path(config.study_dir, "trials").glob("*.json")))
     assert {name: after[name] for name in killed[0]} == killed[0]  # no finished trial was written again
     assert _rows(tmp_path / "copy") == _rows(Path(config.study_dir))
+
+
+def test_local_ray_keeps_its_files_and_token_in_the_study_and_removes_them(finished, tmp_path):
+    """`--executor ray` without `--address`: a Ray of its own, files under `study_dir/.ray` (removed at the end),
+    a token that never reaches `~/.ray`, and the same results as the finished study."""
+    import os
+    import pickle
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    pytest.importorskip("ray")
+    config, summary = finished
+    short = Path(tempfile.mkdtemp(prefix="s", dir="/tmp"))  # Ray's socket paths must stay short
+    try:
+        copy = _missing(finished, short / "copy", 1, executor="ray", cpus_per_trial=1.0)
+        (tmp_path / "config.pkl").write_bytes(pickle.dumps(copy))
+        env = {**os.environ, "HOME": str(tmp_path / "home"), "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ADDRESS"):
+            env.pop(name, None)
+        driver = subprocess.run([sys.executable, "-c", _DRIVER, str(tmp_path / "config.pkl")], env=env,
+                                capture_output=True, text=True, timeout=600)
+        assert driver.returncode == 0, driver.stderr[-3000:]
+        assert json.loads(driver.stdout.strip().splitlines()[-1]) == summary
+        assert f"Ray: a local instance on 127.0.0.1 for this study, its files in {short / 'copy' / '.ray'}." in (
+            driver.stdout + driver.stderr)
+        assert not (short / "copy" / ".ray").exists()  # the session folder is gone with the instance
+        assert not (tmp_path / "home" / ".ray").exists()  # no token file left in the user's home
+    finally:
+        shutil.rmtree(short, ignore_errors=True)

@@ -47,9 +47,13 @@ def test_pretrained_weights_from_a_lightning_checkpoint(finished, tmp_path):
     for name in expected:
         torch.testing.assert_close(state[name], expected[name])
     wrong = dataclasses.replace(from_checkpoint, study_dir=tmp_path / "wrong", model="lenet5_mini_w20")
-    message = r"`--checkpoint` must hold weights of the model 'lenet5_mini_w20', got .*last.ckpt', which does not fit"
-    with pytest.raises(ValueError, match=message + r" it \(size mismatch for conv1.weight"):
+    message = r"`--checkpoint` must hold weights of the model 'lenet5_mini_w20', got .*last.ckpt', a checkpoint of "
+    with pytest.raises(ValueError, match=message + r"'lenet5_mini'\. Use a checkpoint of this model"):
         validate(wrong)
+    torch.save({"state_dict": load_network_state(checkpoint)}, tmp_path / "plain.ckpt")  # records no model
+    plain = dataclasses.replace(wrong, checkpoint=tmp_path / "plain.ckpt")
+    with pytest.raises(ValueError, match=r"plain.ckpt', which does not fit it \(size mismatch for conv1.weight"):
+        validate(plain)
 
 
 @pytest.mark.parametrize("kind", ["truncated", "malicious"])
