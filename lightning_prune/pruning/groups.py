@@ -187,3 +187,50 @@ def guarded_group(
 def channel_groups_of(nodes: list) -> int:
     """Least common multiple of the `groups` of the grouped (non-depthwise) convolutions among `nodes` (1 if none)."""
     return math.lcm(1, *(grouped_conv_groups(node.module) for node in nodes if node.type == _OPTYPE.CONV))
+
+
+def patch_merging_owners(network: nn.Module) -> dict[nn.Module, str]:
+    """`{module: name of the Swin PatchMerging holding it}` for every module inside a PatchMerging."""
+    return {
+        sub: owner
+        for owner, module in network.named_modules()
+        if type(module).__name__ in ("PatchMerging", "PatchMergingV2")
+        for sub in module.modules()
+    }
+
+
+def listing_refusal(
+    graph: tp.DependencyGraph, module: nn.Module, units: int, reach: list, merging: dict[nn.Module, str]
+) -> str | None:
+    """Why a conv/linear layer whose channels reach the nodes `reach` cannot be pruned, or None.
+
+    PatchMerging's reduction and the layers reaching a PatchMerging (Swin's residual stream), layers reaching an
+    unmapped reshape (ShuffleNet's channel shuffle), and layers whose channels do not split into the groups of the
+    grouped convolutions they reach.
+    """
+    merged = sorted({merging[node.module] for node in reach if node.module in merging})
+    groups = channel_groups_of(reach)
+    if module in merging:
+        return f"it is the reduction of Swin's PatchMerging {merging[module]!r}, not supported"
+    if merged:
+        return f"its channels reach PatchMerging {merged[0]!r}, whose 2x2 concatenation Torch-Pruning cannot map"
+    if any(node in getattr(graph, "unmapped_reshapes", set()) for node in reach):
+        return "its channels reach a channel shuffle, a reshape Torch-Pruning cannot map"
+    if units % groups:
+        return f"its {units} channels do not split into the {groups} groups of a grouped conv"
+    return None
+
+
+def check_group(graph: tp.DependencyGraph, group, channel_groups: int, changes_output) -> None:
+    """Refuse a built group that changes the network output or maps a grouped conv's channels other than 1:1.
+
+    Raises:
+        GroupRefused: With the reason.
+    """
+    if any(changes_output(dep) for dep, _ in group):
+        raise GroupRefused("its dependency group changes the network output")
+    for item in group.items:
+        groups = grouped_conv_groups(item.dep.target.module)
+        if groups > 1 and (channel_groups % groups or list(item.idxs) != list(item.root_idxs)):
+            name = graph._module2name[item.dep.target.module]
+            raise GroupRefused(f"it reaches grouped conv {name!r} with shifted channel indices")

@@ -29,25 +29,26 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from lightning_prune.pruning.attention import head_slices, is_head_prunable, prune_heads
+from lightning_prune.pruning.attention import is_head_prunable
 from lightning_prune.pruning.groups import (
     GroupRefused,
     channel_groups_of,
     channel_reach,
-    grouped_conv_groups,
+    check_group,
     guarded_group,
+    listing_refusal,
+    patch_merging_owners,
     tolerant_reshapes,
 )
 from lightning_prune.pruning.inputs import first_example
 from lightning_prune.pruning.modes import modes_restored
 from lightning_prune.pruning.slices import ParamSlice, group_slices, masks_from_slices
-from lightning_prune.pruning.window_attention import is_window_attention, prune_window_heads, window_head_slices
+from lightning_prune.pruning.window_attention import attention_head_slices, is_window_attention, prune_attention_heads
 
 LayerKind = Literal["channels", "heads", "kv_groups"]
 # Float error guard for `ratio * units` (0.29 * 100 is 28.999999999999996 in binary floating point).
 _RATIO_EPSILON = 1e-9
 _log = logging.getLogger("lightning.pytorch.lightning_prune")
-_PATCH_MERGING = ("PatchMerging", "PatchMergingV2")
 
 
 @dataclass(frozen=True)
@@ -142,12 +143,7 @@ class PruningStructure:
         self._slices: dict[str, list[ParamSlice]] = {}
         self._coupled: dict[str, list[str]] = {}
         self._pruned = False
-        merging = {
-            sub: owner
-            for owner, module in network.named_modules()
-            if type(module).__name__ in _PATCH_MERGING
-            for sub in module.modules()
-        }
+        merging = patch_merging_owners(network)
         for name, module in network.named_modules():
             if is_window_attention(module) or is_head_prunable(module) and module in self.graph.module2node:
                 self.layers[name] = PrunableLayer(name, "heads", module.num_heads)
@@ -164,20 +160,10 @@ class PruningStructure:
         if any(node.type == tp.ops.OPTYPE.OUTPUT or node.grad_fn in self._output_fns for node in carriers):
             return  # the classifier output (or coupled to it)
         reach = carriers + consumers
-        unmapped = getattr(self.graph, "unmapped_reshapes", set())
-        merged = sorted({merging[node.module] for node in reach if node.module in merging})
         groups = channel_groups_of(reach)
-        if module in merging:
-            self.refused[name] = f"it is the reduction of Swin's PatchMerging {merging[module]!r} (not supported)"
-        elif merged:
-            self.refused[name] = (
-                f"its channels reach PatchMerging {merged[0]!r}, whose 2x2 concatenation (4C channels) "
-                "Torch-Pruning cannot map"
-            )
-        elif any(node in unmapped for node in reach):
-            self.refused[name] = "its channels reach a channel shuffle (a reshape Torch-Pruning cannot map)"
-        elif units % groups:
-            self.refused[name] = f"its {units} channels do not split into the {groups} groups of a grouped conv"
+        reason = listing_refusal(self.graph, module, units, reach, merging)
+        if reason:
+            self.refused[name] = reason
         else:
             self.layers[name] = PrunableLayer(name, "channels", units // groups, groups)
 
@@ -199,15 +185,7 @@ class PruningStructure:
             group = guarded_group(
                 self.graph, self.network.get_submodule(name), list(range(layer.units * layer.channel_groups))
             )
-            if any(self._changes_output(dep) for dep, _ in group):
-                raise GroupRefused("its dependency group changes the network output")
-            for item in group.items:
-                groups = grouped_conv_groups(item.dep.target.module)
-                if groups > 1 and (layer.channel_groups % groups or list(item.idxs) != list(item.root_idxs)):
-                    raise GroupRefused(
-                        f"it reaches grouped conv {self.graph._module2name[item.dep.target.module]!r} with "
-                        "shifted channel indices"
-                    )
+            check_group(self.graph, group, layer.channel_groups, self._changes_output)
             self._groups[name] = group
         return self._groups[name]
 
@@ -377,7 +355,7 @@ class PruningStructure:
             layer = self.layers[name]
             module = self.network.get_submodule(name)
             if layer.kind == "heads":
-                self._slices[name] = _head_slices(name, module)
+                self._slices[name] = attention_head_slices(name, module)
             else:
                 pieces = group_slices(self.graph, self._group(name))
                 if layer.channel_groups > 1:  # channel c of the root is unit c % (channels per group)
@@ -390,7 +368,7 @@ class PruningStructure:
         layer = self.layers[name]
         module = self.network.get_submodule(name)
         if layer.kind == "heads":
-            return _head_slices(name, module, root_only=True)
+            return attention_head_slices(name, module, root_only=True)
         out_dim = 1 if getattr(module, "transposed", False) else 0
         channels = torch.arange(layer.units * layer.channel_groups)
         return [ParamSlice(f"{name}.weight", out_dim, channels, channels % layer.units)]
@@ -437,25 +415,10 @@ class PruningStructure:
             channels = sorted(int(j) + g * layer.units for g in range(layer.channel_groups) for j in idxs)
             guarded_group(self.graph, self.network.get_submodule(name), channels, refresh=True).prune()
         for name, idxs in heads.items():
-            _prune_heads(self.network, name, idxs)
+            prune_attention_heads(self.network, name, idxs)
         sync_torchvision_attributes(self.network)
         history = [[str(n), bool(out), [int(i) for i in idxs]] for n, out, idxs in self.graph.pruning_history()]
         return {"history": history, "heads": heads}
-
-
-def _head_slices(name: str, module: nn.Module, root_only: bool = False) -> list[ParamSlice]:
-    """Head slices of an `nn.MultiheadAttention` or a Swin window attention."""
-    if hasattr(module, "relative_position_bias_table"):
-        return window_head_slices(name, module, root_only)
-    return head_slices(name, module, root_only)
-
-
-def _prune_heads(network: nn.Module, name: str, heads: list[int]) -> None:
-    """Remove heads of the `nn.MultiheadAttention` or Swin window attention called `name`."""
-    if is_window_attention(network.get_submodule(name)):
-        prune_window_heads(network, name, heads)
-    else:
-        prune_heads(network, name, heads)
 
 
 def build_structure(network: nn.Module, example_input: torch.Tensor) -> PruningStructure:
@@ -474,7 +437,7 @@ def replay_pruning(network: nn.Module, record: dict, example_input: torch.Tensor
         with tolerant_reshapes():
             graph.load_pruning_history([list(entry) for entry in record["history"]])
     for name, idxs in record.get("heads", {}).items():
-        _prune_heads(network, name, list(idxs))
+        prune_attention_heads(network, name, list(idxs))
     if record.get("decoder_mlp") or record.get("decoder_heads"):
         from lightning_prune.pruning.transformer import replay_decoder
 

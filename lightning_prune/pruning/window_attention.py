@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.swin_transformer import ShiftedWindowAttention
 
+from lightning_prune.pruning.attention import head_slices, prune_heads
 from lightning_prune.pruning.slices import ParamSlice
 
 
@@ -138,3 +139,18 @@ def prune_window_heads(network: nn.Module, name: str, pruned_heads: list[int]) -
     parent_name, _, child = name.rpartition(".")
     parent = network.get_submodule(parent_name) if parent_name else network
     setattr(parent, child, HeadPrunedWindowAttention(getattr(parent, child), pruned_heads))
+
+
+def attention_head_slices(name: str, module: nn.Module, root_only: bool = False) -> list[ParamSlice]:
+    """Head slices of an `nn.MultiheadAttention` or a Swin window attention (pruned or not)."""
+    if hasattr(module, "relative_position_bias_table"):
+        return window_head_slices(name, module, root_only)
+    return head_slices(name, module, root_only)
+
+
+def prune_attention_heads(network: nn.Module, name: str, heads: list[int]) -> None:
+    """Remove heads of the `nn.MultiheadAttention` or Swin window attention called `name`."""
+    if is_window_attention(network.get_submodule(name)):
+        prune_window_heads(network, name, heads)
+    else:
+        prune_heads(network, name, heads)

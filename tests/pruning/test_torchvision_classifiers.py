@@ -6,6 +6,7 @@ pruned physically. The last layer is re-drawn so that the outputs are not consta
 which would make "masked equals physical" vacuous.
 """
 
+import copy
 import math
 import warnings
 
@@ -16,6 +17,9 @@ import torchvision
 from torch import nn
 
 from lightning_prune.pruning import PruningStructure, apply_masks, l1_scores, lowest_units
+
+# Torch-Pruning's shape inference warns on Swin's window reshapes; harmless here.
+pytestmark = pytest.mark.filterwarnings("ignore:Maximum recursive depth reached")
 
 # name -> (input size, extra builder arguments, layer patterns). ViT: heads and MLP (its embedding dimension, which
 # excludes the heads of the same attention, is covered in test_real_models.py).
@@ -99,3 +103,134 @@ def test_classifier_prunes_a_quarter_of_every_prunable_layer(name):
     snapshot = [p.detach().clone() for p in network.parameters()]
     optimizer.step()
     assert any(not torch.equal(old, p) for old, p in zip(snapshot, network.parameters(), strict=True))
+
+
+class GroupedToy(nn.Module):
+    """conv_in(3->8) -> grouped conv(8->8, 2 groups of 4) -> BN -> head(8->3): conv_in and grouped are in 2 groups."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv_in = nn.Conv2d(3, 8, 3, padding=1)
+        self.grouped = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.bn = nn.BatchNorm2d(8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn(self.grouped(F.relu(self.conv_in(x))))
+        return self.head(F.adaptive_avg_pool2d(F.relu(x), 1).flatten(1))
+
+
+def test_grouped_conv_units_are_positions_in_every_group_scored_over_the_groups():
+    torch.manual_seed(0)
+    network = GroupedToy().eval()
+    structure = PruningStructure(network, torch.zeros(1, 3, 8, 8))
+    layer = structure.layers["conv_in"]
+    assert (layer.units, layer.channel_groups) == (4, 2) and structure.layers["grouped"].units == 4
+    # Independent L1: unit j is filter j of group 0 plus filter j of group 1 (channels j and j + 4).
+    filters = network.conv_in.weight.detach().abs().double().sum(dim=(1, 2, 3))
+    torch.testing.assert_close(l1_scores(structure, ["conv_in"])["conv_in"], filters[:4] + filters[4:])
+    masks = structure.parameter_masks({"conv_in": [1]})
+    # Input channels 1 and 5 of the grouped conv: column 1 of the rows of group 0 and of group 1, i.e. all rows.
+    assert masks["grouped.weight"][:, 1].eq(0).all() and masks["grouped.weight"][:, [0, 2, 3]].eq(1).all()
+    survivors = copy_with_tags(network)
+    PruningStructure(survivors, torch.zeros(1, 3, 8, 8).double()).prune({"conv_in": [1]})
+    assert (survivors.conv_in.out_channels, survivors.grouped.in_channels, survivors.grouped.groups) == (6, 6, 2)
+    kept = survivors.grouped.weight.detach().reshape(-1).long()
+    expected = masks["grouped.weight"].reshape(-1).nonzero().flatten()
+    assert torch.equal(kept, expected)
+
+
+def copy_with_tags(network: nn.Module) -> nn.Module:
+    """A float64 copy whose every parameter entry holds its own flat index (so survivors can be read back)."""
+    tagged = copy.deepcopy(network).double()
+    with torch.no_grad():
+        for p in tagged.parameters():
+            p.copy_(torch.arange(p.numel(), dtype=torch.float64).view_as(p))
+    return tagged
+
+
+def test_grouped_ratio_rounding_is_logged(caplog):
+    structure = PruningStructure(GroupedToy(), torch.zeros(1, 3, 8, 8))
+    with caplog.at_level("INFO", logger="lightning.pytorch.lightning_prune"):
+        assert structure.pruned_counts({"conv_in": 0.5}) == {"conv_in": 2}
+        assert not caplog.records
+        assert structure.pruned_counts({"conv_in": 0.4}) == {"conv_in": 1}  # floor(1.6) per group, not floor(3.2)
+    assert "rounds to 1 of the 4 channels of each of its 2 groups (2 of 8)" in caplog.text
+
+
+def test_shuffle_and_patch_merging_layers_are_refused_by_name():
+    network, images = _build("shufflenet_v2_x0_5")
+    structure = PruningStructure(network, images[:1])
+    with pytest.raises(ValueError, match=r"'stage2.0.branch2.5' must match a prunable layer, got only layers that "
+                       r"cannot be pruned: stage2.0.branch2.5 \(its channels reach a channel shuffle"):
+        structure.select({"stage2.0.branch2.5": 0.25})
+    assert "stage2.0.branch2.0" in structure.layers  # the first conv of a branch is prunable
+    network, images = _build("swin_t")
+    structure = PruningStructure(network, images[:1])
+    with pytest.raises(ValueError, match=r"features.2.reduction \(it is the reduction of Swin's PatchMerging "
+                       r"'features.2', not supported\)"):
+        structure.select({"features.2.reduction": 0.25})
+
+
+def test_listing_builds_no_group_and_select_only_the_chosen_ones():
+    network, images = _build("swin_t")
+    structure = PruningStructure(network, images[:1])
+    assert structure._groups == {}
+    assert structure.layers["features.1.0.attn"].kind == "heads"
+    assert structure.layers["features.5.0.mlp.0"].units == 1536
+    ratios = structure.select({"*mlp.0": 0.25})
+    assert sorted(structure._groups) == sorted(ratios) and len(ratios) == 12
+
+
+def test_group_over_the_guard_is_refused_with_the_reason(monkeypatch):
+    from lightning_prune.pruning import groups
+
+    network, images = _build("resnet18")
+    structure = PruningStructure(network, images[:1])
+    monkeypatch.setattr(groups, "GROUP_MAX_INDICES", 100)
+    with pytest.raises(ValueError, match=r"got only layers that cannot be pruned: layer1.0.conv1 \(its dependency "
+                       r"group exceeds 100 channel indices"):
+        structure.select({"layer1.0.conv1": 0.25})
+    assert "layer1.0.conv1" in structure.refused and "layer1.0.conv1" not in structure.layers
+
+
+def test_guarded_group_equals_torch_pruning_group():
+    import torch_pruning as tp
+
+    from lightning_prune.pruning.groups import guarded_group
+
+    network, images = _build("regnet_y_400mf")
+    structure = PruningStructure(network, images[:1])
+    module = network.get_submodule("trunk_output.block1.block1-0.f.b.0")
+    ours = guarded_group(structure.graph, module, [0, 3, 5])
+    theirs = structure.graph.get_pruning_group(module, tp.prune_conv_out_channels, [0, 3, 5])
+
+    def items(group):
+        return [(str(item.dep), list(item.idxs), list(item.root_idxs)) for item in group.items]
+
+    assert len(items(ours)) > 5 and items(ours) == items(theirs)
+
+
+@pytest.mark.parametrize(
+    ("shift", "size"), [([0, 0], (14, 14)), ([3, 3], (14, 14)), ([3, 3], (9, 16)), ([3, 3], (5, 5))]
+)
+def test_head_pruned_window_attention_matches_torchvision_and_its_masks(shift, size):
+    from torchvision.models.swin_transformer import ShiftedWindowAttention
+
+    from lightning_prune.pruning.slices import masks_from_slices
+    from lightning_prune.pruning.window_attention import HeadPrunedWindowAttention, window_head_slices
+
+    torch.manual_seed(0)
+    attention = ShiftedWindowAttention(32, [7, 7], shift, num_heads=4).eval()
+    nn.init.normal_(attention.relative_position_bias_table)
+    x = torch.randn(2, *size, 32)
+    torch.testing.assert_close(HeadPrunedWindowAttention(attention, [])(x), attention(x))
+    pruned = HeadPrunedWindowAttention(attention, [0, 2])
+    masked = nn.Sequential(copy.deepcopy(attention))
+    masks = masks_from_slices(dict(masked.named_parameters()), window_head_slices("0", masked[0]), [0, 2])
+    assert masks["0.relative_position_bias_table"][:, [0, 2]].eq(0).all()
+    assert masks["0.relative_position_bias_table"][:, [1, 3]].eq(1).all()
+    with torch.no_grad():
+        apply_masks(masked, masks)
+    assert pruned.num_heads == 2 and pruned.qkv.out_features == 48 and pruned.proj.in_features == 16
+    torch.testing.assert_close(pruned(x), masked(x))
