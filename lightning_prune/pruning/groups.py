@@ -29,6 +29,8 @@ from torch_pruning.dependency import index_mapping
 _OPTYPE = tp.ops.OPTYPE
 # Nodes where a channel dimension ends (their inputs) or starts (their outputs); every other node passes channels on.
 _BOUNDARIES = {_OPTYPE.CONV, _OPTYPE.LINEAR, _OPTYPE.EMBED, _OPTYPE.LSTM}
+# Nodes whose Torch-Pruning index mapping depends on channel counts (recomputed after pruning through them).
+INDEX_MAPPED = {_OPTYPE.CONCAT, _OPTYPE.SPLIT, _OPTYPE.RESHAPE, _OPTYPE.UNBIND, _OPTYPE.EXPAND, _OPTYPE.SLICE}
 # Guards of `guarded_group`: the indices a group may hold over all its items, and its build time.
 GROUP_MAX_INDICES = 2_000_000
 GROUP_MAX_SECONDS = 30.0

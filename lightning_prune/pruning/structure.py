@@ -31,6 +31,7 @@ from torch import nn
 
 from lightning_prune.pruning.attention import is_head_prunable
 from lightning_prune.pruning.groups import (
+    INDEX_MAPPED,
     GroupRefused,
     channel_groups_of,
     channel_reach,
@@ -405,6 +406,7 @@ class PruningStructure:
             raise RuntimeError("this PruningStructure has already pruned its network; build a new one.")
         self._pruned = True
         heads = {}
+        stale = False  # index mappings (concat offsets, reshape strides) change only where a pruned group passed
         for name, idxs in indices.items():
             if not idxs:
                 continue
@@ -413,7 +415,9 @@ class PruningStructure:
                 continue
             layer = self.layers[name]
             channels = sorted(int(j) + g * layer.units for g in range(layer.channel_groups) for j in idxs)
-            guarded_group(self.graph, self.network.get_submodule(name), channels, refresh=True).prune()
+            group = guarded_group(self.graph, self.network.get_submodule(name), channels, refresh=stale)
+            group.prune()
+            stale = any(dep.target.type in INDEX_MAPPED for dep, _ in group)
         for name, idxs in heads.items():
             prune_attention_heads(self.network, name, idxs)
         sync_torchvision_attributes(self.network)
