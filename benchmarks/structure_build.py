@@ -6,8 +6,9 @@ process so that peak memory is its own:
 1. Build: wall time and peak resident memory added (`ru_maxrss` after - before) to build `PruningStructure` on a
    `[1, 3, 224, 224]` example and `select` 25% of every prunable layer (which builds their Torch-Pruning groups).
 2. Prune: wall time to score them by L1 and remove them physically.
-3. Forward+backward time of a `--batch` x 3 x 224 x 224 batch (cross-entropy, median of `--repeats`), before and
-   after; speed-up = before / after. Parameters before and after.
+3. Forward+backward time of a `--batch` x 3 x 224 x 224 batch (cross-entropy, median of `--repeats`), of the
+   unpruned copy and the pruned network in turn (so that load on a shared CPU hits both alike); speed-up =
+   before / after. Parameters before and after.
 
 Usage: `python benchmarks/structure_build.py --json benchmarks/results/structure_build_cpu.json [--threads 1]`
 """
@@ -15,6 +16,7 @@ Usage: `python benchmarks/structure_build.py --json benchmarks/results/structure
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import resource
@@ -42,16 +44,18 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _train_step_ms(network: torch.nn.Module, images: torch.Tensor, repeats: int) -> float:
-    network.train()
+def _train_steps_ms(networks: list[torch.nn.Module], images: torch.Tensor, repeats: int) -> list[float]:
+    """Median forward+backward time of each network, the networks interleaved (a shared CPU slows both alike)."""
     targets = torch.zeros(len(images), dtype=torch.long)
-    times = []
-    for _ in range(repeats + 1):  # the first pass warms up
-        start = time.perf_counter()
-        F.cross_entropy(network(images), targets).backward()
-        times.append(time.perf_counter() - start)
-        network.zero_grad(set_to_none=True)
-    return 1000 * statistics.median(times[1:])
+    times: list[list[float]] = [[] for _ in networks]
+    for _ in range(repeats + 1):  # the first round warms up
+        for network, spent in zip(networks, times, strict=True):
+            network.train()
+            start = time.perf_counter()
+            F.cross_entropy(network(images), targets).backward()
+            spent.append(time.perf_counter() - start)
+            network.zero_grad(set_to_none=True)
+    return [1000 * statistics.median(spent[1:]) for spent in times]
 
 
 def measure(name: str, batch: int, repeats: int) -> dict:
@@ -71,13 +75,12 @@ def measure(name: str, batch: int, repeats: int) -> dict:
         ratios = structure.select(PATTERNS.get(name, {"*": 0.25}))
     build_s = time.perf_counter() - start
     build_mb = _rss_mb() - rss_before
-    before_ms = _train_step_ms(network, images, repeats)
-    network.eval()
+    original = copy.deepcopy(network)
     start = time.perf_counter()
     counts = structure.pruned_counts(ratios)
     structure.prune(lowest_units(l1_scores(structure, list(counts)), counts))
     prune_s = time.perf_counter() - start
-    after_ms = _train_step_ms(network, images, repeats)
+    before_ms, after_ms = _train_steps_ms([original, network], images, repeats)
     return {
         "model": name, "layers": len(ratios), "refused": len(structure.refused), "build_s": round(build_s, 2),
         "build_peak_mb": round(build_mb), "prune_s": round(prune_s, 2), "params_before": params_before,

@@ -234,3 +234,27 @@ def test_head_pruned_window_attention_matches_torchvision_and_its_masks(shift, s
         apply_masks(masked, masks)
     assert pruned.num_heads == 2 and pruned.qkv.out_features == 48 and pruned.proj.in_features == 16
     torch.testing.assert_close(pruned(x), masked(x))
+
+
+@pytest.mark.parametrize("name", ["grouped_toy", "swin_t"])
+def test_pruning_record_replays_on_a_fresh_network(name):
+    from lightning_prune.pruning.structure import replay_pruning
+
+    def build():
+        if name == "grouped_toy":
+            torch.manual_seed(0)
+            return GroupedToy().eval(), torch.randn(2, 3, 8, 8)
+        return _build(name)
+
+    network, images = build()
+    structure = PruningStructure(network, images[:1])
+    patterns = {"conv_in": 0.5} if name == "grouped_toy" else {"*mlp.0": 0.25, "features.5.*.attn": 0.25}
+    counts = structure.pruned_counts(structure.select(patterns))
+    record = structure.prune(lowest_units(l1_scores(structure, list(counts)), counts))
+    fresh, _ = build()
+    replay_pruning(fresh, record, images[:1])
+    shapes = {k: v.shape for k, v in network.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in fresh.state_dict().items()}
+    fresh.load_state_dict(network.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(images), network(images))
