@@ -258,3 +258,15 @@ def test_pruning_record_replays_on_a_fresh_network(name):
     fresh.load_state_dict(network.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(fresh(images), network(images))
+
+
+def test_registry_builds_resnext_and_swin_and_replaces_swin_head():
+    from lightning_prune.models import build_model
+    from lightning_prune.models.torchvision_zoo import _replace_head
+
+    swin = build_model("swin_t", num_classes=3)
+    assert swin.head.out_features == 3 and swin.input_shape == (3, 224, 224)
+    _replace_head(swin, 7)
+    assert swin(torch.randn(1, 3, 32, 32)).shape == (1, 7)
+    resnext = build_model("resnext50_32x4d", num_classes=4)
+    assert resnext.layer1[0].conv2.groups == 32 and resnext.fc.out_features == 4
