@@ -7,7 +7,7 @@ every reshape/concat/split on the way. Two things go wrong on some torchvision c
   already breaks the graph build. `tolerant_reshapes` turns that reshape into an *unmapped* one (recorded on the graph),
   and every layer whose channels reach it is refused.
 - Swin's PatchMerging concatenates 2x2 neighbours into 4C channels; the index mapping of its group grows without bound
-  (tens of GB). `guarded_group` builds a group with a cap on the indices it holds and on its time.
+  (over 24 GB for Swin-T). `guarded_group` builds a group with a cap on the indices it holds and on its time.
 
 `channel_reach` answers, without index mapping, which graph nodes a layer's output channels reach (forward to the
 layers consuming them, backward from joins to the other producers): enough to list the prunable layers of a network

@@ -270,3 +270,13 @@ def test_registry_builds_resnext_and_swin_and_replaces_swin_head():
     assert swin(torch.randn(1, 3, 32, 32)).shape == (1, 7)
     resnext = build_model("resnext50_32x4d", num_classes=4)
     assert resnext.layer1[0].conv2.groups == 32 and resnext.fc.out_features == 4
+
+
+def test_guard_stops_the_patch_merging_group_that_blows_up():
+    from lightning_prune.pruning.groups import GROUP_MAX_INDICES, GroupRefused, guarded_group
+
+    network, images = _build("swin_t")
+    structure = PruningStructure(network, images[:1])
+    reduction = network.get_submodule("features.6.reduction")  # refused by name; its raw group is what exploded
+    with pytest.raises(GroupRefused, match=f"exceeds {GROUP_MAX_INDICES} channel indices"):
+        guarded_group(structure.graph, reduction, list(range(reduction.out_features)))
