@@ -438,7 +438,10 @@ class Pruning(Callback):
         else:
             inexact = [name for name in indices if not structure.mask_is_exact(name)]
             if inexact:
-                rank_zero_warn(f"Pruning: masking {inexact} is not exactly removal (a LayerNorm/GroupNorm spans them).")
+                rank_zero_warn(
+                    f"Pruning: masking {inexact} is not exactly removal (a LayerNorm/GroupNorm spans them, as for a "
+                    "ViT's embedding dimension and every ConvNeXt channel layer)."
+                )
             if self._guard is not None:
                 self._guard.remove()
             measured = pruned_copy(network, example, indices)

@@ -1,4 +1,4 @@
-"""ImageNet networks from torchvision (ResNet-18, ResNet-50, ViT-B/16), with weights chosen by name."""
+"""ImageNet networks from torchvision (ResNet-18/50, ResNeXt-50 32x4d, ViT-B/16, Swin-T), weights chosen by name."""
 
 from __future__ import annotations
 
@@ -52,6 +52,8 @@ def _replace_head(model: nn.Module, num_classes: int) -> None:
     """Swap the last linear layer for a freshly initialised one with ``num_classes`` outputs."""
     if isinstance(model, VisionTransformer):
         model.heads.head = nn.Linear(model.heads.head.in_features, num_classes)
+    elif isinstance(getattr(model, "head", None), nn.Linear):  # Swin
+        model.head = nn.Linear(model.head.in_features, num_classes)
     else:
         model.fc = nn.Linear(model.fc.in_features, num_classes)
 
@@ -84,6 +86,38 @@ def resnet50(weights: str | None = None, num_classes: int = _IMAGENET_CLASSES) -
         The model; it maps ``[batch, 3, h, w]`` (224x224 for ImageNet) to logits ``[batch, num_classes]``.
     """
     model = _build("resnet50", weights, num_classes)
+    model.input_shape = (3, 224, 224)
+    return model
+
+
+@register_model("resnext50_32x4d")
+def resnext50_32x4d(weights: str | None = None, num_classes: int = _IMAGENET_CLASSES) -> nn.Module:
+    """torchvision's ResNeXt-50 (32 groups of 4 channels in the first stage's 3x3 convs).
+
+    Args:
+        weights: ``None`` (random init), ``"DEFAULT"``, ``"IMAGENET1K_V1"`` or ``"IMAGENET1K_V2"``.
+        num_classes: Outputs of ``fc``; with weights and another count, ``fc`` is replaced after loading.
+
+    Returns:
+        The model; it maps ``[batch, 3, h, w]`` (224x224 for ImageNet) to logits ``[batch, num_classes]``.
+    """
+    model = _build("resnext50_32x4d", weights, num_classes)
+    model.input_shape = (3, 224, 224)
+    return model
+
+
+@register_model("swin_t")
+def swin_t(weights: str | None = None, num_classes: int = _IMAGENET_CLASSES) -> nn.Module:
+    """torchvision's Swin-T (window 7, heads 3/6/12/24).
+
+    Args:
+        weights: ``None`` (random init), ``"DEFAULT"`` or ``"IMAGENET1K_V1"``.
+        num_classes: Outputs of ``head``; with weights and another count, ``head`` is replaced after loading.
+
+    Returns:
+        The model; it maps ``[batch, 3, h, w]`` (224x224 for ImageNet) to logits ``[batch, num_classes]``.
+    """
+    model = _build("swin_t", weights, num_classes)
     model.input_shape = (3, 224, 224)
     return model
 

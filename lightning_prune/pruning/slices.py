@@ -101,9 +101,9 @@ def _module_rules(module: nn.Module, optype: object, is_out: bool, pruning_dim: 
         return [(name, dim) for name, dim in pairs if name in present]
 
     if optype == _OPTYPE.CONV:
-        if module.groups != 1:
-            return None
         out_dim = 1 if module.transposed else 0
+        if module.groups != 1 and (module.transposed or not is_out):
+            return None
         if is_out:
             return only_present([("weight", out_dim), ("bias", 0)])
         return only_present([("weight", 1 - out_dim)])
@@ -169,6 +169,25 @@ def _probe_slices(module_name: str, dep, idxs: list[int], units: list[int]) -> l
     ]
 
 
+def _grouped_input_slice(module_name: str, conv: nn.Module, idxs: list[int], units: list[int]) -> ParamSlice:
+    """Input channel `c` of a grouped conv is column `c % (in / groups)` of the rows of group `c // (in / groups)`.
+
+    The weight is `[out, in / groups, *kernel]`; the entries are given as flat positions of the weight.
+    """
+    weight = conv.weight
+    per_in, per_out = weight.shape[1], weight.shape[0] // conv.groups
+    kernel = weight[0, 0].numel()
+    offsets = torch.arange(kernel)
+    positions, owners = [], []
+    for channel, unit in zip(idxs, units, strict=True):
+        group, column = divmod(channel, per_in)
+        rows = torch.arange(group * per_out, (group + 1) * per_out)
+        flat = ((rows[:, None] * per_in + column) * kernel + offsets[None, :]).reshape(-1)
+        positions.append(flat)
+        owners.append(torch.full_like(flat, unit))
+    return ParamSlice(_prefixed(module_name, "weight"), None, torch.cat(positions), torch.cat(owners))
+
+
 def group_slices(graph: tp.DependencyGraph, group) -> list[ParamSlice]:
     """Parameter slices of every unit of a Torch-Pruning group built with the full index range of its root.
 
@@ -194,6 +213,9 @@ def group_slices(graph: tp.DependencyGraph, group) -> list[ParamSlice]:
             slices.extend(_mha_slices(module_name, target.module, idxs, units))
             continue
         is_out = graph.is_out_channel_pruning_fn(dep.handler)
+        if target.type == _OPTYPE.CONV and target.module.groups > 1 and not is_out and not target.module.transposed:
+            slices.append(_grouped_input_slice(module_name, target.module, idxs, units))
+            continue
         rules = _module_rules(target.module, target.type, is_out, target.pruning_dim)
         if rules is None:
             slices.extend(_probe_slices(module_name, dep, idxs, units))

@@ -6,27 +6,49 @@ Classifier output layers — those whose outputs reach the network output — ar
 glob patterns over module names (`fnmatch`, case-sensitive): `{"conv1": 0.5}`, `{"*layer*.conv1": 0.5}`.
 Selected layers coupled through one dependency group (e.g. the last convs of residual blocks of one stage) are
 pruned together as one unit set, named after the first of them.
+
+Groups are built on demand (`groups.py`): listing the layers walks the graph without index mapping; a layer's
+Torch-Pruning group is built, under a size and time guard, when `select` (or a criterion) needs it. Layers that cannot
+be pruned are kept in `refused` with the reason (a channel shuffle, Swin's PatchMerging, a group over the guard).
+A layer coupled to grouped convolutions (ResNeXt, RegNet) has `channel_groups` G > 1: its unit is a position inside
+a group of channels, pruned in every group at once (Torch-Pruning's own grouped-conv rule), so all groups stay equal.
+Swin's window attentions prune their heads (`window_attention.py`).
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import warnings
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Literal
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
-from lightning_prune.pruning.attention import head_slices, is_head_prunable, prune_heads
-from lightning_prune.pruning.inputs import first_example
-from lightning_prune.pruning.modes import modes_restored
+from lightning_prune.pruning.attention import is_head_prunable
+from lightning_prune.pruning.groups import (
+    INDEX_MAPPED,
+    GroupRefused,
+    channel_groups_of,
+    channel_reach,
+    check_group,
+    guarded_group,
+    listing_refusal,
+    patch_merging_owners,
+    tolerant_reshapes,
+)
 from lightning_prune.pruning.patterns import matching_layers
 from lightning_prune.pruning.slices import ParamSlice, group_slices, masks_from_slices
+from lightning_prune.pruning.tracing import build_dependency_graph, sync_torchvision_attributes
+from lightning_prune.pruning.window_attention import attention_head_slices, is_window_attention, prune_attention_heads
 
 LayerKind = Literal["channels", "heads", "kv_groups"]
 # Float error guard for `ratio * units` (0.29 * 100 is 28.999999999999996 in binary floating point).
 _RATIO_EPSILON = 1e-9
+_log = logging.getLogger("lightning.pytorch.lightning_prune")
 
 
 @dataclass(frozen=True)
@@ -36,12 +58,15 @@ class PrunableLayer:
     Attributes:
         name: Module name relative to the network.
         kind: `"channels"` (output channels of a conv/linear) or `"heads"` (attention heads).
-        units: Number of channels or heads.
+        units: Number of channels or heads; with `channel_groups` G > 1, channels per group (unit `j` is channel
+            `j` of every group: channels `j, j + units, ..., j + (G - 1) * units`).
+        channel_groups: G, the equal channel groups that grouped convolutions of the layer's group impose.
     """
 
     name: str
     kind: LayerKind
     units: int
+    channel_groups: int = 1
 
 
 def check_ratios(layers: dict[str, float]) -> None:
@@ -56,106 +81,132 @@ def pruned_count(ratio: float, units: int) -> int:
     return math.floor(ratio * units + _RATIO_EPSILON)
 
 
-def build_dependency_graph(network: nn.Module, example_input: torch.Tensor) -> tuple[tp.DependencyGraph, list]:
-    """Trace `network` into a Torch-Pruning dependency graph, leaving its train/eval flags as they were.
-
-    Args:
-        network: The network.
-        example_input: An input batch `[B, ...]` the network accepts.
-
-    Returns:
-        The graph and the flat list of output tensors of the tracing forward pass.
-    """
-    outputs: list[torch.Tensor] = []
-
-    def keep_outputs(out):
-        # A transformers output also holds the KV cache, which is no output to trace: keep the logits.
-        out = getattr(out, "logits", out)
-        outputs.extend(tp.utils.flatten_as_list(out))
-        return out
-
-    # Callers may sit in a validation hook: tracing needs autograd. The trace runs in the network's own mode.
-    with modes_restored(network, evaluate=False), torch.inference_mode(False), torch.enable_grad():
-        graph = tp.DependencyGraph().build_dependency(
-            network, first_example(example_input), output_transform=keep_outputs, verbose=False
-        )
-    return graph, outputs
-
-
-def sync_torchvision_attributes(network: nn.Module) -> None:
-    """Keep attributes that torchvision models read in `forward` in step with pruned shapes.
-
-    torchvision's `VisionTransformer` reshapes by `self.hidden_dim`, which must follow `conv_proj` when the
-    embedding dimension is pruned.
-    """
-    conv_proj = getattr(network, "conv_proj", None)
-    if isinstance(getattr(network, "hidden_dim", None), int) and isinstance(conv_proj, nn.Conv2d):
-        network.hidden_dim = conv_proj.out_channels
-
-
 class PruningStructure:
     """What can be pruned in a network and how: groups, per-unit parameter slices, masks and physical pruning.
 
     Args:
         network: The network (not a copy: `prune` changes it).
         example_input: An input batch the network accepts, e.g. `[1, 1, 32, 32]`.
+
+    Attributes:
+        layers: `{name: PrunableLayer}` in module order.
+        refused: `{name: reason}` of the conv/linear layers that cannot be pruned (grows when a group fails to build).
     """
+
+    refused: MappingProxyType | dict = MappingProxyType({})  # subclasses that list their own units refuse none
 
     def __init__(self, network: nn.Module, example_input: torch.Tensor) -> None:
         self.network = network
         self.example_input = example_input
         self.graph, outputs = build_dependency_graph(network, example_input)
-        output_grad_fns = {out.grad_fn for out in outputs if isinstance(out, torch.Tensor)}
+        self._output_fns = {out.grad_fn for out in outputs if isinstance(out, torch.Tensor)}
         self.layers: dict[str, PrunableLayer] = {}
+        self.refused: dict[str, str] = {}
         self._groups: dict[str, object] = {}
         self._slices: dict[str, list[ParamSlice]] = {}
         self._coupled: dict[str, list[str]] = {}
         self._pruned = False
+        merging = patch_merging_owners(network)
         for name, module in network.named_modules():
-            if module not in self.graph.module2node:
-                continue
-            if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
-                pruner = self.graph.get_pruner_of_module(module)
-                units = pruner.get_out_channels(module) if pruner is not None else None
-                if not units or units < 2:
-                    continue
-                group = self.graph.get_pruning_group(module, pruner.prune_out_channels, list(range(units)))
-                if any(self._changes_output(dep, output_grad_fns) for dep, _ in group):
-                    continue  # the classifier output (or coupled to it)
-                self.layers[name] = PrunableLayer(name, "channels", units)
-                self._groups[name] = group
-            elif is_head_prunable(module):
+            if is_window_attention(module) or is_head_prunable(module) and module in self.graph.module2node:
                 self.layers[name] = PrunableLayer(name, "heads", module.num_heads)
+            elif isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) and module in self.graph.module2node:
+                self._list_channels(name, module, merging)
 
-    def _changes_output(self, dep, output_grad_fns: set) -> bool:
+    def _list_channels(self, name: str, module: nn.Module, merging: dict[nn.Module, str]) -> None:
+        """Add `name` to `layers` (or `refused`) from a walk of the graph; no Torch-Pruning group is built."""
+        pruner = self.graph.get_pruner_of_module(module)
+        units = pruner.get_out_channels(module) if pruner is not None else None
+        if not units or units < 2:
+            return
+        carriers, consumers = channel_reach(self.graph.module2node[module])
+        if any(node.type == tp.ops.OPTYPE.OUTPUT or node.grad_fn in self._output_fns for node in carriers):
+            return  # the classifier output (or coupled to it)
+        reach = carriers + consumers
+        groups = channel_groups_of(reach)
+        reason = listing_refusal(self.graph, module, units, reach, merging)
+        if reason:
+            self.refused[name] = reason
+        else:
+            self.layers[name] = PrunableLayer(name, "channels", units // groups, groups)
+
+    def _changes_output(self, dep) -> bool:
         """Whether a dependency removes channels of the network output (not merely inputs of the last layer)."""
         if dep.target.type == tp.ops.OPTYPE.OUTPUT:
             return True
-        return dep.target.grad_fn in output_grad_fns and self.graph.is_out_channel_pruning_fn(dep.handler)
+        return dep.target.grad_fn in self._output_fns and self.graph.is_out_channel_pruning_fn(dep.handler)
+
+    def _group(self, name: str):
+        """The Torch-Pruning group of every channel of layer `name`, built on first use.
+
+        Raises:
+            GroupRefused: If the group exceeds the guards, changes the network output, or maps a grouped conv's
+                channels other than one-to-one.
+        """
+        if name not in self._groups:
+            layer = self.layers[name]
+            group = guarded_group(
+                self.graph, self.network.get_submodule(name), list(range(layer.units * layer.channel_groups))
+            )
+            check_group(self.graph, group, layer.channel_groups, self._changes_output)
+            self._groups[name] = group
+        return self._groups[name]
+
+    def _build_groups(self, names: list[str]) -> None:
+        """Build the groups of the channel layers `names`; a layer whose group fails moves to `refused`."""
+        if getattr(self, "graph", None) is None:
+            return
+        for name in names:
+            if self.layers[name].kind != "channels" or name in self._groups:
+                continue
+            try:
+                self._group(name)
+            except GroupRefused as reason:
+                self.refused[name] = str(reason)
+                del self.layers[name]
 
     def _names_list(self) -> str:
         return ", ".join(self.layers) or "(none)"
 
+    def _refusals(self, names) -> str:
+        by_reason: dict[str, list[str]] = {}
+        for name in names:
+            by_reason.setdefault(self.refused[name], []).append(name)
+        return "; ".join(f"{', '.join(members)} ({reason})" for reason, members in by_reason.items())
+
     def select(self, patterns: dict[str, float]) -> dict[str, float]:
         """Resolve `{glob pattern: ratio}` to `{layer: ratio}` in module order, merging coupled layers.
 
-        A later pattern overrides the ratio of an earlier one for the layers both match.
+        A later pattern overrides the ratio of an earlier one for the layers both match. The groups of the matched
+        channel layers are built here; layers that cannot be pruned are skipped with one warning naming each and why.
 
         Raises:
-            ValueError: If a pattern matches no prunable layer (the message lists them); if coupled layers get
-                different ratios; if a layer's heads and the embedding dimension of the same attention are both
-                selected.
+            ValueError: If a pattern matches no prunable layer (the message lists them, or the reasons when it only
+                matches layers that cannot be pruned); if coupled layers get different ratios; if a layer's heads
+                and the embedding dimension of the same attention are both selected.
         """
         check_ratios(patterns)
         chosen: dict[str, float] = {}
+        skipped: list[str] = []
         for pattern, ratio in patterns.items():
-            matched = matching_layers(pattern, list(self.layers))  # globs, and `a-b` layer ranges
+            candidates = matching_layers(pattern, [*self.layers, *self.refused])  # globs, and `a-b` layer ranges
+            self._build_groups([name for name in candidates if name in self.layers])
+            matched = [name for name in candidates if name in self.layers]
+            refused = [name for name in candidates if name in self.refused]
+            if not matched and refused:
+                raise ValueError(
+                    f"`layers` pattern {pattern!r} must match a prunable layer, got only layers that cannot be "
+                    f"pruned: {self._refusals(refused)}."
+                )
             if not matched:
                 raise ValueError(
                     f"`layers` pattern {pattern!r} must match a prunable layer, got no match; "
                     f"prunable layers: {self._names_list()}."
                 )
+            skipped.extend(name for name in refused if name not in skipped)
             chosen.update(dict.fromkeys(matched, float(ratio)))
+        if skipped:
+            warnings.warn(f"Pruning skips layers that cannot be pruned: {self._refusals(skipped)}.", stacklevel=2)
         ordered = {name: chosen[name] for name in self.layers if name in chosen}
         return self._merge_coupled(ordered)
 
@@ -177,7 +228,7 @@ class PruningStructure:
             self._coupled[name] = [name]
             if self.layers[name].kind == "heads":
                 continue
-            for dep, _ in self._groups[name]:
+            for dep, _ in self._group(name):
                 member = self.graph._module2name.get(dep.target.module)
                 if isinstance(dep.target.module, nn.MultiheadAttention) and member in heads:
                     raise ValueError(
@@ -196,17 +247,27 @@ class PruningStructure:
     def pruned_counts(self, ratios: dict[str, float]) -> dict[str, int]:
         """`{layer: number of units to prune}` for `{layer: ratio}`.
 
+        A layer with G channel groups prunes `floor(ratio * channels per group)` of each group; when that differs
+        from `floor(ratio * channels)`, the log says so.
+
         Raises:
             ValueError: If a ratio would remove every unit of a layer.
         """
         counts = {}
         for name, ratio in ratios.items():
-            units = self.layers[name].units
-            counts[name] = pruned_count(ratio, units)
-            if counts[name] >= units:
+            layer = self.layers[name]
+            counts[name] = pruned_count(ratio, layer.units)
+            if counts[name] >= layer.units:
                 raise ValueError(
-                    f"`layers` ratio for {name!r} must leave at least one of its {units} units, got {ratio} "
+                    f"`layers` ratio for {name!r} must leave at least one of its {layer.units} units, got {ratio} "
                     f"(prunes {counts[name]})."
+                )
+            groups = layer.channel_groups
+            if groups > 1 and counts[name] * groups != pruned_count(ratio, layer.units * groups):
+                _log.info(
+                    f"Pruning: ratio {ratio} of {name!r} rounds to {counts[name]} of the {layer.units} channels of "
+                    f"each of its {groups} groups ({counts[name] * groups} of {layer.units * groups}): grouped "
+                    "convolutions keep their groups equal."
                 )
         return counts
 
@@ -244,12 +305,13 @@ class PruningStructure:
         """Whether zeroing layer `name`'s units equals removing them.
 
         True unless the group runs through a normalization over the pruned dimension (LayerNorm, GroupNorm):
-        zeros still count in its mean and variance, e.g. for a ViT's embedding dimension.
+        zeros still count in its mean and variance, e.g. for a ViT's embedding dimension or every channel layer
+        of a ConvNeXt (LayerNorm over channels in each block).
         """
         if self.layers[name].kind == "heads":
             return True
         across_channels = (tp.ops.OPTYPE.LN, tp.ops.OPTYPE.GN)
-        return not any(dep.target.type in across_channels for dep, _ in self._groups[name])
+        return not any(dep.target.type in across_channels for dep, _ in self._group(name))
 
     def slices(self, name: str) -> list[ParamSlice]:
         """Every parameter entry of each unit of layer `name` (its whole dependency group)."""
@@ -257,9 +319,12 @@ class PruningStructure:
             layer = self.layers[name]
             module = self.network.get_submodule(name)
             if layer.kind == "heads":
-                self._slices[name] = head_slices(name, module)
+                self._slices[name] = attention_head_slices(name, module)
             else:
-                self._slices[name] = group_slices(self.graph, self._groups[name])
+                pieces = group_slices(self.graph, self._group(name))
+                if layer.channel_groups > 1:  # channel c of the root is unit c % (channels per group)
+                    pieces = [ParamSlice(p.param, p.dim, p.positions, p.units % layer.units) for p in pieces]
+                self._slices[name] = pieces
         return self._slices[name]
 
     def root_slices(self, name: str) -> list[ParamSlice]:
@@ -267,10 +332,10 @@ class PruningStructure:
         layer = self.layers[name]
         module = self.network.get_submodule(name)
         if layer.kind == "heads":
-            return head_slices(name, module, root_only=True)
+            return attention_head_slices(name, module, root_only=True)
         out_dim = 1 if getattr(module, "transposed", False) else 0
-        units = torch.arange(layer.units)
-        return [ParamSlice(f"{name}.weight", out_dim, units, units)]
+        channels = torch.arange(layer.units * layer.channel_groups)
+        return [ParamSlice(f"{name}.weight", out_dim, channels, channels % layer.units)]
 
     def parameter_masks(self, indices: dict[str, list[int]]) -> dict[str, torch.Tensor]:
         """0/1 masks (1 = kept) that zero the whole dependency group of every pruned unit.
@@ -304,17 +369,20 @@ class PruningStructure:
             raise RuntimeError("this PruningStructure has already pruned its network; build a new one.")
         self._pruned = True
         heads = {}
+        stale = False  # index mappings (concat offsets, reshape strides) change only where a pruned group passed
         for name, idxs in indices.items():
             if not idxs:
                 continue
             if self.layers[name].kind == "heads":
                 heads[name] = sorted(int(i) for i in idxs)
                 continue
-            module = self.network.get_submodule(name)
-            pruner = self.graph.get_pruner_of_module(module)
-            self.graph.get_pruning_group(module, pruner.prune_out_channels, sorted(idxs)).prune()
+            layer = self.layers[name]
+            channels = sorted(int(j) + g * layer.units for g in range(layer.channel_groups) for j in idxs)
+            group = guarded_group(self.graph, self.network.get_submodule(name), channels, refresh=stale)
+            group.prune()
+            stale = any(dep.target.type in INDEX_MAPPED for dep, _ in group)
         for name, idxs in heads.items():
-            prune_heads(self.network, name, idxs)
+            prune_attention_heads(self.network, name, idxs)
         sync_torchvision_attributes(self.network)
         history = [[str(n), bool(out), [int(i) for i in idxs]] for n, out, idxs in self.graph.pruning_history()]
         return {"history": history, "heads": heads}
@@ -333,9 +401,10 @@ def replay_pruning(network: nn.Module, record: dict, example_input: torch.Tensor
     """Redo a pruning `record` (from `PruningStructure.prune`) on a freshly built, unpruned network."""
     if record.get("history"):
         graph, _ = build_dependency_graph(network, example_input)
-        graph.load_pruning_history([list(entry) for entry in record["history"]])
+        with tolerant_reshapes():
+            graph.load_pruning_history([list(entry) for entry in record["history"]])
     for name, idxs in record.get("heads", {}).items():
-        prune_heads(network, name, list(idxs))
+        prune_attention_heads(network, name, list(idxs))
     if record.get("decoder_mlp") or record.get("decoder_heads"):
         from lightning_prune.pruning.transformer import replay_decoder
 

@@ -136,7 +136,7 @@ def test_probe_fallback_agrees_with_layer_rules():
     network = ToyCNN()
     structure = PruningStructure(network, CNN_INPUT)
     for name in ("conv1", "conv2"):
-        group = structure._groups[name]
+        group = structure._group(name)
         parameters = dict(network.named_parameters())
         by_rule = group_slices(structure.graph, group)
         by_probe = []
