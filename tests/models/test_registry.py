@@ -19,6 +19,8 @@ EXPECTED_NAMES = [
     "lenet5_mini_w40",
     "resnet18",
     "resnet50",
+    "resnext50_32x4d",
+    "swin_t",
     "vgg11_bn",
     "vgg13_bn",
     "vgg16_bn",
