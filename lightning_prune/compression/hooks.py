@@ -103,6 +103,11 @@ class CompressionHooks:
         self._current: CompressionStats | None = None
         self._layer_positions: dict[int, torch.Tensor] = {}
 
+    @property
+    def layer_positions(self) -> dict[int, torch.Tensor]:
+        """After a prefill with cuts: per layer from the first cut on, the `[B, n]` prompt positions it kept."""
+        return dict(self._layer_positions)
+
     def _check_layers(self) -> None:
         for name, layers in (("attention layer", self.attention_layers), ("cut layer", self.cut_layers)):
             bad = [layer for layer in layers if not 0 <= layer < self.num_layers]
