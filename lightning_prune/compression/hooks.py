@@ -102,6 +102,7 @@ class CompressionHooks:
         self._prefill: _Prefill | None = None
         self._current: CompressionStats | None = None
         self._layer_positions: dict[int, torch.Tensor] = {}
+        self._probe = None
 
     @property
     def layer_positions(self) -> dict[int, torch.Tensor]:
@@ -146,6 +147,9 @@ class CompressionHooks:
                 self._handles.append(layers[index].register_forward_pre_hook(self._before_layer(index),
                                                                              with_kwargs=True))
         self._handles += self.family.attach(self.base)
+        self._probe = self.method.vision_probe(self.base, self.family)
+        if self._probe is not None:
+            self._handles += self._probe.attach()
         return self
 
     def remove(self) -> None:
@@ -228,7 +232,8 @@ class CompressionHooks:
             raise ValueError("Every video in a batch must have the same frames and tokens per frame, got (F, N) = "
                              f"{[tuple(frames.shape[:2]) for frames in video.frames]}.")
         generator = torch.Generator().manual_seed(int(self.method.settings().get("seed", 0)))
-        selection = self.method.select_visual(video, VisualContext(module, self.family, kwargs, generator))
+        selection = self.method.select_visual(video, VisualContext(module, self.family, kwargs, generator,
+                                                                          self._probe))
         device = input_ids.device
         everything = torch.arange(video_length, device=device)
         kept = [everything] * batch if selection is None else [index.to(device) for index in selection.kept]
@@ -412,10 +417,14 @@ def _gather_sequence(name: str, value, positions: torch.Tensor):
 
 
 def _with_features(output, features: list[torch.Tensor]):
-    """The adapter's selected encoder output with the per-sample features replaced (merged tokens)."""
+    """The adapter's selected encoder output with the first features of each sample replaced (merged tokens)."""
     pooled = output.pooler_output
     if isinstance(pooled, torch.Tensor):
-        output.pooler_output = torch.stack(features).to(pooled.dtype)
+        pooled = pooled.clone()
+        for sample, new in enumerate(features):
+            pooled[sample, : len(new)] = new.to(pooled.dtype)
+        output.pooler_output = pooled
     else:
-        output.pooler_output = tuple(new.to(old.dtype) for old, new in zip(pooled, features, strict=True))
+        output.pooler_output = tuple(torch.cat([new.to(old.dtype), old[len(new):]])
+                                     for old, new in zip(pooled, features, strict=True))
     return output

@@ -90,3 +90,18 @@ def test_flash_attention_is_refused_where_attention_weights_are_needed(family_mo
         CompressionHooks(model, UniformTemporalMethod())  # a floor reads no attention: any implementation will do
     finally:
         text_config._attn_implementation = original
+
+
+def test_dycoke_as_a_method_is_dycoke_unchanged(family_model):
+    from lightning_prune.compression.dycoke import DyCokeMethod
+    from lightning_prune.dycoke.hooks import DyCokeHooks, DyCokeSettings
+
+    _, model, inputs = family_model
+    with DyCokeHooks(model, DyCokeSettings(merging_ratio=0.5, decode_prune_ratio=0.5)) as direct:
+        expected = generate(model, inputs)
+    with DyCokeMethod(merging_ratio=0.5, decode_prune_ratio=0.5).make_hooks(model) as hooks:
+        through = generate(model, inputs)
+    assert isinstance(hooks, DyCokeHooks)
+    assert same_generation(expected, through)
+    assert hooks.pop_stats()[0].visual_tokens_after == direct.pop_stats()[0].visual_tokens_after
+    assert DyCokeMethod.at_budget(0.25).merging_ratio == 0.99 and DyCokeMethod.at_budget(0.4).merging_ratio == 0.8
