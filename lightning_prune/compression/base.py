@@ -89,7 +89,7 @@ class LayerCut:
         hidden_states: None, or `[B, S, D]` replacement hidden states taken before `keep` is applied (merging methods
             write a merged token's state into the token that stays).
         earlier_cache: also cut the cache of the layers before this one to the same tokens (PruneVid's stage 2),
-            so that decoding attends to the kept tokens everywhere.
+            so that decoding attends to the kept tokens everywhere (those entries are masked out, not freed).
     """
 
     keep: torch.Tensor

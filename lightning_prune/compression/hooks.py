@@ -8,11 +8,13 @@ this package does not change). Pieces, no model file forked, the family's specif
    placeholders from `input_ids` / `attention_mask` / `mm_token_type_ids` and lets the adapter assign positions (kept
    tokens keep their multimodal RoPE ids; DeepStack features are gathered with them). At each decode step it maps
    `generate`'s bookkeeping (which still counts the dropped tokens) onto the shorter prompt.
-2. Forward pre-hooks on the LLM's decoder layers from the first `cut_layers` entry on. At the prefill, before a cut
+2. Forward pre-hooks on the LLM's decoder layers (when the method lists `cut_layers`). At the prefill, before a cut
    layer, the method's `cut_layer` picks the tokens that this layer and the later ones keep: their hidden states,
    the mask rows and columns, the RoPE cos/sin and position ids are gathered, so those layers compute (and cache)
    only the kept tokens, with their original positions. At a decode step these layers get the mask columns of their
-   own (shorter) cache.
+   own (shorter) cache. A cut with `earlier_cache` also hides the dropped tokens from the earlier layers at every
+   decode step: their cache entries are masked out, not freed (layer 0's cache length is what `generate`'s position
+   bookkeeping reads, so it stays whole).
 3. When the method reads attention (`attention_layers`, `decode_pruning`), the text model's attention is switched to
    `compression_sdpa` / `compression_eager` (`attention.py`): the last prompt token's attention row is computed
    alone in the listed layers, and a `DecodePruning` selects cache entries at each decode step.
@@ -102,6 +104,7 @@ class CompressionHooks:
         self._prefill: _Prefill | None = None
         self._current: CompressionStats | None = None
         self._layer_positions: dict[int, torch.Tensor] = {}
+        self._earlier: dict[int, torch.Tensor] = {}  # layers before a cut whose cache is masked to its tokens
         self._probe = None
 
     @property
@@ -143,7 +146,7 @@ class CompressionHooks:
                 setattr(layers[index].self_attn, TAP_ATTRIBUTE, self._tap)
         self._handles = [self.base.register_forward_pre_hook(self._before_forward, with_kwargs=True)]
         if self.cut_layers:
-            for index in range(self.cut_layers[0], self.num_layers):
+            for index in range(self.num_layers):  # a cut may also mask the earlier layers' cache (`earlier_cache`)
                 self._handles.append(layers[index].register_forward_pre_hook(self._before_layer(index),
                                                                              with_kwargs=True))
         self._handles += self.family.attach(self.base)
@@ -198,6 +201,7 @@ class CompressionHooks:
             self.pruning.reset()
         self._prefill = self._current = None
         self._layer_positions = {}
+        self._earlier: dict[int, torch.Tensor] = {}
 
     # The base model's forward.
 
@@ -325,10 +329,13 @@ class CompressionHooks:
             if hidden.shape[1] > 1:
                 if index in self.cut_layers:
                     hidden = self._cut(index, module, hidden, kwargs)
-                self._slice_prefill(kwargs, prefill)
-                self._layer_positions[index] = prefill.positions
+                if index >= self.cut_layers[0]:
+                    self._slice_prefill(kwargs, prefill)
+                    self._layer_positions[index] = prefill.positions
             elif index in self._layer_positions:
                 self._slice_decode(kwargs, self._layer_positions[index])
+            elif index in self._earlier:
+                self._mask_decode(kwargs, self._earlier[index], hidden)
             return ((hidden, *args[1:]) if args else ()), (kwargs if args else {**kwargs, "hidden_states": hidden})
 
         return hook
@@ -353,6 +360,9 @@ class CompressionHooks:
             hidden = cut.hidden_states
         prefill.positions = positions.gather(1, keep)
         prefill.version += 1
+        if cut.earlier_cache:
+            for layer in range(index):
+                self._earlier[layer] = prefill.positions
         visual = int(prefill.visual_mask.gather(1, prefill.positions)[0].sum())
         self._current.layer_visual_tokens[index] = visual
         self._current.visual_tokens_after = visual
@@ -380,6 +390,25 @@ class CompressionHooks:
         generated = torch.arange(prompt, mask.shape[-1], device=mask.device).expand(positions.shape[0], -1)
         index = torch.cat([positions, generated], dim=1)
         kwargs["attention_mask"] = gather_positions(mask.expand(index.shape[0], *mask.shape[1:]), index, 3)
+
+    def _mask_decode(self, kwargs: dict, positions: torch.Tensor, hidden: torch.Tensor) -> None:
+        """A layer before a cut with `earlier_cache`: its (full) cache is masked to the kept prompt tokens."""
+        mask = kwargs.get("attention_mask")
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        length = mask.shape[-1] if isinstance(mask, torch.Tensor) else cache.get_seq_length() + 1
+        allowed = torch.ones(positions.shape[0], length, dtype=torch.bool, device=positions.device)
+        allowed[:, : self._prefill.visual_mask.shape[1]] = False
+        allowed.scatter_(1, positions, True)
+        allowed = allowed[:, None, None, :]
+        if mask is None:
+            mask = allowed if self.base.config.text_config._attn_implementation.endswith("sdpa") else torch.zeros(
+                allowed.shape, dtype=hidden.dtype, device=hidden.device).masked_fill(~allowed,
+                                                                                    torch.finfo(hidden.dtype).min)
+        elif mask.dtype == torch.bool:
+            mask = mask & allowed
+        else:
+            mask = mask.masked_fill(~allowed, torch.finfo(mask.dtype).min)
+        kwargs["attention_mask"] = mask
 
     # The attention tap.
 
