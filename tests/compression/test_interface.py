@@ -144,3 +144,25 @@ def test_a_cut_with_earlier_cache_hides_the_dropped_tokens_from_every_layer(fami
     assert torch.equal(output.sequences[:, -3:], tokens)
     for ours, theirs in zip(output.logits, logits, strict=True):
         torch.testing.assert_close(ours, theirs, atol=2e-5, rtol=1e-4)
+
+
+def test_a_cut_before_qwen3_vls_deepstack_layers_end_is_refused(family_model):
+    from dataclasses import dataclass
+
+    from lightning_prune.compression.base import CompressionMethod
+
+    @dataclass(frozen=True)
+    class CutAtZero(CompressionMethod):
+        name = "cut_at_zero"
+
+        def cut_layers(self, num_layers):
+            return (0,)
+
+    adapter, model, _ = family_model
+    CompressionHooks(model, FastVMethod(K=1))  # the tiny Qwen3-VL adds DeepStack after layer 0 only: 1 is fine
+    if adapter.name != "qwen3_vl":
+        CompressionHooks(model, CutAtZero())  # no DeepStack: any layer will do
+        return
+    with pytest.raises(ValueError, match=r"cut_at_zero cuts tokens before LLM layer 0, but this model adds DeepStack "
+                                         r"features after layers 0 to 0: the cut layer must be >= 1"):
+        CompressionHooks(model, CutAtZero())
