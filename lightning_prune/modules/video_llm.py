@@ -25,7 +25,7 @@ from typing_extensions import override
 
 from lightning_prune.dycoke.families import FAMILY_NAMES, family_for_model_type, get_family
 from lightning_prune.dycoke.families.llava_onevision import TINY_DEFAULTS  # noqa: F401  (re-exported)
-from lightning_prune.modules.video_training import answer_labels, answer_text, read_trained
+from lightning_prune.modules.video_training import answer_labels, answer_text, read_trained, word_tokenizer
 from lightning_prune.pruning.lm_loss import causal_lm_loss
 
 DEFAULT_PROMPT = "{question}\n{options}\nAnswer with the option's letter from the given choices directly."
@@ -52,7 +52,8 @@ class VideoLLM(LightningModule):
         model_name_or_path: Hub id (e.g. `llava-hf/llava-onevision-qwen2-0.5b-ov-hf`, `Qwen/Qwen2.5-VL-7B-Instruct`)
             or local folder.
         tiny_config: instead of a checkpoint, a random model of `family`: `True` for the family's defaults, or a dict
-            of overrides (`text_config` / `vision_config` merged key by key).
+            of overrides (`text_config` / `vision_config` merged key by key; `tokenizer: words` swaps the byte-level
+            tokenizer for a word-level one over the synthetic task's words, same special ids).
         dtype: weights' dtype for `from_pretrained` ("auto" keeps the checkpoint's).
         attn_implementation: the LLM's attention ("sdpa" or "eager", the two DyCoke can wrap).
         max_new_tokens: answer length limit in `predict_step`.
@@ -124,7 +125,12 @@ class VideoLLM(LightningModule):
         else:
             self.family = get_family(family or "llava_onevision")
             overrides = {} if tiny_config is True else dict(tiny_config)
+            words = overrides.pop("tokenizer", "bytes")
+            if words not in ("bytes", "words"):
+                raise ValueError(f"`tiny_config.tokenizer` must be 'bytes' or 'words', got {words!r}.")
             self.model, self.processor = self.family.tiny_model(overrides, seed)
+            if words == "words":  # the synthetic task's words, same ids for the special tokens
+                self.processor.tokenizer = word_tokenizer(self.processor.tokenizer)
             if weights is not None:
                 self.model.load_state_dict(weights)
             self.model.set_attn_implementation({"text_config": attn_implementation})
