@@ -8,6 +8,9 @@ Training runs on one CPU thread: the same seed and thread count give the same fi
 
     python scripts/build_tiny_video_models.py                          # every family with a training config
     python scripts/build_tiny_video_models.py --family qwen2_5_vl      # one
+    python scripts/build_tiny_video_models.py --family qwen2_5_vl --ckpt runs/.../last.ckpt   # export a finished fit
+
+`--ckpt` skips training and exports the weights of a `lightning-prune fit` of that same config (its last epoch).
 """
 
 from __future__ import annotations
@@ -42,20 +45,34 @@ def evaluate(asset: Path, config: dict, root: str) -> dict[str, float]:
     return trainer.test(VideoLLM(checkpoint=str(asset)), data, verbose=False)[0]
 
 
-def build(family: str, root: str, runs: str, out: Path) -> Path:
-    config_path = CONFIGS / f"train_tiny_{family}.yaml"
-    config = yaml.safe_load(config_path.read_text())
-    started = time.perf_counter()
+def _fit(config_path: Path, family: str, root: str, runs: str) -> tuple[torch.nn.Module, float | None]:
     cli = LightningPruneCLI(args=["fit", "--config", str(config_path), f"--data.init_args.root={root}",
                                  f"--trainer.default_root_dir={runs}/{family}", "--trainer.logger=false",
                                  "--trainer.enable_checkpointing=false"])
-    seconds = time.perf_counter() - started
+    return cli.model.model, float(cli.trainer.callback_metrics.get("val/acc", float("nan")))
+
+
+def _from_checkpoint(ckpt: Path, init: dict) -> tuple[torch.nn.Module, float | None]:
+    from lightning_prune.modules.video_llm import VideoLLM
+
+    module = VideoLLM(tiny_config=init["tiny_config"], family=init["family"])
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    module.load_state_dict(state)
+    return module.model, None
+
+
+def build(family: str, root: str, runs: str, out: Path, ckpt: Path | None = None) -> Path:
+    config_path = CONFIGS / f"train_tiny_{family}.yaml"
+    config = yaml.safe_load(config_path.read_text())
     init = config["model"]["init_args"]
-    extra = {"trained_with": str(config_path), "train_seconds": round(seconds, 1),
+    started = time.perf_counter()
+    model, val_acc = _fit(config_path, family, root, runs) if ckpt is None else _from_checkpoint(ckpt, init)
+    seconds = time.perf_counter() - started
+    extra = {"trained_with": str(config_path), "train_seconds": round(seconds, 1) if ckpt is None else None,
              "num_frames": config["data"]["init_args"]["num_frames"],
              "frame_size": config["data"]["init_args"]["frame_size"],
-             "final_val_acc": float(cli.trainer.callback_metrics.get("val/acc", float("nan")))}
-    asset = write_trained(out / f"{family}.safetensors", cli.model.model, family, init["tiny_config"],
+             "final_val_acc": val_acc}
+    asset = write_trained(out / f"{family}.safetensors", model, family, init["tiny_config"],
                           init.get("answer_prefix", ""), extra)
     print(f"{family}: trained in {seconds:.0f} s, wrote {asset} ({asset.stat().st_size / 1e6:.2f} MB)")  # noqa: T201
     results = evaluate(asset, config, root)
@@ -70,10 +87,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--root", default="data", help="data folder of the synthetic splits (default: data)")
     parser.add_argument("--runs", default="runs/build_tiny_video_models", help="the fits' folder")
     parser.add_argument("--out", type=Path, default=ASSETS, help=f"where the assets go (default: {ASSETS})")
+    parser.add_argument("--ckpt", type=Path, default=None, help="export this fit's checkpoint instead of training")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     for family in args.family or trained_families():
-        build(family, args.root, args.runs, args.out)
+        build(family, args.root, args.runs, args.out, args.ckpt)
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ def test_write_split_writes_videos_and_a_jsonl_that_video_qa_reads(tmp_path):
         frames = read_video_frames(annotations.parent / record["video"], 16).numpy()
         video, expected = make_sample(4, index)
         assert record["answer"] == expected["answer"] and record["id"] == f"s4-{index}"
-        assert np.abs(frames.astype(int) - video).mean() < 8  # the codec's round trip keeps the picture
+        assert np.abs(frames.astype(int) - video).mean() < 12  # the codec (4:2:0 chroma) keeps the picture
     assert not (annotations.parent / "annotations.jsonl.tmp").exists()
 
 
@@ -133,3 +133,27 @@ def test_cli_reports_bad_arguments_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--seed", "0", "--samples", "0", "--out", str(tmp_path)])
     assert "`samples` must be an integer >= 1, got 0." in capsys.readouterr().err
+
+
+def test_datamodule_writes_each_split_once_from_its_seed_and_batches_the_kinds(tmp_path):
+    from lightning_prune.data.synthetic_video_qa import SyntheticVideoQADataModule, split_batches
+
+    data = SyntheticVideoQADataModule(root=str(tmp_path), train_samples=6, val_samples=5, test_samples=7,
+                                      batch_size=3, eval_batch_size=5, test_limit=5)
+    (test,) = split_batches(data, "test")
+    assert test["kind"] == list(KINDS) and test["id"] == [f"s3-{i}" for i in range(5)]
+    assert test["answer_index"] == ["ABCD".index(make_sample(3, i)[1]["answer"]) for i in range(5)]
+    assert test["videos"][0].shape == (16, 32, 32, 3)
+    train = split_batches(data, "train")
+    assert sorted(i for batch in train for i in batch["id"]) == sorted(f"s1-{i}" for i in range(6))
+    assert {path.name.split("-")[0] for path in (tmp_path / "synthetic_video_qa").iterdir()} == {"seed1", "seed2",
+                                                                                                  "seed3"}
+
+
+def test_datamodule_refuses_shared_seeds_and_bad_geometry(tmp_path):
+    from lightning_prune.data.synthetic_video_qa import SyntheticVideoQADataModule
+
+    with pytest.raises(ValueError, match=r"`train_seed`, `val_seed` and `test_seed` must differ"):
+        SyntheticVideoQADataModule(root=str(tmp_path), val_seed=1)
+    with pytest.raises(ValueError, match=r"`size` must be a multiple of 8"):
+        SyntheticVideoQADataModule(root=str(tmp_path), frame_size=36, family="qwen2_5_vl")
