@@ -46,7 +46,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     bench = _dycoke_benchmark()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="where to write the results")
-    parser.add_argument("--families", nargs="+", default=sorted(bench.MID_SIZE), choices=sorted(bench.MID_SIZE))
+    parser.add_argument("--families", nargs="*", default=sorted(bench.MID_SIZE), choices=sorted(bench.MID_SIZE),
+                        help="families of the latency runs (none: accuracy only)")
     parser.add_argument("--methods", nargs="+", default=list(METHOD_NAMES), choices=list(METHOD_NAMES))
     parser.add_argument("--budgets", nargs="+", type=float, default=list(BUDGETS))
     parser.add_argument("--batch-size", type=int, default=1)
