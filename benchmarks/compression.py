@@ -271,22 +271,41 @@ def table(summary: dict) -> str:
 
 def compact_table(summary: dict) -> str:
     """One row per method and budget, one column per family: end-to-end speed-up (visual tokens the last LLM layer
-    keeps / before), and the accuracy when measured."""
+    keeps / before), then the accuracy on each trained config when measured."""
     families = sorted({row["family"] for row in summary["latency"]})
-    accuracy = {(row["method"], row["budget"]): row.get("test/acc") for row in summary.get("accuracy", [])}
+    configs = sorted({row["config"] for row in summary.get("accuracy", []) if "config" in row})
+    accuracy = {(row.get("config"), row["method"], row["budget"]): row.get("test/acc")
+                for row in summary.get("accuracy", [])}
     cells: dict[tuple, dict] = {}
     for row in summary["latency"]:
         cells.setdefault((row["method"], row["budget"]), {})[row["family"]] = (
             f"{row['speedup_end_to_end']:.2f}x ({row['visual_tokens_after']}/{row['visual_tokens_before']})")
-    header = "| method | budget | " + " | ".join(families) + " | accuracy |"
-    lines = [header, "|" + "---|" * (len(families) + 3)]
+    for row in summary.get("accuracy", []):
+        cells.setdefault((row["method"], row["budget"]), {})
+    names = [Path(config).stem for config in configs] or ["accuracy"]
+    lines = ["| method | budget | " + " | ".join(families + [f"acc. {name}" for name in names]) + " |",
+             "|" + "---|" * (len(families) + len(names) + 2)]
     for (method, budget), by_family in cells.items():
-        acc = accuracy.get((method, budget))
+        scores = [accuracy.get((config, method, budget)) for config in configs] or [
+            accuracy.get((None, method, budget))]
         budget_text = "-" if budget is None else f"{budget:.0%}"
-        lines.append(f"| {method} | {budget_text} | " + " | ".join(by_family.get(f, "-") for f in families)
-                     + f" | {'-' if acc is None else f'{acc:.3f}'} |")
+        lines.append(f"| {method} | {budget_text} | " + " | ".join(
+            [by_family.get(family, "-") for family in families]
+            + ["-" if score is None else f"{score:.3f}" for score in scores]) + " |")
     return "\n".join(lines)
 
+
+def kinds_table(summary: dict, budget: float) -> str:
+    """Accuracy per question kind at one budget, one row per trained config and method."""
+    rows = [row for row in summary.get("accuracy", []) if row["budget"] in (None, budget)]
+    kinds = sorted({key[len("test/acc_"):] for row in rows for key in row if key.startswith("test/acc_")})
+    lines = ["| model | method | budget | all | " + " | ".join(kinds) + " |", "|" + "---|" * (len(kinds) + 4)]
+    for row in rows:
+        name = Path(row.get("config", "")).stem
+        budget_text = "-" if row["budget"] is None else f"{row['budget']:.0%}"
+        lines.append(f"| {name} | {row['method']} | {budget_text} | {row['test/acc']:.3f} | "
+                     + " | ".join(f"{row.get(f'test/acc_{kind}', float('nan')):.2f}" for kind in kinds) + " |")
+    return "\n".join(lines)
 
 if __name__ == "__main__":
     main()
