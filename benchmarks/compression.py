@@ -57,6 +57,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     parser.add_argument("--trained", nargs="*", type=Path, default=[], help="trained configs: adds accuracy")
+    parser.add_argument("--data-args", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="overrides of the trained configs' data init_args (e.g. test_limit=125)")
     parser.add_argument("--plot", type=Path, help="write the accuracy / speed-up plot here")
     parser.add_argument("--from-json", type=Path, help="plot from an earlier run's JSON instead of running")
     parser.add_argument("--part", help=argparse.SUPPRESS)
@@ -162,6 +164,8 @@ def measure_accuracy(args: argparse.Namespace, config: Path) -> list[dict]:
         return getattr(importlib.import_module(module_name), class_name)(**(section.get("init_args") or {}))
 
     L.seed_everything(raw.get("seed_everything", 0))
+    overrides = {key: yaml.safe_load(value) for key, _, value in (item.partition("=") for item in args.data_args)}
+    raw["data"]["init_args"] = {**(raw["data"].get("init_args") or {}), **overrides}
     module, data = build(raw["model"]), build(raw["data"])
     rows = []
     for name, budget in _variants(args):
