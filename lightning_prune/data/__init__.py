@@ -8,6 +8,7 @@ _LAZY = {
     "CIFARDataModule": "lightning_prune.data.cifar",
     "ImageNetDataModule": "lightning_prune.data.imagenet",
     "VideoQADataModule": "lightning_prune.data.video_qa",
+    "SyntheticVideoQADataModule": "lightning_prune.data.synthetic_video_qa",
     "TextDataModule": "lightning_prune.data.text",
     "LlavaInstructDataModule": "lightning_prune.data.llava_instruct",
     "AlpacaDataModule": "lightning_prune.data.alpaca",

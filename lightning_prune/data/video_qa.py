@@ -8,7 +8,8 @@ DyCoke code) pick them, so `predict`/`test` and an lmms-eval run see the same fr
 dataset of moving-shapes videos (written with PyAV) is created once, in a folder named after its settings under
 `synthetic_dir` (default `<root>/video_qa_synthetic`), so a config runs offline.
 
-Batches are dicts of lists: `videos` (uint8 `[F, H, W, 3]` each), `question`, `options`, `answer_index`, `id`.
+Batches are dicts of lists: `videos` (uint8 `[F, H, W, 3]` each), `question`, `options`, `answer_index`, `id`, `kind`
+(a record's optional `kind`, "" when absent).
 """
 
 from __future__ import annotations
@@ -236,7 +237,8 @@ class VideoQADataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]
         frames = read_video_frames(self.video_root / record["video"], self.num_frames, self.sampling)
-        return {"videos": frames, **{key: record[key] for key in ("id", "question", "options", "answer_index")}}
+        return {"videos": frames, **{key: record[key] for key in ("id", "question", "options", "answer_index")},
+                "kind": record.get("kind", "")}  # the question kind of synthetic sets (per-kind accuracy)
 
 
 def collate_video_qa(samples: list[dict[str, Any]]) -> dict[str, list[Any]]:

@@ -6,21 +6,28 @@ Families (`lightning_prune.dycoke.families`): LLaVA-OneVision, LLaVA-NeXT-Video,
 `model_name_or_path` (a Hub id or a local folder: the family's transformers class, found from the checkpoint's
 `model_type`, and `AutoProcessor`; remote code only with `trust_remote_code=True`) or, for tests and the offline quick
 examples, from `tiny_config`: a randomly initialised model of `family` with an in-process byte-level tokenizer, so
-nothing is downloaded. Batches come from `lightning_prune.data.VideoQADataModule` (`videos`, `question`, ...).
+nothing is downloaded; or from `checkpoint`: a tiny model trained here (`VideoLLM(checkpoint="llava_onevision")` loads
+the shipped asset, see `lightning_prune.modules.video_training`). `fit` trains with the answer-token loss on
+`<answer_prefix><letter><end of turn>` and logs `train/loss`, `val/acc` (teacher-forced letter). Batches come from
+`lightning_prune.data.VideoQADataModule` or `SyntheticVideoQADataModule` (`videos`, `question`, ..., `kind`).
 """
 
 from __future__ import annotations
 
 import string
+from collections import defaultdict
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from typing_extensions import override
 
 from lightning_prune.dycoke.families import FAMILY_NAMES, family_for_model_type, get_family
 from lightning_prune.dycoke.families.base import published_prompt_refusal
 from lightning_prune.dycoke.families.llava_onevision import TINY_DEFAULTS  # noqa: F401  (re-exported)
+from lightning_prune.modules.video_training import answer_labels, answer_text, read_trained, word_tokenizer
+from lightning_prune.pruning.lm_loss import causal_lm_loss
 
 DEFAULT_PROMPT = "{question}\n{options}\nAnswer with the option's letter from the given choices directly."
 PROMPTS = ("chat_template", "published")
@@ -47,7 +54,8 @@ class VideoLLM(LightningModule):
         model_name_or_path: Hub id (e.g. `llava-hf/llava-onevision-qwen2-0.5b-ov-hf`, `Qwen/Qwen2.5-VL-7B-Instruct`)
             or local folder.
         tiny_config: instead of a checkpoint, a random model of `family`: `True` for the family's defaults, or a dict
-            of overrides (`text_config` / `vision_config` merged key by key).
+            of overrides (`text_config` / `vision_config` merged key by key; `tokenizer: words` swaps the byte-level
+            tokenizer for a word-level one over the synthetic task's words, same special ids).
         dtype: weights' dtype for `from_pretrained` ("auto" keeps the checkpoint's).
         attn_implementation: the LLM's attention ("sdpa" or "eager", the two DyCoke can wrap).
         max_new_tokens: answer length limit in `predict_step`.
@@ -59,6 +67,13 @@ class VideoLLM(LightningModule):
         prompt: `chat_template` (default): the processor's chat template; `published`: the prompt of the published
             DyCoke evaluation (LLaVA-OneVision only: the `qwen_1_5` conversation with its system turn), refused for
             families without published DyCoke code.
+        checkpoint: instead of the two above, a tiny model trained here: a `.safetensors` file written by
+            `scripts/build_tiny_video_models.py` (or `write_trained`), or a shipped asset's name (`llava_onevision`,
+            `qwen2_5_vl`, ...); its metadata give the family, the config and the answer prefix.
+        answer_prefix: text the model writes before the option letter (`test` generates it greedily and scores the
+            letter after it, so decode-time compression acts on the answer); None: the checkpoint's, else "".
+        optimizer: `fit`'s optimizer over all parameters (default AdamW, lr 1e-3).
+        lr_scheduler: its schedule, stepped per epoch, or None.
     """
 
     def __init__(
@@ -73,10 +88,17 @@ class VideoLLM(LightningModule):
         family: str | None = None,
         trust_remote_code: bool = False,
         prompt: Literal["chat_template", "published"] = "chat_template",
+        checkpoint: str | None = None,
+        answer_prefix: str | None = None,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__()
         problems = []
-        if (model_name_or_path is None) == (tiny_config is False):
+        if checkpoint is not None and (model_name_or_path is not None or tiny_config is not False):
+            problems.append(f"`checkpoint` brings its own model: leave `model_name_or_path` and `tiny_config` unset, "
+                            f"got model_name_or_path={model_name_or_path!r}, tiny_config={tiny_config!r}.")
+        elif checkpoint is None and (model_name_or_path is None) == (tiny_config is False):
             problems.append(
                 "Give exactly one of `model_name_or_path` and `tiny_config`, "
                 f"got model_name_or_path={model_name_or_path!r}, tiny_config={tiny_config!r}."
@@ -97,7 +119,15 @@ class VideoLLM(LightningModule):
             problems.append(published_prompt_refusal(family))
         if problems:
             raise ValueError(" ".join(problems))
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self._optimizer, self._lr_scheduler = optimizer, lr_scheduler
+        weights, trained = (None, {}) if checkpoint is None else read_trained(checkpoint)
+        if trained:
+            if family is not None and family != trained["family"]:
+                raise ValueError(f"`family` must match the checkpoint's ({trained['family']!r}) or be unset, "
+                                 f"got {family!r}.")
+            family, tiny_config = trained["family"], trained["tiny_config"] or True
+        self.answer_prefix = answer_prefix if answer_prefix is not None else trained.get("answer_prefix", "")
         if model_name_or_path is not None:
             self.family, self.model, self.processor = _load_pretrained(
                 model_name_or_path, dtype, attn_implementation, family, trust_remote_code, prompt
@@ -105,7 +135,14 @@ class VideoLLM(LightningModule):
         else:
             self.family = get_family(family or "llava_onevision")
             overrides = {} if tiny_config is True else dict(tiny_config)
+            words = overrides.pop("tokenizer", "bytes")
+            if words not in ("bytes", "words"):
+                raise ValueError(f"`tiny_config.tokenizer` must be 'bytes' or 'words', got {words!r}.")
             self.model, self.processor = self.family.tiny_model(overrides, seed)
+            if words == "words":  # the synthetic task's words, same ids for the special tokens
+                self.processor.tokenizer = word_tokenizer(self.processor.tokenizer)
+            if weights is not None:
+                self.model.load_state_dict(weights)
             self.model.set_attn_implementation({"text_config": attn_implementation})
             if dtype in _DTYPES:
                 self.model.to(_DTYPES[dtype])
@@ -127,13 +164,16 @@ class VideoLLM(LightningModule):
             texts.append(self.processor.apply_chat_template(conversation, add_generation_prompt=True))
         return texts
 
-    def model_inputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def model_inputs(self, batch: dict[str, Any], suffixes: list[str] | None = None) -> dict[str, torch.Tensor]:
         """Processor outputs: `input_ids`, `attention_mask` `[B, S]`, `pixel_values_videos` (LLaVA: `[B, F, 3, H, W]`;
-        Qwen: flattened patches with `video_grid_thw`)."""
+        Qwen: flattened patches with `video_grid_thw`). `suffixes`: text appended to each prompt (training targets)."""
         videos = [video.cpu().numpy() for video in batch["videos"]]
         for video in videos:
             self.family.check_frames(len(video))
-        inputs = self.processor(text=self.prompts(batch), videos=videos, return_tensors="pt", padding=True,
+        texts = self.prompts(batch)
+        if suffixes is not None:
+            texts = [text + suffix for text, suffix in zip(texts, suffixes, strict=True)]
+        inputs = self.processor(text=texts, videos=videos, return_tensors="pt", padding=True,
                                 **self.family.processor_kwargs(videos))
         inputs = inputs.to(self.device)
         pixels = self.family.pixel_key  # InternVL's processor hands video frames over as `pixel_values`
@@ -151,22 +191,72 @@ class VideoLLM(LightningModule):
         answers = self.processor.batch_decode(generated[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
         return [{"id": sample_id, "answer": text.strip()} for sample_id, text in zip(batch["id"], answers, strict=True)]
 
+    def answer_indices(self, batch: dict[str, Any]) -> torch.Tensor:
+        """`[B]` predicted option indices: greedy generation through `answer_prefix`, then the option letter with the
+        highest logit at the next step (without a prefix: at the first generated token)."""
+        inputs = self.model_inputs(batch)
+        steps = self.answer_prefix_length() + 1
+        output = self.model.generate(**inputs, max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
+                                     output_logits=True, return_dict_in_generate=True)
+        letter_logits = output.logits[steps - 1]  # [B, vocab]
+        return torch.tensor([int(letter_logits[row, self.option_token_ids(len(options))].argmax())
+                             for row, options in enumerate(batch["options"])], device=self.device)
+
+    def answer_prefix_length(self) -> int:
+        """Tokens of `answer_prefix`."""
+        if not self.answer_prefix:
+            return 0
+        return len(self.processor.tokenizer.encode(self.answer_prefix, add_special_tokens=False))
+
     @override
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
-        inputs = self.model_inputs(batch)
-        output = self.model.generate(
-            **inputs, max_new_tokens=1, do_sample=False, output_logits=True, return_dict_in_generate=True
-        )
-        first_logits = output.logits[0]  # [B, vocab]
-        predictions = torch.tensor(
-            [int(first_logits[row, self.option_token_ids(len(options))].argmax())
-             for row, options in enumerate(batch["options"])],
-            device=self.device,
-        )
+        predictions = self.answer_indices(batch)
         answers = torch.as_tensor(batch["answer_index"], device=self.device)
-        accuracy = (predictions == answers).float().mean()
-        self.log("test/acc", accuracy, batch_size=len(predictions), on_step=False, on_epoch=True)
-        return accuracy
+        correct = (predictions == answers).float()
+        self.log("test/acc", correct.mean(), batch_size=len(predictions), on_step=False, on_epoch=True)
+        self._log_per_kind("test", correct, batch)
+        return correct.mean()
+
+    def _log_per_kind(self, stage: str, correct: torch.Tensor, batch: dict[str, Any]) -> None:
+        groups: dict[str, list[int]] = defaultdict(list)
+        for row, kind in enumerate(batch.get("kind") or []):
+            if kind:
+                groups[kind].append(row)
+        for kind, rows in groups.items():
+            self.log(f"{stage}/acc_{kind}", correct[rows].mean(), batch_size=len(rows), on_step=False, on_epoch=True)
+
+    def training_inputs(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Prompts followed by their gold answers, and labels `[B, S]` on the answer tokens only."""
+        end = self.processor.tokenizer.eos_token
+        targets = [answer_text(self.answer_prefix, int(index), end) for index in batch["answer_index"]]
+        inputs = self.model_inputs(batch, suffixes=targets)
+        length = len(self.processor.tokenizer.encode(targets[0], add_special_tokens=False))
+        return inputs, answer_labels(inputs["input_ids"], length)
+
+    @override
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        inputs, labels = self.training_inputs(batch)
+        loss = causal_lm_loss(self.model(**inputs, use_cache=False), labels)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        return loss
+
+    @override
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Teacher-forced: the option letter with the highest logit after the prompt and the gold `answer_prefix`."""
+        inputs = self.model_inputs(batch, suffixes=[self.answer_prefix] * len(batch["question"]))
+        logits = self.model(**inputs, use_cache=False).logits[:, -1]
+        predictions = torch.stack([logits[row, self.option_token_ids(len(options))].argmax()
+                                   for row, options in enumerate(batch["options"])])
+        correct = (predictions == torch.as_tensor(batch["answer_index"], device=self.device)).float()
+        self.log("val/acc", correct.mean(), batch_size=len(correct), on_step=False, on_epoch=True, prog_bar=True)
+        self._log_per_kind("val", correct, batch)
+
+    @override
+    def configure_optimizers(self) -> Any:
+        optimizer = (self._optimizer or _adamw)(self.parameters())
+        if self._lr_scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self._lr_scheduler(optimizer)}
 
     def option_token_ids(self, count: int) -> list[int]:
         """Token id of each option letter "A", "B", ... as the answer's first token."""
@@ -178,6 +268,10 @@ def _check_published_prompt(adapter: Any, prompt: str) -> None:
     """Refuse `prompt: published` (before any weights load) for a family without published DyCoke code."""
     if prompt == "published" and adapter.published_conversation is None:
         raise ValueError(published_prompt_refusal(adapter.name))
+
+
+def _adamw(params) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=1e-3)
 
 
 def _load_pretrained(

@@ -1,0 +1,69 @@
+"""The shipped trained tiny video LLMs answer the synthetic questions, with DyCoke off and at its published settings.
+
+A fixed set of questions of the test split (seed 3, never used in training: every kind twice); greedy answers.
+A change that breaks merging, positions or the KV cache selection changes these answers and fails here.
+"""
+
+import re
+
+import pytest
+import torch
+
+from lightning_prune.data.synthetic_video import make_sample
+from lightning_prune.dycoke.hooks import DyCokeHooks, DyCokeSettings
+from lightning_prune.modules.video_llm import VideoLLM
+from lightning_prune.modules.video_training import ASSETS
+
+FAMILIES = sorted(path.stem for path in ASSETS.glob("*.safetensors"))
+SAMPLES = 10  # the first 10 questions of the test split: each kind twice
+FLOOR = 0.9  # share of correct greedy answers required, DyCoke off and on
+PUBLISHED = DyCokeSettings(merging_ratio=0.7, prune_layer=3, decode_prune_ratio=0.8, variant="official")
+
+
+def _batch() -> dict:
+    samples = [make_sample(3, index, frames=16, size=32) for index in range(SAMPLES)]
+    return {"videos": [torch.from_numpy(video) for video, _ in samples],
+            "question": [r["question"] for _, r in samples], "options": [r["options"] for _, r in samples],
+            "answer_index": ["ABCD".index(r["answer"]) for _, r in samples], "id": [r["id"] for _, r in samples],
+            "kind": [r["kind"] for _, r in samples]}
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def trained(request):
+    return VideoLLM(checkpoint=request.param, max_new_tokens=4).eval(), _batch()
+
+
+def _greedy_letters(module: VideoLLM, batch: dict) -> list[str]:
+    with torch.inference_mode():
+        answers = module.predict_step(batch, 0)
+    letters = [re.findall(r"\b([A-D])\b", answer["answer"]) for answer in answers]
+    return [found[0] if found else "" for found in letters]
+
+
+def _accuracy(letters: list[str], batch: dict) -> float:
+    return sum(letter == "ABCD"[index] for letter, index in zip(letters, batch["answer_index"], strict=True)) / len(
+        letters)
+
+
+def test_shipped_assets_exist_for_both_rope_kinds():
+    assert {"llava_onevision", "qwen2_5_vl"} <= set(FAMILIES)
+    assert all(path.stat().st_size <= 6 * 2**20 for path in ASSETS.glob("*.safetensors"))
+
+
+def test_trained_model_answers_without_dycoke(trained):
+    module, batch = trained
+    letters = _greedy_letters(module, batch)
+    assert _accuracy(letters, batch) >= FLOOR, letters
+    with torch.inference_mode():  # the scored letter after the greedy prefix agrees with the free answer
+        assert ["ABCD"[i] for i in module.answer_indices(batch).tolist()] == letters
+
+
+def test_trained_model_answers_with_dycoke_at_the_published_settings(trained):
+    module, batch = trained
+    with DyCokeHooks(module.model, PUBLISHED) as hooks:
+        letters = _greedy_letters(module, batch)
+        stats = hooks.pop_stats()
+    assert _accuracy(letters, batch) >= FLOOR, letters
+    (generation,) = stats
+    assert generation.visual_tokens_after < 0.6 * generation.visual_tokens_before  # merging did act
+    assert min(generation.attended_kv_lengths) < generation.full_kv_lengths[0]  # so did decode pruning

@@ -1,0 +1,104 @@
+"""`VideoLLM` training pieces: answer-token labels and loss, the word tokenizer, trained files written and read back."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lightning_prune.data.synthetic_video import make_sample
+from lightning_prune.modules.video_llm import VideoLLM
+from lightning_prune.modules.video_training import BUILD_SCRIPT, read_trained, write_trained
+
+TINY_WORDS = {"tokenizer": "words", "text_config": {"num_hidden_layers": 2}}
+
+
+@pytest.fixture(scope="module")
+def module():
+    return VideoLLM(tiny_config=TINY_WORDS, family="qwen2_5_vl", answer_prefix="Answer: ")
+
+
+def _batch(count=2, frames=8):
+    samples = [make_sample(9, index, frames=frames) for index in range(count)]
+    return {"videos": [torch.from_numpy(video) for video, _ in samples],
+            "question": [r["question"] for _, r in samples], "options": [r["options"] for _, r in samples],
+            "answer_index": ["ABCD".index(r["answer"]) for _, r in samples], "id": [r["id"] for _, r in samples],
+            "kind": [r["kind"] for _, r in samples]}
+
+
+def test_word_tokenizer_keeps_special_ids_and_spells_a_prompt_in_words(module):
+    tokenizer = module.processor.tokenizer
+    assert max(tokenizer.get_vocab().values()) < module.model.config.text_config.vocab_size
+    assert tokenizer.convert_tokens_to_ids("<|video_pad|>") == module.model.config.video_token_id
+    ids = tokenizer.encode("What colour is the brief flash?", add_special_tokens=False)
+    assert tokenizer.convert_ids_to_tokens(ids) == ["What", "colour", "is", "the", "brief", "flash", "?"]
+    assert tokenizer.convert_ids_to_tokens(tokenizer.encode("zebra", add_special_tokens=False)) == ["<unk>"]
+
+
+def test_training_labels_cover_exactly_the_answer_tokens(module):
+    batch = _batch()
+    inputs, labels = module.training_inputs(batch)
+    tokenizer = module.processor.tokenizer
+    for row, index in enumerate(batch["answer_index"]):
+        kept = labels[row][labels[row] != -100]
+        assert tokenizer.convert_ids_to_tokens(kept) == ["Answer", ":", "ABCD"[index], "<|im_end|>"]
+        assert torch.equal(inputs["input_ids"][row, -4:], kept)
+
+
+def test_training_step_is_the_mean_cross_entropy_of_the_answer_tokens(module):
+    batch = _batch()
+    inputs, labels = module.training_inputs(batch)
+    with torch.no_grad():
+        loss = module.training_step(batch, 0)
+        logits = module.model(**inputs, use_cache=False).logits
+    # by hand: the logits at position t predict token t + 1; 4 answer tokens per row
+    expected = torch.stack([F.cross_entropy(logits[row, -5:-1], inputs["input_ids"][row, -4:])
+                            for row in range(len(labels))]).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_answer_indices_read_the_letter_after_the_greedy_prefix(module):
+    batch = _batch(3)
+    predicted = module.answer_indices(batch)
+    inputs = module.model_inputs(batch)
+    letters = module.option_token_ids(4)
+    with torch.inference_mode():
+        out = module.model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False,
+                                    output_logits=True, return_dict_in_generate=True)
+    assert predicted.tolist() == out.logits[2][:, letters].argmax(-1).tolist()
+    assert module.answer_prefix_length() == 2
+
+
+def test_a_written_trained_file_rebuilds_the_same_model(module, tmp_path):
+    path = write_trained(tmp_path / "qwen2_5_vl.safetensors", module.model, "qwen2_5_vl", TINY_WORDS, "Answer: ",
+                         {"note": 1})
+    weights, info = read_trained(str(path))
+    assert info == {"family": "qwen2_5_vl", "tiny_config": TINY_WORDS, "answer_prefix": "Answer: ", "note": 1}
+    assert all(value.dtype == torch.float16 for value in weights.values())
+    loaded = VideoLLM(checkpoint=str(path))
+    assert loaded.family.name == "qwen2_5_vl" and loaded.answer_prefix == "Answer: "
+    for name, value in module.model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[name], value.half().float())
+
+
+def test_a_missing_or_truncated_trained_file_names_itself_and_the_build_script(module, tmp_path):
+    missing = tmp_path / "gone.safetensors"
+    with pytest.raises(FileNotFoundError, match=rf"Trained video model not found: {missing}; rebuild it with "
+                                                rf"`python {BUILD_SCRIPT} --family gone`"):
+        VideoLLM(checkpoint=str(missing))
+    path = write_trained(tmp_path / "qwen2_5_vl.safetensors", module.model, "qwen2_5_vl", TINY_WORDS, "")
+    truncated = tmp_path / "cut.safetensors"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ValueError, match=rf"Trained video model {truncated} cannot be read, it is truncated or "
+                                         rf"damaged .*python {BUILD_SCRIPT}"):
+        VideoLLM(checkpoint=str(truncated))
+
+
+def test_checkpoint_refuses_a_second_model_source_or_another_family(module, tmp_path):
+    path = write_trained(tmp_path / "m.safetensors", module.model, "qwen2_5_vl", TINY_WORDS, "")
+    with pytest.raises(ValueError, match=r"`checkpoint` brings its own model: leave `model_name_or_path` and "
+                                         r"`tiny_config` unset"):
+        VideoLLM(checkpoint=str(path), tiny_config=True)
+    with pytest.raises(ValueError, match=r"`family` must match the checkpoint's \('qwen2_5_vl'\) or be unset, "
+                                         r"got 'llava_onevision'"):
+        VideoLLM(checkpoint=str(path), family="llava_onevision")
+    with pytest.raises(ValueError, match=r"`tiny_config.tokenizer` must be 'bytes' or 'words', got 'bpe'"):
+        VideoLLM(tiny_config={"tokenizer": "bpe"})
