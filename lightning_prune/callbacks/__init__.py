@@ -1,6 +1,8 @@
-"""Lightning callbacks: thin wiring over `lightning_prune.pruning` and `lightning_prune.dycoke`.
+"""Lightning callbacks: thin wiring over `lightning_prune.pruning`, `lightning_prune.dycoke` and
+`lightning_prune.compression`.
 
-Imported lazily so that `import lightning_prune.callbacks` does not pull in transformers unless DyCoke is used.
+Imported lazily so that `import lightning_prune.callbacks` does not pull in transformers unless a token-compression
+callback is used.
 """
 
 from lightning_prune._lazy import lazy_getattr
@@ -9,6 +11,11 @@ _LAZY = {
     "Pruning": "lightning_prune.callbacks.pruning",
     "CorrelationCallback": "lightning_prune.callbacks.correlation",
     "DyCoke": "lightning_prune.callbacks.dycoke",
+    "CompressionCallback": "lightning_prune.callbacks.compression",
+    "FastV": "lightning_prune.callbacks.compression",
+    "RandomTokens": "lightning_prune.callbacks.compression",
+    "UniformSpatial": "lightning_prune.callbacks.compression",
+    "UniformTemporal": "lightning_prune.callbacks.compression",
 }
 
 __all__ = sorted(_LAZY)

@@ -1,0 +1,53 @@
+"""The compression callbacks in real Trainer runs and through the CLI with the shipped tiny configs."""
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+
+from lightning_prune.callbacks import DyCoke, FastV, RandomTokens, UniformSpatial, UniformTemporal
+from lightning_prune.cli import main
+from lightning_prune.data.video_qa import VideoQADataModule
+from lightning_prune.modules.video_llm import VideoLLM
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "dycoke"
+
+
+@pytest.fixture(scope="module")
+def video_llm():
+    return VideoLLM(tiny_config=True, max_new_tokens=3)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return VideoQADataModule(generate_synthetic=True, synthetic_dir=str(tmp_path_factory.mktemp("videos")),
+                             num_frames=8, batch_size=2, synthetic_samples=2, synthetic_video_frames=8,
+                             synthetic_frame_size=32)
+
+
+def _trainer(callbacks):
+    return L.Trainer(accelerator="cpu", logger=False, callbacks=callbacks, enable_progress_bar=False,
+                     enable_model_summary=False)
+
+
+@pytest.mark.parametrize("callback", [FastV(K=2, ratio=1.0), RandomTokens(keep_ratio=1.0),
+                                      UniformSpatial(keep_ratio=1.0), UniformTemporal(keep_ratio=1.0)],
+                         ids=lambda callback: type(callback).__name__)
+def test_a_callback_keeping_everything_predicts_as_without_it_and_leaves_the_model(video_llm, data, callback):
+    plain = _trainer([]).predict(video_llm, data)
+    assert _trainer([callback]).predict(video_llm, data) == plain
+    assert not callback.installed
+    assert video_llm.model.config.text_config._attn_implementation == "sdpa"
+    assert not video_llm.model.model._forward_pre_hooks
+    assert all(not layer._forward_pre_hooks for layer in video_llm.model.model.language_model.layers)
+
+
+def test_two_compression_callbacks_are_refused_before_any_batch(video_llm, data):
+    with pytest.raises(ValueError, match=r"One token-compression callback per run, got 2: \['FastV', 'DyCoke'\]"):
+        _trainer([FastV(), DyCoke()]).predict(video_llm, data)
+    assert video_llm.model.config.text_config._attn_implementation == "sdpa"
+
+
+def test_fastv_runs_from_the_cli_with_the_tiny_qwen2_5_vl_config(capsys):
+    main(["predict", "--config", str(CONFIGS / "tiny_qwen2_5_vl.yaml"), "--trainer.logger=false",
+          "--trainer.callbacks+=lightning_prune.callbacks.FastV", "--trainer.callbacks.init_args.ratio=0.25"])
