@@ -24,6 +24,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
+
+from lightning_prune.compression.base import CompressionMethod, LayerContext, LayerCut, check_fraction
 
 #: The patch type of a token that is not a video frame token (text, separators, LLaVA-OneVision's newline).
 TEXT_TOKEN = -1
@@ -124,50 +127,23 @@ def merge_tokens(
 
 
 def attention_keep_indices(
-    last_row_attention: torch.Tensor, video_start: int, video_length: int, pruning_ratio: float
+    last_row_attention: torch.Tensor, visual_mask: torch.Tensor, pruning_ratio: float
 ) -> torch.Tensor:
     """Sorted sequence positions that pruning keeps: every non-video token and the most attended video tokens.
 
+    The published code scores the span `[start, start + n)` of the n video tokens left; the mask is the same span
+    when the video is contiguous (every served family but Qwen3-VL, whose timestamps are text between frames).
+
     Args:
-        last_row_attention: `[H, S]` the last prompt token's attention row per head (softmax, RoPE applied, no mask).
-        video_start: first video position; the video tokens left are `video_start ... + video_length - 1`.
-        video_length: video tokens left (the published: video tokens minus the tokens merged so far).
+        last_row_attention: `[H, S]` the last prompt token's attention row per head (softmax, RoPE applied, no mask;
+            `H = 1` for a row already averaged over heads).
+        visual_mask: `[S]` True at the video tokens left.
         pruning_ratio: share of them dropped.
     """
-    length = last_row_attention.shape[-1]
-    scores = last_row_attention.mean(0)[video_start : video_start + video_length]
-    top = scores.topk(round(video_length * (1 - pruning_ratio))).indices + video_start
-    device = last_row_attention.device
-    keep = torch.cat([torch.arange(video_start, device=device), top,
-                      torch.arange(video_start + video_length, length, device=device)])
-    return keep.sort().values
-
-
-@dataclass(frozen=True)
-class FrameFusionSettings:
-    """FrameFusion's knobs, named and defaulted as in the published code (`FrameFusion(cost, similarity_lower_bound,
-    ratio_lower_bound)`; its README's evaluation uses `cost=0.3`, `ratio_lower_bound=0.1`).
-
-    Attributes:
-        cost: the compute budget, a share of the model without FrameFusion, in (0, 1]; 1 keeps every token.
-        similarity_lower_bound: tokens at least this cosine-similar to the previous frame's merge, in [-1, 1].
-        ratio_lower_bound: merging stops after a step that merges less than this share, in [0, 1].
-    """
-
-    cost: float = 0.3
-    similarity_lower_bound: float = 0.6
-    ratio_lower_bound: float = 0.1
-
-    def __post_init__(self) -> None:
-        problems = []
-        if not 0.0 < self.cost <= 1.0:
-            problems.append(f"`cost` must be in (0, 1], got {self.cost}.")
-        if not -1.0 <= self.similarity_lower_bound <= 1.0:
-            problems.append(f"`similarity_lower_bound` must be in [-1, 1], got {self.similarity_lower_bound}.")
-        if not 0.0 <= self.ratio_lower_bound <= 1.0:
-            problems.append(f"`ratio_lower_bound` must be in [0, 1], got {self.ratio_lower_bound}.")
-        if problems:
-            raise ValueError(" ".join(problems))
+    visual = visual_mask.nonzero()[:, 0]
+    scores = last_row_attention.mean(0)[visual]
+    top = visual[scores.topk(round(len(visual) * (1 - pruning_ratio))).indices]
+    return torch.cat([(~visual_mask).nonzero()[:, 0], top]).sort().values
 
 
 @dataclass
@@ -177,16 +153,14 @@ class FrameFusionState:
     Args:
         patch_type: `[S]` from `frame_patch_types`.
         patch_num: tokens per frame.
-        video_start: first video position.
-        video_length: the prompt's video tokens (frames and any trailing video token).
+        visual_mask: `[S]` True at the video tokens (frames and any trailing video token such as a newline).
         num_layers: the LLM's layers (the compute model's; the published code: 28).
         cost, similarity_lower_bound, ratio_lower_bound: FrameFusion's settings (published defaults 0.3, 0.6, 0.1).
     """
 
     patch_type: torch.Tensor
     patch_num: int
-    video_start: int
-    video_length: int
+    visual_mask: torch.Tensor
     num_layers: int
     cost: float = 0.3
     similarity_lower_bound: float = 0.6
@@ -196,7 +170,7 @@ class FrameFusionState:
     finish_pruning: bool = False
 
     def __post_init__(self) -> None:
-        self.original_length = len(self.patch_type)
+        self.merged_rows = torch.zeros(0, dtype=torch.long)
 
     @property
     def needs_attention(self) -> bool:
@@ -217,21 +191,22 @@ class FrameFusionState:
 
         Returns:
             `[S']` the sorted positions of `hidden` that stay (None: all stay). The caller slices the hidden states,
-            positions and masks with them; `hidden` already holds the merged values.
+            positions and masks with them; `hidden` already holds the merged values, and `merged_rows` lists the
+            rows (positions of `hidden`) whose value merging replaced.
         """
-        keep = None
+        self.merged_rows = torch.zeros(0, dtype=torch.long, device=hidden.device)
         if self.needs_attention and last_row_attention is not None:
-            video_left = self.video_length - (self.original_length - hidden.shape[0])
             ratio = compute_pruning_ratio(self.sparsity_list, self.cost, self.num_layers)
-            keep = attention_keep_indices(last_row_attention, self.video_start, video_left, ratio)
+            keep = attention_keep_indices(last_row_attention, self.visual_mask, ratio)
             self.finish_pruning = True
-            self.patch_type = self.patch_type[keep]
-            hidden = hidden[keep]
+            self._keep(keep)
+            return keep
         if not self.finish_merging:
-            merge_keep = self._merge(hidden)
-            if merge_keep is not None:
-                keep = merge_keep if keep is None else keep[merge_keep]
-        return keep
+            return self._merge(hidden)
+        return None
+
+    def _keep(self, keep: torch.Tensor) -> None:
+        self.patch_type, self.visual_mask = self.patch_type[keep], self.visual_mask[keep]
 
     def _merge(self, hidden: torch.Tensor) -> torch.Tensor | None:
         if len(self.sparsity_list) >= self.num_layers:
@@ -240,7 +215,7 @@ class FrameFusionState:
             self.finish_merging = self.finish_pruning = True
             return None
         allowed = compute_pruning_ratio(self.sparsity_list, self.cost, self.num_layers)
-        self.patch_type = self.patch_type.to(hidden.device)
+        self.patch_type, self.visual_mask = self.patch_type.to(hidden.device), self.visual_mask.to(hidden.device)
         similarity, order = consecutive_similarity(hidden, self.patch_type, self.patch_num)
         frame_tokens = int((self.patch_type != TEXT_TOKEN).sum())
         merged = similarity >= self.similarity_lower_bound
@@ -257,5 +232,146 @@ class FrameFusionState:
         _, keep = merge_tokens(hidden, order, merged)
         if bool(keep.all()):
             return None
-        self.patch_type = self.patch_type[keep]
-        return keep.nonzero()[:, 0]
+        steps = torch.arange(len(order), device=order.device)
+        anchor = torch.where(merged, torch.full_like(steps, -1), steps).cummax(0).values
+        self.merged_rows = order[anchor[merged].unique()]
+        keep = keep.nonzero()[:, 0]
+        self._keep(keep)
+        return keep
+
+
+@dataclass(frozen=True)
+class FrameFusionMethod(CompressionMethod):
+    """FrameFusion's settings, named and defaulted as the published `apply_framefusion(model, cost,
+    similarity_lower_bound, ratio_lower_bound)` with its README's evaluation values.
+
+    Attributes:
+        cost: the compute budget, a share of the LLM without FrameFusion, in (0, 1]; 1 keeps every token.
+        similarity_lower_bound: a token at least this cosine-similar to the previous frame's token at its patch
+            position merges into it, in [-1, 1] (the paper's S_th; the README leaves it per model, 0.6 here).
+        ratio_lower_bound: merging stops after a step that merges less than this share, in [0, 1].
+
+    Wiring (`CompressionHooks`): a cut before every layer. Before layer 0 the input embeddings are merged; before
+    layer i >= 1 the step the published code takes after layer i - 1's attention (residual added, before the MLP)
+    is taken on that state, captured at layer i - 1's `post_attention_layernorm`, and the MLP is re-applied to the
+    merged rows only (the MLP acts token by token, so the kept rows' outputs are already those of the published
+    order). Pruning reads layer i - 1's last-prompt-token attention row (head mean, RoPE applied). The published
+    merge after the last layer's attention is skipped: it changes neither the cache nor the last token.
+    On a DeepStack model (Qwen3-VL, not among the published models) merging starts before the first layer after
+    the DeepStack additions, and the compute model counts the layers from there. Batch 1, as published.
+    """
+
+    name = "framefusion"
+    needs_attention = True
+    cost: float = 0.3
+    similarity_lower_bound: float = 0.6
+    ratio_lower_bound: float = 0.1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "_run", _Run())
+
+    def problems(self) -> list[str]:
+        problems = check_fraction("cost", self.cost)
+        bound = self.similarity_lower_bound
+        if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not -1.0 <= bound <= 1.0:
+            problems.append(f"`similarity_lower_bound` must be in [-1, 1], got {bound!r}.")
+        return problems + check_fraction("ratio_lower_bound", self.ratio_lower_bound, low_open=False)
+
+    @classmethod
+    def at_budget(cls, keep: float) -> FrameFusionMethod:
+        """`cost = keep`: FrameFusion's budget is the average share of visual-token compute over the layers."""
+        return cls(cost=keep)
+
+    def check_model(self, base, family, num_layers: int) -> None:
+        deepstack = len(getattr(base.config.vision_config, "deepstack_visual_indexes", None) or ())
+        if deepstack >= num_layers:
+            raise ValueError(f"FrameFusion needs an LLM layer after the {deepstack} DeepStack layers, "
+                             f"got {num_layers} layers.")
+        self._run.first = deepstack
+
+    def attention_layers(self, num_layers: int) -> tuple[int, ...]:
+        return tuple(range(self._run.first, num_layers - 1))
+
+    def cut_layers(self, num_layers: int) -> tuple[int, ...]:
+        self._run.num_layers = num_layers - self._run.first  # the compute model's layers (published: 28)
+        return tuple(range(self._run.first, num_layers))
+
+    def cut_layer(self, context: LayerContext) -> LayerCut | None:
+        run = self._run
+        if context.layer == run.first:
+            run.reset()
+            if context.hidden_states.shape[0] != 1:
+                raise ValueError(f"FrameFusion runs one prompt at a time (the published code asserts batch size 1), "
+                                 f"got a batch of {context.hidden_states.shape[0]}: set the batch size to 1.")
+            run.state = FrameFusionState(
+                _patch_types(context), context.tokens_per_frame, context.visual_mask[0].clone(), run.num_layers,
+                self.cost, self.similarity_lower_bound, self.ratio_lower_bound)
+            hidden = context.hidden_states[0].clone()
+            keep = run.state.step(hidden)
+            cut = None if keep is None else LayerCut(keep[None], hidden_states=hidden[None])
+        elif run.state is None or run.state.done or run.captured is None:
+            return None
+        else:
+            cut = self._after_attention(context)
+        run.capture(None if run.state.done else context.module)
+        return cut
+
+    def _after_attention(self, context: LayerContext) -> LayerCut | None:
+        run = self._run
+        captured, run.captured = run.captured, None
+        if captured.shape != context.hidden_states.shape:
+            raise RuntimeError(f"FrameFusion captured {tuple(captured.shape)} before the MLP of layer "
+                               f"{context.layer - 1}, its output is {tuple(context.hidden_states.shape)}.")
+        hidden = captured[0].clone()
+        keep = run.state.step(hidden, None if context.attention is None else context.attention.float())
+        if keep is None:
+            return None
+        output = context.hidden_states
+        rows = run.state.merged_rows
+        if len(rows):
+            layer = run.layer
+            merged = hidden[rows].to(output.dtype)
+            output = output.clone()
+            output[0, rows] = merged + layer.mlp(layer.post_attention_layernorm(merged))
+        return LayerCut(keep[None], hidden_states=output)
+
+
+def _patch_types(context: LayerContext) -> torch.Tensor:
+    """`[S]` patch type of each token of the (batch-1) prompt: its raster index in its frame, else `TEXT_TOKEN`."""
+    index = context.visual_index[0]
+    frames = context.num_frames * context.tokens_per_frame
+    is_frame = (index >= 0) & (index < frames)
+    return torch.where(is_frame, index % context.tokens_per_frame, torch.full_like(index, TEXT_TOKEN))
+
+
+class _Run:
+    """FrameFusion's state during one generation (the method's settings stay frozen)."""
+
+    def __init__(self) -> None:
+        self.first = 0  # the first layer FrameFusion acts before (after DeepStack's layers)
+        self.num_layers = 0
+        self.state: FrameFusionState | None = None
+        self.captured: torch.Tensor | None = None
+        self.layer: nn.Module | None = None
+        self._handle = None
+
+    def reset(self) -> None:
+        self.state, self.captured, self.layer = None, None, None
+        self._release()
+
+    def capture(self, layer: nn.Module | None) -> None:
+        """Keep the hidden states `layer` feeds its MLP's norm (residual added after attention), once."""
+        self._release()
+        self.layer = layer
+        if layer is not None:
+            self._handle = layer.post_attention_layernorm.register_forward_pre_hook(self._store)
+
+    def _store(self, module: nn.Module, args: tuple) -> None:
+        self.captured = args[0].detach()
+        self._release()
+
+    def _release(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None

@@ -28,53 +28,26 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from lightning_prune.compression.base import (
+    CompressionMethod,
+    LayerContext,
+    LayerCut,
+    VisualContext,
+    VisualSelection,
+    check_fraction,
+    check_int,
+)
+from lightning_prune.dycoke.families.base import VideoTokens
 
 #: Segment sizes above which tokens are clustered (the published constant).
 CLUSTER_MIN_TOKENS = 14
 
 
-@dataclass(frozen=True)
-class PruneVidSettings:
-    """PruneVid's knobs, named as the published code's options, defaulted to its evaluation (`scripts/eval.sh`).
-
-    Attributes:
-        tau: static threshold on the mean pairwise cosine of a position's tokens in a segment, in [-1, 1].
-        temporal_segment_ratio: DPC-KNN clusters per frame for the temporal segments, in (0, 1].
-        cluster_ratio: share of cluster means kept by the spatial clustering, in (0, 1].
-        alpha: share of the video tokens kept at `selected_layer`, in [0, 1]; 1 keeps every token.
-        selected_layer: the LLM layer whose attention selects the tokens (>= 0; 10 for PLLaVA-7B).
-        k: DPC-KNN's neighbours for the local density (the published code: 7).
-        seed: seed of the generator DPC-KNN's tie-breaking noise comes from.
-        temporal_merging: False skips stage 1 (keep every token to stage 2; the published code always merges).
-    """
-
-    tau: float = 0.8
-    temporal_segment_ratio: float = 0.25
-    cluster_ratio: float = 0.5
-    alpha: float = 0.4
-    selected_layer: int = 10
-    k: int = 7
-    seed: int = 0
-    temporal_merging: bool = True
-
-    def __post_init__(self) -> None:
-        problems = []
-        if not -1.0 <= self.tau <= 1.0:
-            problems.append(f"`tau` must be in [-1, 1], got {self.tau}.")
-        for name in ("temporal_segment_ratio", "cluster_ratio"):
-            if not 0.0 < getattr(self, name) <= 1.0:
-                problems.append(f"`{name}` must be in (0, 1], got {getattr(self, name)}.")
-        if not 0.0 <= self.alpha <= 1.0:
-            problems.append(f"`alpha` must be in [0, 1], got {self.alpha}.")
-        for name, low in (("selected_layer", 0), ("k", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                problems.append(f"`{name}` must be an integer >= {low}, got {value!r}.")
-        if problems:
-            raise ValueError(" ".join(problems))
-
-
-def dpc_knn(x: torch.Tensor, cluster_num: int, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def dpc_knn(
+    x: torch.Tensor, cluster_num: int, k: int, generator: torch.Generator | None = None, return_centres: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Density-peaks clustering with k-nearest-neighbour densities (the published `cluster_dpc_knn`, no token mask).
 
     Args:
@@ -85,7 +58,8 @@ def dpc_knn(x: torch.Tensor, cluster_num: int, k: int, generator: torch.Generato
 
     Returns:
         `[B, N]` the cluster of each token; cluster `j` is the `j`-th centre by score (distance to a denser token
-        times density), each centre in its own cluster, every other token in its nearest centre's.
+        times density), each centre in its own cluster, every other token in its nearest centre's. With
+        `return_centres`, also `[B, cluster_num]` the centres' indices.
     """
     with torch.no_grad():
         channels = x.shape[-1]
@@ -101,7 +75,7 @@ def dpc_knn(x: torch.Tensor, cluster_num: int, k: int, generator: torch.Generato
         rows = torch.arange(x.shape[0], device=x.device)[:, None]
         labels = distance[rows, centres].argmin(dim=1)
         labels[rows.expand_as(centres), centres] = torch.arange(cluster_num, device=x.device).expand_as(centres)
-    return labels
+    return (labels, centres) if return_centres else labels
 
 
 def _runs(labels: list[int]) -> list[tuple[int, int, int]]:
@@ -184,12 +158,17 @@ def cluster_means(x: torch.Tensor, labels: torch.Tensor, cluster_num: int) -> to
 
 def spatial_merge(
     tokens: torch.Tensor, cluster_ratio: float, k: int, generator: torch.Generator | None
-) -> torch.Tensor:
-    """`[1, n, C]` -> `[1, int(n * cluster_ratio), C]` cluster means, when n > 14 (else unchanged)."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`[1, n, C]` -> `[1, int(n * cluster_ratio), C]` cluster means when n > 14, else the tokens unchanged.
+
+    Returns:
+        The tokens and `[n']` the index (into the n) of each one's representative: its cluster's centre.
+    """
     if tokens.shape[1] <= CLUSTER_MIN_TOKENS:
-        return tokens
+        return tokens, torch.arange(tokens.shape[1], device=tokens.device)
     clusters = int(tokens.shape[1] * cluster_ratio)
-    return cluster_means(tokens, dpc_knn(tokens, clusters, k, generator), clusters)
+    labels, centres = dpc_knn(tokens, clusters, k, generator, return_centres=True)
+    return cluster_means(tokens, labels, clusters), centres[0]
 
 
 @dataclass
@@ -200,12 +179,15 @@ class MergedVideo:
         tokens: `[M, C]` the merged tokens, segment after segment: static tokens, then each frame's dynamic tokens.
         static_sizes / dynamic_sizes / window_sizes: per segment, its static tokens, its dynamic tokens (all its
             frames), its frames.
+        sources: `[M]` for each merged token the index `frame * L + position` of a frame token it stands for (our
+            choice, for positions: a cluster's centre; a static token in its segment's first frame).
     """
 
     tokens: torch.Tensor
     static_sizes: list[int]
     dynamic_sizes: list[int]
     window_sizes: list[int]
+    sources: torch.Tensor
 
 
 def temporal_segments(frames: torch.Tensor, temporal_segment_ratio: float, k: int,
@@ -238,7 +220,8 @@ def merge_frames_dynamic(
     """
     windows = temporal_segments(frames, temporal_segment_ratio, k, generator)
     video = frames[None]  # the published code keeps a batch dimension of 1
-    pieces, static_sizes, dynamic_sizes = [], [], []
+    per_frame = frames.shape[1]
+    pieces, sources, static_sizes, dynamic_sizes = [], [], [], []
     start = 0
     for size in windows:
         window = video[:, start : start + size]  # [1, W, L, C]
@@ -246,14 +229,20 @@ def merge_frames_dynamic(
         similarity = torch.einsum("bwlc,btlc->bwtl", normed, normed)
         similarity = (similarity.sum(dim=-2) - 1).sum(dim=-2) / (size * (size - 1))  # [1, L]
         static = similarity[0] > tau
-        static_tokens = spatial_merge(window[:, :, static].mean(dim=1), cluster_ratio, k, generator)
-        dynamic_tokens = torch.cat([spatial_merge(window[:, i, ~static], cluster_ratio, k, generator)
-                                    for i in range(size)], dim=1)
-        pieces += [static_tokens, dynamic_tokens]
-        static_sizes.append(static_tokens.shape[1])
-        dynamic_sizes.append(dynamic_tokens.shape[1])
+        places = static.nonzero()[:, 0], (~static).nonzero()[:, 0]
+        tokens, centres = spatial_merge(window[:, :, static].mean(dim=1), cluster_ratio, k, generator)
+        pieces.append(tokens)
+        sources.append(start * per_frame + places[0][centres])
+        static_sizes.append(tokens.shape[1])
+        dynamic = 0
+        for i in range(size):
+            tokens, centres = spatial_merge(window[:, i, ~static], cluster_ratio, k, generator)
+            pieces.append(tokens)
+            sources.append((start + i) * per_frame + places[1][centres])
+            dynamic += tokens.shape[1]
+        dynamic_sizes.append(dynamic)
         start += size
-    return MergedVideo(torch.cat(pieces, dim=1)[0], static_sizes, dynamic_sizes, windows)
+    return MergedVideo(torch.cat(pieces, dim=1)[0], static_sizes, dynamic_sizes, windows, torch.cat(sources))
 
 
 def unrotated_attention(query: torch.Tensor, key: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
@@ -299,3 +288,125 @@ def prunevid_keep_indices(
         kept.append((top + offsets[:, None]).flatten())
         start += static + dynamic
     return torch.cat(kept).sort().values
+
+
+@dataclass(frozen=True)
+class PruneVidMethod(CompressionMethod):
+    """PruneVid's knobs, named as the published code's options, defaulted to its evaluation (`scripts/eval.sh`).
+
+    Attributes:
+        tau: static threshold on the mean pairwise cosine of a position's tokens in a segment, in [-1, 1].
+        temporal_segment_ratio: DPC-KNN clusters per frame for the temporal segments, in (0, 1].
+        cluster_ratio: share of cluster means kept by the spatial clustering, in (0, 1].
+        alpha: share of the video tokens kept at `selected_layer`, in (0, 1]; 1 keeps every token.
+        selected_layer: the LLM layer whose attention selects the tokens; its output and later layers see only the
+            kept ones, and the cache of it and the earlier layers is cut to them (10 for PLLaVA-7B's 32 layers).
+        k: DPC-KNN's neighbours for the local density (the published code: 7; at most the frames per video).
+        seed: seed of the generator DPC-KNN's tie-breaking noise comes from (the published code: the global one).
+        temporal_merging: False skips stage 1 and scores every frame as a segment of dynamic tokens (a refinement:
+            the published code always merges); with `alpha = 1` the model is then unchanged.
+
+    Wiring (`CompressionHooks`): stage 1 in `select_visual` (the frames as the family adapter gives them: Qwen's
+    temporal patches count as frames; LLaVA-OneVision's newline stays, after the video); a merged token takes the
+    position of its representative (`MergedVideo.sources`) and, on Qwen3-VL, its DeepStack features. Stage 2 reads
+    the input of `selected_layer` (a cut that keeps everything) and cuts before the next layer. Batch 1, as published.
+    """
+
+    name = "prunevid"
+    needs_attention = False
+    tau: float = 0.8
+    temporal_segment_ratio: float = 0.25
+    cluster_ratio: float = 0.5
+    alpha: float = 0.4
+    selected_layer: int = 10
+    k: int = 7
+    seed: int = 0
+    temporal_merging: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "_run", {})
+
+    def problems(self) -> list[str]:
+        problems = []
+        if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)) or not -1.0 <= self.tau <= 1.0:
+            problems.append(f"`tau` must be in [-1, 1], got {self.tau!r}.")
+        for name in ("temporal_segment_ratio", "cluster_ratio", "alpha"):
+            problems += check_fraction(name, getattr(self, name))
+        problems += check_int("selected_layer", self.selected_layer, 0) + check_int("k", self.k, 1)
+        problems += check_int("seed", self.seed, 0)
+        if not isinstance(self.temporal_merging, bool):
+            problems.append(f"`temporal_merging` must be True or False, got {self.temporal_merging!r}.")
+        return problems
+
+    @classmethod
+    def at_budget(cls, keep: float) -> PruneVidMethod:
+        """`alpha = keep`: the share kept at `selected_layer` (stage 1 merges further, by the video's content)."""
+        return cls(alpha=keep)
+
+    def check_model(self, base, family, num_layers: int) -> None:
+        if self.selected_layer > num_layers - 2:
+            raise ValueError(f"`selected_layer` must leave a layer after it in the LLM's {num_layers} layers "
+                             f"(0 to {num_layers - 2}), got {self.selected_layer}.")
+
+    def cut_layers(self, num_layers: int) -> tuple[int, ...]:
+        return (self.selected_layer, self.selected_layer + 1)
+
+    def select_visual(self, video: VideoTokens, context: VisualContext) -> VisualSelection | None:
+        self._run.clear()
+        _check_batch(len(video.frames))
+        frames = video.num_frames
+        if not self.temporal_merging:
+            return None
+        if self.k > frames or int(frames * self.temporal_segment_ratio) < 1:
+            raise ValueError(f"`k` must be at most the video's {frames} frames and `temporal_segment_ratio` times "
+                             f"them at least 1, got k={self.k}, temporal_segment_ratio={self.temporal_segment_ratio}.")
+        merged = merge_frames_dynamic(video.frames[0], self.tau, self.temporal_segment_ratio, self.cluster_ratio,
+                                      self.k, context.generator)
+        self._run["sizes"] = (merged.static_sizes, merged.dynamic_sizes, merged.window_sizes)
+        total = frames * video.tokens_per_frame
+        trailing = torch.arange(total, total + video.trailing, device=merged.sources.device)
+        features = merged.tokens
+        if video.trailing:
+            features = torch.cat([features, video.output.pooler_output[0][total:].to(features)])
+        return VisualSelection([torch.cat([merged.sources, trailing])], [features])
+
+    def cut_layer(self, context: LayerContext) -> LayerCut | None:
+        _check_batch(context.hidden_states.shape[0])
+        candidates = context.visual_mask[0] & (context.visual_index[0] < context.num_frames * context.tokens_per_frame)
+        if context.layer == self.selected_layer:
+            self._run["attention"] = _video_attention(context.module, context.hidden_states, context.visual_mask[0],
+                                                      candidates)
+            return None
+        if self.alpha >= 1.0 or "attention" not in self._run:
+            return None
+        sizes = self._run.get("sizes")
+        if sizes is None:  # stage 1 off: every frame is a segment of dynamic tokens
+            sizes = ([0] * context.num_frames, [context.tokens_per_frame] * context.num_frames,
+                     [1] * context.num_frames)
+        columns = candidates.nonzero()[:, 0]
+        kept = columns[prunevid_keep_indices(self._run.pop("attention"), sizes, self.alpha)]
+        keep = torch.cat([(~candidates).nonzero()[:, 0], kept]).sort().values
+        return LayerCut(keep[None], earlier_cache=True)
+
+
+def _check_batch(batch: int) -> None:
+    if batch != 1:
+        raise ValueError(f"PruneVid runs one prompt at a time (the published code is batch 1; its merging gives each "
+                         f"video its own token count), got a batch of {batch}: set the batch size to 1.")
+
+
+def _video_attention(layer: nn.Module, hidden: torch.Tensor, visual_mask: torch.Tensor,
+                     candidates: torch.Tensor) -> torch.Tensor:
+    """`[H, Q, V]` PruneVid's attention in `layer` (before RoPE, no mask) of the queries after the video to the
+    V candidate video tokens, from the layer's input `hidden` `[1, S, D]`."""
+    attention = layer.self_attn
+    normed = layer.input_layernorm(hidden)
+    shape = (*hidden.shape[:2], -1, attention.head_dim)
+    query = attention.q_proj(normed).view(shape)
+    key = attention.k_proj(normed).view(shape)
+    if getattr(attention, "q_norm", None) is not None:  # Qwen3: the norms come before RoPE
+        query, key = attention.q_norm(query), attention.k_norm(key)
+    last = int(visual_mask.nonzero()[-1, 0])
+    rows = unrotated_attention(query.transpose(1, 2), key.transpose(1, 2), slice(last + 1, None))
+    return rows[0][:, :, candidates]

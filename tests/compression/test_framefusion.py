@@ -161,7 +161,7 @@ def _compare_with_published(hidden, frames, per_frame, prefix, num_layers, cost,
     """Run ours and the published rule side by side through the layers; the sparsities and kept lengths."""
     video = frames * per_frame
     types = frame_patch_types(hidden.shape[0], prefix, frames, per_frame)
-    ours = FrameFusionState(types, per_frame, prefix, video, num_layers, cost, bound, 0.1)
+    ours = FrameFusionState(types, per_frame, types != TEXT_TOKEN, num_layers, cost, bound, 0.1)
     reference = PublishedFrameFusion(types, per_frame, prefix, video, cost, bound, 0.1, num_layers)
     positions = torch.arange(hidden.shape[0])
     ref_hidden, ref_positions = hidden[None].clone(), positions[None].clone()
@@ -175,7 +175,10 @@ def _compare_with_published(hidden, frames, per_frame, prefix, num_layers, cost,
                 attention = torch.randn(heads, 1, ours_hidden.shape[0], generator=generator).softmax(-1)
                 pruned = True
         assert ours.needs_attention == (reference.finish_merging and not reference.finish_pruning)
+        before = ours_hidden.clone()
         keep = ours.step(ours_hidden, None if attention is None else attention[:, 0])
+        changed = (ours_hidden != before).any(dim=-1).nonzero()[:, 0]
+        assert changed.tolist() == ours.merged_rows.sort().values.tolist()
         ref_hidden, ref_positions = reference.forward(ref_hidden, ref_positions,
                                                       None if attention is None else attention[None])
         if keep is not None:
@@ -222,7 +225,8 @@ def test_framefusion_several_merging_steps_match_published(seed, spread, shrink,
 def test_framefusion_cost_one_keeps_every_token():
     generator = torch.Generator().manual_seed(3)
     hidden = _video_prompt(generator, 6, 8, 10, 2, 3, change=0.1)
-    state = FrameFusionState(frame_patch_types(hidden.shape[0], 2, 6, 8), 8, 2, 48, 4, cost=1.0)
+    types = frame_patch_types(hidden.shape[0], 2, 6, 8)
+    state = FrameFusionState(types, 8, types != TEXT_TOKEN, 4, cost=1.0)
     assert state.step(hidden.clone()) is None
     assert state.done
 
@@ -233,7 +237,9 @@ def test_framefusion_trailing_video_token_is_never_merged_but_pruned_as_video():
     assert types.tolist() == [-1, 0, 1, 2, 0, 1, 2, -1, -1]
     attention = torch.zeros(2, hidden.shape[0])
     attention[:, 7] = 1.0  # the trailing (newline) video token is the most attended
-    keep = attention_keep_indices(attention, 1, 7, 6 / 7)
+    visual = torch.zeros(hidden.shape[0], dtype=torch.bool)
+    visual[1:8] = True
+    keep = attention_keep_indices(attention, visual, 6 / 7)
     assert keep.tolist() == [0, 7, 8]
 
 
