@@ -372,6 +372,11 @@ class CompressionHooks:
         if not isinstance(mask, torch.Tensor):
             return
         prompt = self._prefill.visual_mask.shape[1]
+        first = self._layer_positions.get(0)
+        if first is not None and first.shape[1] < prompt:
+            # Layer 0 was cut (FrameFusion merges before it): the model sized the mask by layer 0's cache, whose
+            # prompt columns are layer 0's kept positions (every later layer keeps a subset of them).
+            positions, prompt = torch.searchsorted(first, positions), first.shape[1]
         generated = torch.arange(prompt, mask.shape[-1], device=mask.device).expand(positions.shape[0], -1)
         index = torch.cat([positions, generated], dim=1)
         kwargs["attention_mask"] = gather_positions(mask.expand(index.shape[0], *mask.shape[1:]), index, 3)

@@ -10,7 +10,7 @@ import torch
 
 from lightning_prune.compression.framefusion import (
     TEXT_TOKEN,
-    FrameFusionSettings,
+    FrameFusionMethod,
     FrameFusionState,
     attention_keep_indices,
     compute_pruning_ratio,
@@ -243,13 +243,15 @@ def test_framefusion_trailing_video_token_is_never_merged_but_pruned_as_video():
     assert keep.tolist() == [0, 7, 8]
 
 
-def test_framefusion_settings_reject_out_of_range():
-    with pytest.raises(ValueError, match=r"`cost` must be in \(0, 1\], got 0"):
-        FrameFusionSettings(cost=0)
-    with pytest.raises(ValueError, match=r"`similarity_lower_bound` must be in \[-1, 1\], got 1.5"):
-        FrameFusionSettings(similarity_lower_bound=1.5)
-    with pytest.raises(ValueError, match=r"`ratio_lower_bound` must be in \[0, 1\], got -0.1"):
-        FrameFusionSettings(ratio_lower_bound=-0.1)
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"cost": 0.0}, r"`cost` must be in \(0, 1\], got 0.0"),
+    ({"cost": 1.5}, r"`cost` must be in \(0, 1\], got 1.5"),
+    ({"similarity_lower_bound": 1.5}, r"`similarity_lower_bound` must be in \[-1, 1\], got 1.5"),
+    ({"ratio_lower_bound": -0.1}, r"`ratio_lower_bound` must be in \[0, 1\], got -0.1"),
+])
+def test_framefusion_rejects_out_of_range_settings(settings, message):
+    with pytest.raises(ValueError, match=message):
+        FrameFusionMethod(**settings)
 
 
 def test_compute_pruning_ratio_rejects_a_budget_already_spent():
