@@ -11,11 +11,11 @@ from lightning_prune.compression.base import CompressionMethod
 _METHODS = {
     "dycoke": "lightning_prune.compression.dycoke:DyCokeMethod",
     "fastv": "lightning_prune.compression.fastv:FastVMethod",
-    "framefusion": "lightning_prune.compression.framefusion:FrameFusionMethod",
-    "prunevid": "lightning_prune.compression.prunevid:PruneVidMethod",
     "random": "lightning_prune.compression.floors:RandomTokensMethod",
     "uniform_spatial": "lightning_prune.compression.floors:UniformSpatialMethod",
     "uniform_temporal": "lightning_prune.compression.floors:UniformTemporalMethod",
+    "framefusion": "lightning_prune.compression.framefusion:FrameFusionMethod",
+    "prunevid": "lightning_prune.compression.prunevid:PruneVidMethod",
 }
 
 METHOD_NAMES = tuple(_METHODS)
