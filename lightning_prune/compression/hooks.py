@@ -142,7 +142,9 @@ class CompressionHooks:
                 setattr(layers[index].self_attn, TAP_ATTRIBUTE, self._tap)
         self._handles = [self.base.register_forward_pre_hook(self._before_forward, with_kwargs=True)]
         if self.cut_layers:
-            for index in range(self.cut_layers[0], self.num_layers):
+            # Every layer, not only from the first cut on: a cut may also shorten the earlier layers' cache
+            # (`LayerCut.earlier_cache`), whose decode masks must then be sliced too.
+            for index in range(self.num_layers):
                 self._handles.append(layers[index].register_forward_pre_hook(self._before_layer(index),
                                                                              with_kwargs=True))
         self._handles += self.family.attach(self.base)
@@ -297,8 +299,11 @@ class CompressionHooks:
             self.family.decode_positions(kwargs, prefill.removed)
             mask = kwargs.get("attention_mask")
             if mask is not None:
-                if mask.dim() != 2 or mask.shape[1] != past + 1 + prefill.removed:
-                    raise ValueError(f"Expected a 2-D decode `attention_mask` over {past + 1 + prefill.removed} "
+                first = self._layer_positions.get(0)  # layer 0's cache sets `past`; a cut may have shortened it
+                cut = 0 if first is None else prefill.visual_mask.shape[1] - first.shape[1]
+                expected = past + 1 + prefill.removed + cut
+                if mask.dim() != 2 or mask.shape[1] != expected:
+                    raise ValueError(f"Expected a 2-D decode `attention_mask` over {expected} "
                                      f"tokens, got shape {tuple(mask.shape)}.")
                 length = prefill.original_length
                 kwargs["attention_mask"] = torch.cat([mask[:, :length].gather(1, prefill.kept_columns),
@@ -348,10 +353,27 @@ class CompressionHooks:
             hidden = cut.hidden_states
         prefill.positions = positions.gather(1, keep)
         prefill.version += 1
+        if cut.earlier_cache:
+            self._cut_earlier_caches(index, kwargs, prefill.positions)
         visual = int(prefill.visual_mask.gather(1, prefill.positions)[0].sum())
         self._current.layer_visual_tokens[index] = visual
         self._current.visual_tokens_after = visual
         return gather_positions(hidden, keep, 1)
+
+    def _cut_earlier_caches(self, index: int, kwargs: dict, kept: torch.Tensor) -> None:
+        """The cache of the layers before `index` keeps only the prompt positions `kept` `[B, S']` (PruneVid)."""
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if cache is None:
+            raise ValueError(f"{self.method.name} cuts the cache of the layers before {index}, but the forward has "
+                             "no cache (`use_cache=False`).")
+        full = torch.arange(self._prefill.visual_mask.shape[1], device=kept.device).expand(kept.shape[0], -1)
+        for layer in range(index):
+            cached = self._layer_positions.get(layer, full)
+            where = torch.searchsorted(cached.contiguous(), kept.contiguous())  # kept is a subset of what it holds
+            entry = cache.layers[layer]
+            entry.keys = gather_positions(entry.keys, where, 2)
+            entry.values = gather_positions(entry.values, where, 2)
+            self._layer_positions[layer] = kept
 
     def _slice_prefill(self, kwargs: dict, prefill: _Prefill) -> None:
         """Mask, RoPE cos/sin and position ids of the kept tokens (gathered from the full ones every layer gets)."""

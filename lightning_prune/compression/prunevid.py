@@ -8,8 +8,8 @@ Stage 1, before the LLM, on one video's projected frame tokens `[T, L, C]` (`mer
 2. **Static / dynamic tokens**: in a segment of W frames, a spatial position is static when the mean pairwise cosine
    of its W tokens is `> tau` (`(sum over pairs incl. self - W) / (W (W - 1))`, NaN for W = 1: dynamic). Static
    positions are averaged over the segment, dynamic ones stay per frame.
-3. **Spatial clustering**: the static tokens, and each frame's dynamic tokens, are clustered by DPC-KNN (k = 7) into
-   `int(n * cluster_ratio)` cluster means when there are more than 14 of them.
+3. **Spatial clustering**: the static tokens, and each frame's dynamic tokens, are clustered by DPC-KNN (k = 7,
+   fixed) into `int(n * cluster_ratio)` cluster means when there are more than 14 of them.
 The video becomes, segment after segment, its static tokens then each frame's dynamic tokens.
 
 DPC-KNN adds uniform noise times 1e-6 to the densities to break ties; the published code draws it from the global
@@ -41,8 +41,9 @@ from lightning_prune.compression.base import (
 )
 from lightning_prune.dycoke.families.base import VideoTokens
 
-#: Segment sizes above which tokens are clustered (the published constant).
+#: Segment sizes above which tokens are clustered, and the spatial clustering's neighbours (published constants).
 CLUSTER_MIN_TOKENS = 14
+SPATIAL_K = 7
 
 
 def dpc_knn(
@@ -157,7 +158,7 @@ def cluster_means(x: torch.Tensor, labels: torch.Tensor, cluster_num: int) -> to
 
 
 def spatial_merge(
-    tokens: torch.Tensor, cluster_ratio: float, k: int, generator: torch.Generator | None
+    tokens: torch.Tensor, cluster_ratio: float, generator: torch.Generator | None, k: int = SPATIAL_K
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`[1, n, C]` -> `[1, int(n * cluster_ratio), C]` cluster means when n > 14, else the tokens unchanged.
 
@@ -214,7 +215,8 @@ def merge_frames_dynamic(
 
     Args:
         frames: `[T, L, C]` the projected frame tokens, each frame in raster order; T >= k.
-        tau, temporal_segment_ratio, cluster_ratio, k: see `PruneVidSettings`.
+        tau, temporal_segment_ratio, cluster_ratio: see `PruneVidMethod`.
+        k: the temporal DPC-KNN's neighbours (the spatial clustering's stay 7, as published).
         generator: source of DPC-KNN's noise, drawn in the published order (segments, then per segment its static
             clustering and its frames' dynamic clusterings).
     """
@@ -230,13 +232,13 @@ def merge_frames_dynamic(
         similarity = (similarity.sum(dim=-2) - 1).sum(dim=-2) / (size * (size - 1))  # [1, L]
         static = similarity[0] > tau
         places = static.nonzero()[:, 0], (~static).nonzero()[:, 0]
-        tokens, centres = spatial_merge(window[:, :, static].mean(dim=1), cluster_ratio, k, generator)
+        tokens, centres = spatial_merge(window[:, :, static].mean(dim=1), cluster_ratio, generator)
         pieces.append(tokens)
         sources.append(start * per_frame + places[0][centres])
         static_sizes.append(tokens.shape[1])
         dynamic = 0
         for i in range(size):
-            tokens, centres = spatial_merge(window[:, i, ~static], cluster_ratio, k, generator)
+            tokens, centres = spatial_merge(window[:, i, ~static], cluster_ratio, generator)
             pieces.append(tokens)
             sources.append((start + i) * per_frame + places[1][centres])
             dynamic += tokens.shape[1]
@@ -301,7 +303,8 @@ class PruneVidMethod(CompressionMethod):
         alpha: share of the video tokens kept at `selected_layer`, in (0, 1]; 1 keeps every token.
         selected_layer: the LLM layer whose attention selects the tokens; its output and later layers see only the
             kept ones, and the cache of it and the earlier layers is cut to them (10 for PLLaVA-7B's 32 layers).
-        k: DPC-KNN's neighbours for the local density (the published code: 7; at most the frames per video).
+        k: the temporal DPC-KNN's neighbours (the published call: 7; at most the frames per video; the spatial
+            clustering keeps the published fixed 7).
         seed: seed of the generator DPC-KNN's tie-breaking noise comes from (the published code: the global one).
         temporal_merging: False skips stage 1 and scores every frame as a segment of dynamic tokens (a refinement:
             the published code always merges); with `alpha = 1` the model is then unchanged.
