@@ -21,7 +21,7 @@ from lightning_prune.compression.prunevid import (
 )
 
 
-def published_dpc_knn(x, cluster_num, k):
+def published_dpc_knn(x, cluster_num, k, centres=False):
     batch, n, channels = x.shape
     dist = torch.cdist(x.float(), x.float()) / (channels**0.5)
     nearest, _ = torch.topk(dist, k=k, dim=-1, largest=False)
@@ -35,7 +35,7 @@ def published_dpc_knn(x, cluster_num, k):
     labels = gathered.argmin(dim=1)
     for b in range(batch):
         labels[b, down[b]] = torch.arange(cluster_num)
-    return labels
+    return (labels, down) if centres else labels
 
 
 def published_refine(labels):
@@ -104,36 +104,50 @@ def published_cluster_vectors(x, labels, num):
 
 
 def published_spatial(x, ratio):
+    """The cluster means, and (our port's positions) the index of each cluster's centre."""
     num = int(x.shape[1] * ratio)
-    return published_cluster_vectors(x, published_dpc_knn(x, num, 7), num)
+    labels, down = published_dpc_knn(x, num, 7, centres=True)
+    return published_cluster_vectors(x, labels, num), down[0]
 
 
-def published_merge_frames_dynamic(features, num_frames, per_frame, tau, segment_ratio, cluster_ratio):
-    """`merge_frames_dynamic` on `[1, T * L, C]` (k = 7 as the published call)."""
+def published_merge_frames_dynamic(features, num_frames, per_frame, tau, segment_ratio, cluster_ratio, k=7,
+                                   sources=False):
+    """`merge_frames_dynamic` on `[1, T * L, C]` (the temporal DPC-KNN with `k`, the spatial ones with 7). With
+    `sources`, also our port's position of each token: `frame * L + position` of its cluster's centre (a static
+    token in its segment's first frame), or of the token itself when not clustered."""
     batch, _, channels = features.shape
     frames = features.view(batch, num_frames, per_frame, channels)
-    labels = published_dpc_knn(frames.mean(dim=2), int(num_frames * segment_ratio), 7)
+    labels = published_dpc_knn(frames.mean(dim=2), int(num_frames * segment_ratio), k)
     windows = published_segments(published_refine(labels[0]))
-    out, static_sizes, dynamic_sizes, start = [], [], [], 0
+    out, origin, static_sizes, dynamic_sizes, start = [], [], [], [], 0
     for size in windows:
         current = frames[:, start : start + size]
         normed = F.normalize(current, p=2, dim=-1)
         sim = torch.einsum("bwlc,btlc->bwtl", normed, normed)
         sim = (sim.sum(dim=-2) - 1).sum(dim=-2) / (size * (size - 1))
-        mask = (sim > tau).view(batch, 1, per_frame, 1).expand(-1, size, -1, channels)
+        is_static = sim > tau
+        mask = is_static.view(batch, 1, per_frame, 1).expand(-1, size, -1, channels)
         static = torch.masked_select(current, mask).view(batch, size, -1, channels).mean(dim=1)
+        places = is_static[0].nonzero()[:, 0]
         if static.shape[1] > 14:
-            static = published_spatial(static, cluster_ratio)
+            static, centre = published_spatial(static, cluster_ratio)
+            places = places[centre]
+        origin.append(start * per_frame + places)
         dynamic = torch.masked_select(current, ~mask).view(batch, size, -1, channels)
         parts = []
         for i in range(size):
-            part = dynamic[:, i]
-            parts.append(published_spatial(part, cluster_ratio) if part.shape[1] > 14 else part)
+            part, places = dynamic[:, i], (~is_static[0]).nonzero()[:, 0]
+            if part.shape[1] > 14:
+                part, centre = published_spatial(part, cluster_ratio)
+                places = places[centre]
+            parts.append(part)
+            origin.append((start + i) * per_frame + places)
         out += [static, torch.cat(parts, dim=1)]
         static_sizes.append(static.shape[1])
         dynamic_sizes.append(out[-1].shape[1])
         start += size
-    return torch.cat(out, dim=1), static_sizes, dynamic_sizes, windows
+    result = (torch.cat(out, dim=1), static_sizes, dynamic_sizes, windows)
+    return (*result, torch.cat(origin)) if sources else result
 
 
 def published_process_attention(attention, static_sizes, dynamic_sizes, window_sizes, alpha):
@@ -206,6 +220,10 @@ def test_merge_frames_dynamic_matches_published(seed):
     assert (ours.static_sizes, ours.dynamic_sizes, ours.window_sizes) == (static, dynamic, windows)
     torch.testing.assert_close(ours.tokens, tokens[0], rtol=0, atol=0)
     assert len(ours.sources) == len(ours.tokens) == len(ours.sources.unique())
+    torch.manual_seed(100 + seed)
+    *_, sources = published_merge_frames_dynamic(video.reshape(1, -1, channels), frames, per_frame, tau,
+                                                 segment_ratio, cluster_ratio, sources=True)
+    assert torch.equal(ours.sources, sources)
     assert len(windows) > 1 and any(s > 0 for s in static) and any(s > 0 for s in dynamic)
 
 
