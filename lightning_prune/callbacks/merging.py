@@ -6,12 +6,29 @@ method's published parameters (checked there, before any batch) and the maths li
 
 from __future__ import annotations
 
+from lightning.pytorch import LightningModule, Trainer
+from typing_extensions import override
+
 from lightning_prune.callbacks.compression import CompressionCallback
 from lightning_prune.compression.framefusion import FrameFusionMethod
 from lightning_prune.compression.prunevid import PruneVidMethod
 
 
-class FrameFusion(CompressionCallback):
+class _OnePromptAtATime(CompressionCallback):
+    """Refuses, before any batch, a data module that batches prompts (the method itself refuses at the prefill)."""
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        datamodule = getattr(trainer, "datamodule", None)
+        hparams = getattr(datamodule, "hparams", {})
+        batch_size = hparams.get("batch_size") if hasattr(hparams, "get") else None
+        if stage in ("predict", "test") and isinstance(batch_size, int) and batch_size > 1:
+            raise ValueError(f"{type(self).__name__} runs one prompt at a time (the published code is batch 1), got "
+                             f"`batch_size` {batch_size}: set --data.batch_size 1.")
+        super().setup(trainer, pl_module, stage)
+
+
+class FrameFusion(_OnePromptAtATime):
     """FrameFusion (Fu et al., ICCV 2025): merge same-position tokens of consecutive frames layer by layer, then prune
     by last-token attention to a compute `cost` (`lightning_prune.compression.framefusion`). Batch size 1.
 
@@ -29,7 +46,7 @@ class FrameFusion(CompressionCallback):
                                            ratio_lower_bound=ratio_lower_bound), log_prefix)
 
 
-class PruneVid(CompressionCallback):
+class PruneVid(_OnePromptAtATime):
     """PruneVid (Huang et al., 2024): temporal segments and static/dynamic token merging before the LLM, then
     attention-based pruning at `selected_layer`, cache of the earlier layers included
     (`lightning_prune.compression.prunevid`). Batch size 1.

@@ -308,11 +308,14 @@ class CompressionHooks:
                 length = prefill.original_length
                 kwargs["attention_mask"] = torch.cat([mask[:, :length].gather(1, prefill.kept_columns),
                                                       mask[:, length:]], dim=1)
-        self._current.full_kv_lengths.append(past + 1)
+        first = self._layer_positions.get(0)  # `past` counts layer 0's cache, which a cut may have shortened
+        prompt = prefill.visual_mask.shape[1]
+        shortened = 0 if first is None else prompt - first.shape[1]
+        self._current.full_kv_lengths.append(past + 1 + shortened)
         if self.pruning is None:
             last = self._layer_positions.get(self.num_layers - 1)
-            cut = 0 if last is None else prefill.visual_mask.shape[1] - last.shape[1]
-            self._current.attended_kv_lengths.append(past + 1 - cut)
+            cut = 0 if last is None else prompt - last.shape[1]
+            self._current.attended_kv_lengths.append(past + 1 + shortened - cut)
 
     # The decoder layers (from the first cut layer on).
 
