@@ -16,6 +16,7 @@ _LAZY = {
     "RandomTokens": "lightning_prune.callbacks.compression",
     "UniformSpatial": "lightning_prune.callbacks.compression",
     "UniformTemporal": "lightning_prune.callbacks.compression",
+    "VisionZip": "lightning_prune.callbacks.compression",
     "FrameFusion": "lightning_prune.callbacks.merging",
     "PruneVid": "lightning_prune.callbacks.merging",
 }

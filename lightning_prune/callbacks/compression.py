@@ -19,6 +19,7 @@ from typing_extensions import override
 from lightning_prune.compression.base import CompressionMethod
 from lightning_prune.compression.fastv import FastVMethod
 from lightning_prune.compression.floors import RandomTokensMethod, UniformSpatialMethod, UniformTemporalMethod
+from lightning_prune.compression.visionzip import VisionZipMethod
 from lightning_prune.dycoke.probe import GenerationTimer, peak_memory_bytes, reset_peak_memory
 
 _STAGES = ("predict", "test")
@@ -190,3 +191,21 @@ class UniformTemporal(CompressionCallback):
 
     def __init__(self, keep_ratio: float = 0.25, log_prefix: str = "uniform_temporal") -> None:
         super().__init__(UniformTemporalMethod(keep_ratio=keep_ratio), log_prefix)
+
+
+class VisionZip(CompressionCallback):
+    """VisionZip (Yang et al., CVPR 2025) per frame before the LLM: dominant tokens by attention, contextual tokens
+    merged by key similarity (`lightning_prune.compression.visionzip`).
+
+    Args:
+        keep_ratio: share of each frame's tokens kept, in (0, 1]. Default: 64 / 576 (the published 64-token setting).
+        dominant_ratio: share of those that are dominant, in [0, 1). Default: 54 / 64 (published 54 + 10).
+        scoring: `cls` (the published rule; CLIP towers), `mean_query` (HoliTom's SigLIP port), `merge_group`
+            (LightCompress's Qwen2.5-VL port), `auto` (default): the one the model's tower takes.
+        log_prefix: prefix of the logged metric names.
+    """
+
+    def __init__(self, keep_ratio: float = 64 / 576, dominant_ratio: float = 54 / 64, scoring: str = "auto",
+                 log_prefix: str = "visionzip") -> None:
+        super().__init__(VisionZipMethod(keep_ratio=keep_ratio, dominant_ratio=dominant_ratio, scoring=scoring),
+                         log_prefix)

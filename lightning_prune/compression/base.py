@@ -27,12 +27,14 @@ class VisualContext:
         family: the family adapter.
         kwargs: the base model's forward keyword arguments (pixels, grids) as they came.
         generator: a seeded `torch.Generator` for methods that draw at random (one per generation, reproducible).
+        probe: the method's `vision_probe` (what it captured inside the vision tower), or None.
     """
 
     base: nn.Module
     family: FamilyAdapter
     kwargs: dict
     generator: torch.Generator
+    probe: Any = None
 
 
 @dataclass
@@ -42,8 +44,9 @@ class VisualSelection:
     Attributes:
         kept: per sample `[M]` indices into the video run (frames then trailing tokens; the same M for every sample),
             in the order the tokens take in the prompt (position ids follow each token's origin).
-        features: None to keep the selected tokens' own features, or per sample `[M, D]` replacements (merged
-            tokens: e.g. a VisionZip contextual token is its target plus the mean of the tokens assigned to it).
+        features: None to keep the selected tokens' own features, or per sample `[M', D]` replacements of the first
+            M' <= M kept tokens' features (merged tokens: e.g. a VisionZip contextual token is its target plus the
+            mean of the tokens assigned to it); the others (e.g. a trailing newline) keep their own.
     """
 
     kept: list[torch.Tensor]
@@ -86,7 +89,7 @@ class LayerCut:
         hidden_states: None, or `[B, S, D]` replacement hidden states taken before `keep` is applied (merging methods
             write a merged token's state into the token that stays).
         earlier_cache: also cut the cache of the layers before this one to the same tokens (PruneVid's stage 2),
-            so that decoding attends to the kept tokens everywhere.
+            so that decoding attends to the kept tokens everywhere (those entries are masked out, not freed).
     """
 
     keep: torch.Tensor
@@ -140,6 +143,11 @@ class CompressionMethod:
 
     def select_visual(self, video: VideoTokens, context: VisualContext) -> VisualSelection | None:
         """Before the LLM: which video tokens enter it (None: all)."""
+        return None
+
+    def vision_probe(self, base: nn.Module, family: FamilyAdapter):
+        """An object with `attach() -> handles` (hooks inside the vision tower) whose captures `select_visual` reads
+        as `context.probe`; None when the method reads nothing there."""
         return None
 
     def attention_layers(self, num_layers: int) -> tuple[int, ...]:

@@ -14,8 +14,8 @@ from torch import nn
 from lightning_prune.compression.base import CompressionMethod
 from lightning_prune.dycoke.hooks import DyCokeHooks, DyCokeSettings
 
-# What TTM keeps with windows of 4 frames: the first frame whole, the other three at 1 - K.
-_TTM_KEPT = lambda merging_ratio: (1 + 3 * (1 - merging_ratio)) / 4  # noqa: E731
+# The highest merging ratio `at_budget` uses (K must stay below 1): TTM then keeps about 25.75 % of the tokens.
+_MAX_MERGING = 0.99
 
 
 @dataclass(frozen=True)
@@ -43,12 +43,10 @@ class DyCokeMethod(CompressionMethod):
 
     @classmethod
     def at_budget(cls, keep: float) -> DyCokeMethod:
-        """The published K = 0.7 merging, and P set so that decode steps attend to `keep` of the visual tokens
-        (TTM keeps about `(1 + 3 (1 - K)) / 4` = 47.5 %; `1 - P` of those are attended)."""
-        kept = _TTM_KEPT(0.7)
-        if keep >= kept:
-            return cls(merging_ratio=min(0.7, (4 - 4 * keep) / 3), decode_prune_ratio=0.0)
-        return cls(decode_prune_ratio=1 - keep / kept)
+        """Temporal token merging set to keep `keep` of the visual tokens: windows of 4 frames keep the first whole
+        and `1 - K` of the other three, so `K = (4 - 4 keep) / 3`, capped at 0.99 (TTM alone cannot go below about
+        26 %); the decode-time pruning keeps its published P = 0.8 and L = 3."""
+        return cls(merging_ratio=max(0.0, min(_MAX_MERGING, (4 - 4 * keep) / 3)))
 
     def make_hooks(self, model: nn.Module, family: str | None = None, profile: bool = False) -> DyCokeHooks:
         return DyCokeHooks(model, self.dycoke_settings(), profile=profile, family=family)

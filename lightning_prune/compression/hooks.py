@@ -8,11 +8,13 @@ this package does not change). Pieces, no model file forked, the family's specif
    placeholders from `input_ids` / `attention_mask` / `mm_token_type_ids` and lets the adapter assign positions (kept
    tokens keep their multimodal RoPE ids; DeepStack features are gathered with them). At each decode step it maps
    `generate`'s bookkeeping (which still counts the dropped tokens) onto the shorter prompt.
-2. Forward pre-hooks on the LLM's decoder layers from the first `cut_layers` entry on. At the prefill, before a cut
+2. Forward pre-hooks on the LLM's decoder layers (when the method lists `cut_layers`). At the prefill, before a cut
    layer, the method's `cut_layer` picks the tokens that this layer and the later ones keep: their hidden states,
    the mask rows and columns, the RoPE cos/sin and position ids are gathered, so those layers compute (and cache)
    only the kept tokens, with their original positions. At a decode step these layers get the mask columns of their
-   own (shorter) cache.
+   own (shorter) cache. A cut with `earlier_cache` also hides the dropped tokens from the earlier layers at every
+   decode step: their cache entries are masked out, not freed (layer 0's cache length is what `generate`'s position
+   bookkeeping reads, so it stays whole).
 3. When the method reads attention (`attention_layers`, `decode_pruning`), the text model's attention is switched to
    `compression_sdpa` / `compression_eager` (`attention.py`): the last prompt token's attention row is computed
    alone in the listed layers, and a `DecodePruning` selects cache entries at each decode step.
@@ -102,6 +104,7 @@ class CompressionHooks:
         self._prefill: _Prefill | None = None
         self._current: CompressionStats | None = None
         self._layer_positions: dict[int, torch.Tensor] = {}
+        self._probe = None
 
     @property
     def layer_positions(self) -> dict[int, torch.Tensor]:
@@ -148,6 +151,9 @@ class CompressionHooks:
                 self._handles.append(layers[index].register_forward_pre_hook(self._before_layer(index),
                                                                              with_kwargs=True))
         self._handles += self.family.attach(self.base)
+        self._probe = self.method.vision_probe(self.base, self.family)
+        if self._probe is not None:
+            self._handles += self._probe.attach()
         return self
 
     def remove(self) -> None:
@@ -230,7 +236,8 @@ class CompressionHooks:
             raise ValueError("Every video in a batch must have the same frames and tokens per frame, got (F, N) = "
                              f"{[tuple(frames.shape[:2]) for frames in video.frames]}.")
         generator = torch.Generator().manual_seed(int(self.method.settings().get("seed", 0)))
-        selection = self.method.select_visual(video, VisualContext(module, self.family, kwargs, generator))
+        selection = self.method.select_visual(video, VisualContext(module, self.family, kwargs, generator,
+                                                                          self._probe))
         device = input_ids.device
         everything = torch.arange(video_length, device=device)
         kept = [everything] * batch if selection is None else [index.to(device) for index in selection.kept]
@@ -328,8 +335,9 @@ class CompressionHooks:
             if hidden.shape[1] > 1:
                 if index in self.cut_layers:
                     hidden = self._cut(index, module, hidden, kwargs)
-                self._slice_prefill(kwargs, prefill)
-                self._layer_positions[index] = prefill.positions
+                if index >= self.cut_layers[0]:
+                    self._slice_prefill(kwargs, prefill)
+                    self._layer_positions[index] = prefill.positions
             elif index in self._layer_positions:
                 self._slice_decode(kwargs, self._layer_positions[index])
             return ((hidden, *args[1:]) if args else ()), (kwargs if args else {**kwargs, "hidden_states": hidden})
@@ -442,10 +450,14 @@ def _gather_sequence(name: str, value, positions: torch.Tensor):
 
 
 def _with_features(output, features: list[torch.Tensor]):
-    """The adapter's selected encoder output with the per-sample features replaced (merged tokens)."""
+    """The adapter's selected encoder output with the first features of each sample replaced (merged tokens)."""
     pooled = output.pooler_output
     if isinstance(pooled, torch.Tensor):
-        output.pooler_output = torch.stack(features).to(pooled.dtype)
+        pooled = pooled.clone()
+        for sample, new in enumerate(features):
+            pooled[sample, : len(new)] = new.to(pooled.dtype)
+        output.pooler_output = pooled
     else:
-        output.pooler_output = tuple(new.to(old.dtype) for old, new in zip(pooled, features, strict=True))
+        output.pooler_output = tuple(torch.cat([new.to(old.dtype), old[len(new):]])
+                                     for old, new in zip(pooled, features, strict=True))
     return output

@@ -1,4 +1,5 @@
-"""`LightningPruneVideoLLM`: lmms-eval's model `lightning_prune`, one of our `VideoLLM` configs with DyCoke on or off.
+"""`LightningPruneVideoLLM`: lmms-eval's model `lightning_prune`, one of our `VideoLLM` configs with DyCoke on or off
+(or another token-compression method: `method=fastv,K=2,ratio=0.5`).
 
     lmms-eval --model lightning_prune --model_args config=configs/dycoke/tiny.yaml,dycoke=true,num_frames=16 ...
 
@@ -62,7 +63,7 @@ class LightningPruneVideoLLM(lmms):
     def __init__(self, **model_args: Any) -> None:
         super().__init__()
         self.settings = parse_model_args(model_args)  # every check before the model is built
-        self._dycoke = self.settings.build_dycoke()
+        self._dycoke = self.settings.build_compression()  # DyCoke or another method's callback, or None
         self.module = self.settings.build_module()
         self._default_max_new_tokens = self.module.max_new_tokens
         self._rows: list[dict[str, Any]] = []
@@ -105,6 +106,7 @@ class LightningPruneVideoLLM(lmms):
             "config": str(self.settings.config),
             "model_class": f"{self.settings.model_class.__module__}.{self.settings.model_class.__name__}",
             "dycoke": self.settings.dycoke,
+            "compression": self.settings.compression,
             "num_frames": self.settings.num_frames,
             "frame_sampling": self.settings.frame_sampling,
             "batch_size": self.settings.batch_size,
@@ -154,13 +156,18 @@ class LightningPruneVideoLLM(lmms):
         by_index = {request.index: request for request in group}
         rows = []
         for batch, (predictions, measured) in enumerate(zip(outputs, probe.batches, strict=True)):
-            kept = collector.records.get(batch, {}).get(VISUAL_TOKENS_AFTER) if self._dycoke is not None else None
+            kept = collector.records.get(batch, {}).get(self._kept_metric) if self._dycoke is not None else None
             for prediction, row in zip(predictions, batch_rows(measured, kept, len(predictions)), strict=True):
                 request = by_index[prediction["id"]]
                 answers[request.index] = truncate_at_stops(prediction["answer"], request.until)
                 rows.append({"task": request.task, "doc_id": request.doc_id, **row})
         self._rows.extend(rows)
         self._log_throughput(rows)
+
+    @property
+    def _kept_metric(self) -> str:
+        prefix = getattr(self._dycoke, "log_prefix", None)
+        return VISUAL_TOKENS_AFTER if prefix is None else f"{prefix}/visual_tokens_after"
 
     def _log_throughput(self, rows: list[dict[str, Any]]) -> None:
         """Hand the group's figures to lmms-eval, which adds them to its results' `throughput` section."""

@@ -1,16 +1,19 @@
-"""The `--model_args` of lmms-eval's `lightning_prune` model: a project config, DyCoke on or off, and overrides.
+"""The `--model_args` of lmms-eval's `lightning_prune` model: a project config, a token-compression method, overrides.
 
 `config=configs/dycoke/<family>.yaml` names one of our own Lightning configs: its `model` (a `VideoLLM`) is built from
 its `init_args`, its DyCoke callback (if listed under `trainer.callbacks`) gives the default DyCoke settings, and its
 `data.init_args.num_frames` the default frame count. The other keys override those: `dycoke=true|false`, the DyCoke
 callback's own argument names or the paper's letters (`K` merging ratio, `L` prune layer, `P` decode prune ratio),
-`num_frames`, `frame_sampling`, `num_workers` (video-decoding processes; default: the config's data `num_workers`),
-`batch_size`, `device` and `report` (where the efficiency report JSON goes).
+`method=<name>` picks any registered token-compression method instead, with that method's own parameter names
+(`lightning_prune.compression`: `method=fastv,K=2,ratio=0.5`, `method=uniform_temporal,keep_ratio=0.25`;
+`method=dycoke` is `dycoke=true`), `num_frames`, `frame_sampling`, `num_workers` (video-decoding processes; default:
+the config's data `num_workers`), `batch_size`, `device` and `report` (where the efficiency report JSON goes).
 No lmms-eval import here: the checks run (and are tested) without the harness.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 from dataclasses import dataclass
@@ -20,13 +23,14 @@ from typing import Any
 import yaml
 
 from lightning_prune.callbacks.dycoke import DyCoke
+from lightning_prune.compression.registry import get_method, method_class
 from lightning_prune.data.video_qa import FRAME_SAMPLERS
 from lightning_prune.modules.video_llm import VideoLLM
 
 # The published DyCoke letters, mapped onto the callback's argument names.
 DYCOKE_ALIASES = {"K": "merging_ratio", "L": "prune_layer", "P": "decode_prune_ratio"}
-BRIDGE_KEYS = ("config", "dycoke", "num_frames", "frame_sampling", "batch_size", "max_batch_size", "device", "report",
-               "num_workers")
+BRIDGE_KEYS = ("config", "dycoke", "method", "num_frames", "frame_sampling", "batch_size", "max_batch_size", "device",
+               "report", "num_workers")
 _NOT_SETTINGS = ("self", "log_prefix")  # DyCoke constructor arguments that are no DyCoke setting
 # lmms-eval hands the prompt over whole (question, options and instruction): the module must not re-template it.
 CONTEXT_TEMPLATE = "{question}"
@@ -37,8 +41,11 @@ def dycoke_setting_names() -> list[str]:
     return [name for name in inspect.signature(DyCoke.__init__).parameters if name not in _NOT_SETTINGS]
 
 
-def valid_keys() -> list[str]:
-    return [*BRIDGE_KEYS, *DYCOKE_ALIASES, *dycoke_setting_names()]
+def valid_keys(method: str | None = None) -> list[str]:
+    """The accepted keys: the bridge's, then DyCoke's (no method or `method=dycoke`) or the method's parameters."""
+    if method is None or method == "dycoke":
+        return [*BRIDGE_KEYS, *DYCOKE_ALIASES, *dycoke_setting_names()]
+    return [*BRIDGE_KEYS, *(field.name for field in dataclasses.fields(method_class(method)))]
 
 
 @dataclass
@@ -56,6 +63,8 @@ class EvaluationSettings:
         num_workers: DataLoader processes decoding videos while the model generates.
         device: "auto", "cpu", "cuda" or "cuda:N".
         report: the efficiency report's JSON file, or None for no file.
+        method: a token-compression method other than DyCoke (`lightning_prune.compression`), or None.
+        method_settings: that method's parameters as given (its defaults fill the rest).
     """
 
     config: Path
@@ -68,6 +77,25 @@ class EvaluationSettings:
     num_workers: int
     device: str
     report: Path | None
+    method: str | None = None
+    method_settings: dict[str, Any] | None = None
+
+    @property
+    def compression(self) -> dict[str, Any] | None:
+        """The compression method's name and full settings (for reports), or None without one."""
+        if self.dycoke is not None:
+            return {"method": "dycoke", "settings": DyCoke(**self.dycoke).settings.__dict__}
+        if self.method is not None:
+            return {"method": self.method, "settings": get_method(self.method, **self.method_settings).settings()}
+        return None
+
+    def build_compression(self):
+        """The compression callback (DyCoke or a `CompressionCallback`), or None."""
+        if self.method is not None:
+            from lightning_prune.callbacks.compression import CompressionCallback
+
+            return CompressionCallback(get_method(self.method, **self.method_settings))
+        return self.build_dycoke()
 
     def build_module(self) -> VideoLLM:
         return self.model_class(**self.model_init_args)
@@ -93,17 +121,33 @@ def parse_model_args(model_args: dict[str, Any]) -> EvaluationSettings:
             without a video model, or a bad value; all before any model is built.
     """
     args = dict(model_args)
-    unknown = sorted(set(args) - set(valid_keys()))
+    method = args.pop("method", None)
+    if method is not None:
+        method_class(str(method))  # an unknown method: the message lists the registered ones
+        if method == "dycoke":
+            if args.get("dycoke", True) is not True:
+                raise ValueError("`method=dycoke` turns DyCoke on; drop `dycoke=false`.")
+            args["dycoke"], method = True, None
+        elif "dycoke" in args:
+            raise ValueError(f"One token-compression method per run: got `method={method}` and `dycoke`; drop one.")
+    keys = valid_keys(method)
+    unknown = sorted(set(args) - set(keys))
     if unknown:
         raise ValueError(
-            f"`model_args` keys of `lightning_prune` must be among {valid_keys()}, got unknown {', '.join(unknown)}."
+            f"`model_args` keys of `lightning_prune` must be among {keys}, got unknown {', '.join(unknown)}."
         )
     if "config" not in args:
         raise ValueError("`model_args` must include `config` (a project YAML such as configs/dycoke/tiny.yaml).")
     config = Path(str(args["config"]))
     raw = _read_config(config)
     model_class, init_args = _video_model(raw, config)
-    dycoke = _dycoke_settings(raw, config, args)
+    method_settings = None
+    if method is None:
+        dycoke = _dycoke_settings(raw, config, args)
+    else:  # the method replaces any DyCoke callback the config lists
+        dycoke = None
+        method_settings = {key: value for key, value in args.items() if key not in BRIDGE_KEYS}
+        get_method(method, **method_settings)  # the method checks its own values now, before any model is built
     data_args = _mapping(_mapping(raw.get("data")).get("init_args"))
     num_frames = args.get("num_frames", data_args.get("num_frames", 32))
     _check_positive_int("num_frames", num_frames)
@@ -127,7 +171,7 @@ def parse_model_args(model_args: dict[str, Any]) -> EvaluationSettings:
     if "prompt_template" in inspect.signature(model_class.__init__).parameters:
         init_args["prompt_template"] = CONTEXT_TEMPLATE
     return EvaluationSettings(config, model_class, init_args, dycoke, num_frames, frame_sampling, batch_size,
-                              num_workers, device, report)
+                              num_workers, device, report, method, method_settings)
 
 
 def _read_config(path: Path) -> dict[str, Any]:

@@ -42,9 +42,11 @@ def _mask(query_ok: torch.Tensor, key_ok: torch.Tensor, causal: bool) -> torch.T
     return mask
 
 
-def reference_generate(model, calls: list[dict], visual_mask: torch.Tensor, keep_fn, cut_layer: int, new_tokens: int):
+def reference_generate(model, calls: list[dict], visual_mask: torch.Tensor, keep_fn, cut_layer: int, new_tokens: int,
+                       earlier_cache: bool = False):
     """Greedy tokens and per-step logits of the model with the cut (`visual_mask` [B, S]: the prompt's video tokens,
-    where DeepStack adds its features too). `keep_fn(attention [B, S], visual_mask)` gives
+    where DeepStack adds its features too; `earlier_cache`: after the prefill the layers < K drop the cut tokens from
+    their cache too, as PruneVid's stage 2 does). `keep_fn(attention [B, S], visual_mask)` gives
     the [B, S'] kept indices from layer `cut_layer - 1`'s last-row attention (head mean, softmax over all keys)."""
     base = next(module for module in model.modules() if hasattr(module, "language_model"))
     text = base.language_model
@@ -81,6 +83,12 @@ def reference_generate(model, calls: list[dict], visual_mask: torch.Tensor, keep
     finally:
         handle.remove()
         text.set_attn_implementation("sdpa")
+    if earlier_cache:  # physically crop the earlier layers' cache to the kept tokens
+        for index in range(cut_layer):
+            layer_cache = cache.layers[index]
+            index_4d = keep[:, None, :, None].expand(-1, layer_cache.keys.shape[1], -1, layer_cache.keys.shape[-1])
+            layer_cache.keys = layer_cache.keys.gather(2, index_4d)
+            layer_cache.values = layer_cache.values.gather(2, index_4d)
     logits = [model.lm_head(text.norm(hidden[:, -1]))]
     tokens = [logits[-1].argmax(-1)]
     for step in range(1, new_tokens):
@@ -90,8 +98,8 @@ def reference_generate(model, calls: list[dict], visual_mask: torch.Tensor, keep
         decode_mask = call["attention_mask"].bool()  # [B, S + step]
         generated = torch.arange(length, decode_mask.shape[1])[None].expand(batch, -1)
         for index, layer in enumerate(text.layers):
-            columns = torch.cat([keep if index >= cut_layer else torch.arange(length)[None].expand(batch, -1),
-                                 generated], dim=1)
+            cut = index >= cut_layer or earlier_cache
+            columns = torch.cat([keep if cut else torch.arange(length)[None].expand(batch, -1), generated], dim=1)
             layer_mask = decode_mask.gather(1, columns)[:, None, None, :]
             hidden = layer(hidden, attention_mask=_additive(layer_mask, hidden), position_embeddings=step_rope,
                            cache=cache, use_cache=True)

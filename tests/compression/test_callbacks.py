@@ -5,7 +5,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 
-from lightning_prune.callbacks import DyCoke, FastV, RandomTokens, UniformSpatial, UniformTemporal
+from lightning_prune.callbacks import DyCoke, FastV, RandomTokens, UniformSpatial, UniformTemporal, VisionZip
 from lightning_prune.cli import main
 from lightning_prune.data.video_qa import VideoQADataModule
 from lightning_prune.modules.video_llm import VideoLLM
@@ -31,7 +31,8 @@ def _trainer(callbacks):
 
 
 @pytest.mark.parametrize("callback", [FastV(K=2, ratio=1.0), RandomTokens(keep_ratio=1.0),
-                                      UniformSpatial(keep_ratio=1.0), UniformTemporal(keep_ratio=1.0)],
+                                      UniformSpatial(keep_ratio=1.0), UniformTemporal(keep_ratio=1.0),
+                                      VisionZip(keep_ratio=1.0)],
                          ids=lambda callback: type(callback).__name__)
 def test_a_callback_keeping_everything_predicts_as_without_it_and_leaves_the_model(video_llm, data, callback):
     plain = _trainer([]).predict(video_llm, data)
@@ -51,3 +52,10 @@ def test_two_compression_callbacks_are_refused_before_any_batch(video_llm, data)
 def test_fastv_runs_from_the_cli_with_the_tiny_qwen2_5_vl_config(capsys):
     main(["predict", "--config", str(CONFIGS / "tiny_qwen2_5_vl.yaml"), "--trainer.logger=false",
           "--trainer.callbacks+=lightning_prune.callbacks.FastV", "--trainer.callbacks.init_args.ratio=0.25"])
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS.glob("tiny*.yaml")), ids=lambda path: path.stem)
+def test_visionzip_runs_from_the_cli_on_every_tiny_config(config):
+    main(["predict", "--config", str(config), "--trainer.logger=false",
+          "--trainer.callbacks+=lightning_prune.callbacks.VisionZip", "--trainer.callbacks.init_args.keep_ratio=0.25",
+          "--data.init_args.synthetic_samples=2"])

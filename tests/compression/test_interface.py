@@ -90,3 +90,79 @@ def test_flash_attention_is_refused_where_attention_weights_are_needed(family_mo
         CompressionHooks(model, UniformTemporalMethod())  # a floor reads no attention: any implementation will do
     finally:
         text_config._attn_implementation = original
+
+
+def test_dycoke_as_a_method_is_dycoke_unchanged(family_model):
+    from lightning_prune.compression.dycoke import DyCokeMethod
+    from lightning_prune.dycoke.hooks import DyCokeHooks, DyCokeSettings
+
+    _, model, inputs = family_model
+    with DyCokeHooks(model, DyCokeSettings(merging_ratio=0.5, decode_prune_ratio=0.5)) as direct:
+        expected = generate(model, inputs)
+    with DyCokeMethod(merging_ratio=0.5, decode_prune_ratio=0.5).make_hooks(model) as hooks:
+        through = generate(model, inputs)
+    assert isinstance(hooks, DyCokeHooks)
+    assert same_generation(expected, through)
+    assert hooks.pop_stats()[0].visual_tokens_after == direct.pop_stats()[0].visual_tokens_after
+    assert DyCokeMethod.at_budget(0.25).merging_ratio == 0.99
+    assert DyCokeMethod.at_budget(0.4).merging_ratio == pytest.approx(0.8)
+
+
+def test_a_cut_with_earlier_cache_hides_the_dropped_tokens_from_every_layer(family_model):
+    """A toy method cutting the second half of the visual tokens before layer 2 and from the earlier layers' cache,
+    against a decoder loop that crops those layers' cache physically."""
+    from dataclasses import dataclass
+
+    from reference_llm import capture_text_inputs, reference_generate
+
+    from lightning_prune.compression.base import CompressionMethod, LayerCut
+
+    def keep_first_half(visual_mask):
+        rows = []
+        for is_visual in visual_mask:
+            visual = is_visual.nonzero()[:, 0]
+            rows.append(torch.cat([(~is_visual).nonzero()[:, 0], visual[: len(visual) // 2]]).sort().values)
+        return torch.stack(rows)
+
+    @dataclass(frozen=True)
+    class HalfCut(CompressionMethod):
+        name = "half_cut"
+
+        def cut_layers(self, num_layers):
+            return (2,)
+
+        def cut_layer(self, context):
+            return LayerCut(keep_first_half(context.visual_mask), earlier_cache=True)
+
+    _, model, inputs = family_model
+    calls = capture_text_inputs(model, inputs, 3)
+    tokens, logits, _ = reference_generate(model, calls, inputs["input_ids"] == model.config.video_token_id,
+                                           lambda attention, visual_mask: keep_first_half(visual_mask), 2, 3,
+                                           earlier_cache=True)
+    with CompressionHooks(model, HalfCut()):
+        output = generate(model, inputs, new_tokens=3)
+    assert torch.equal(output.sequences[:, -3:], tokens)
+    for ours, theirs in zip(output.logits, logits, strict=True):
+        torch.testing.assert_close(ours, theirs, atol=2e-5, rtol=1e-4)
+
+
+def test_a_cut_before_qwen3_vls_deepstack_layers_end_is_refused(family_model):
+    from dataclasses import dataclass
+
+    from lightning_prune.compression.base import CompressionMethod
+
+    @dataclass(frozen=True)
+    class CutAtZero(CompressionMethod):
+        name = "cut_at_zero"
+
+        def cut_layers(self, num_layers):
+            return (0,)
+
+    adapter, model, _ = family_model
+    CompressionHooks(model, FastVMethod(K=1))  # the tiny Qwen3-VL adds DeepStack after layer 0 only: 1 is fine
+    if adapter.name != "qwen3_vl":
+        CompressionHooks(model, CutAtZero())  # no DeepStack: any layer will do
+        return
+    with pytest.raises(ValueError, match=r"cut_at_zero cuts tokens before LLM layer 0, but this model adds DeepStack "
+                                         r"features after layers 0 to 0: the cut layer must be >= 1"):
+        CompressionHooks(model, CutAtZero())
