@@ -56,7 +56,8 @@ class PruneVid(_OnePromptAtATime):
         temporal_segment_ratio: temporal clusters per frame, in (0, 1]. Published: 0.25.
         cluster_ratio: kept share of the spatial clustering, in (0, 1]. Published: 0.5.
         alpha: kept share of the video tokens at `selected_layer`, in (0, 1]. Published: 0.4.
-        selected_layer: the LLM layer whose attention selects (below the LLM's depth). Published: 10 (PLLaVA-7B).
+        selected_layer: the LLM layer whose attention selects (below the LLM's last layer). Published: 10
+            (PLLaVA-7B's 32 layers); None: the same relative depth on this LLM.
         k: DPC-KNN neighbours. Published: 7.
         seed: seed of DPC-KNN's tie-breaking noise.
         temporal_merging: False skips stage 1 (refinement; the published code always merges).
@@ -64,7 +65,7 @@ class PruneVid(_OnePromptAtATime):
     """
 
     def __init__(self, tau: float = 0.8, temporal_segment_ratio: float = 0.25, cluster_ratio: float = 0.5,
-                 alpha: float = 0.4, selected_layer: int = 10, k: int = 7, seed: int = 0,
+                 alpha: float = 0.4, selected_layer: int | None = 10, k: int = 7, seed: int = 0,
                  temporal_merging: bool = True, log_prefix: str = "prunevid") -> None:
         super().__init__(PruneVidMethod(
             tau=tau, temporal_segment_ratio=temporal_segment_ratio, cluster_ratio=cluster_ratio, alpha=alpha,

@@ -303,6 +303,7 @@ class PruneVidMethod(CompressionMethod):
         alpha: share of the video tokens kept at `selected_layer`, in (0, 1]; 1 keeps every token.
         selected_layer: the LLM layer whose attention selects the tokens; its output and later layers see only the
             kept ones, and the cache of it and the earlier layers is cut to them (10 for PLLaVA-7B's 32 layers).
+            None: the same relative depth on this LLM, `round(10 / 32 * layers)` (what `at_budget` uses).
         k: the temporal DPC-KNN's neighbours (the published call: 7; at most the frames per video; the spatial
             clustering keeps the published fixed 7).
         seed: seed of the generator DPC-KNN's tie-breaking noise comes from (the published code: the global one).
@@ -321,7 +322,7 @@ class PruneVidMethod(CompressionMethod):
     temporal_segment_ratio: float = 0.25
     cluster_ratio: float = 0.5
     alpha: float = 0.4
-    selected_layer: int = 10
+    selected_layer: int | None = 10
     k: int = 7
     seed: int = 0
     temporal_merging: bool = True
@@ -336,7 +337,9 @@ class PruneVidMethod(CompressionMethod):
             problems.append(f"`tau` must be in [-1, 1], got {self.tau!r}.")
         for name in ("temporal_segment_ratio", "cluster_ratio", "alpha"):
             problems += check_fraction(name, getattr(self, name))
-        problems += check_int("selected_layer", self.selected_layer, 0) + check_int("k", self.k, 1)
+        if self.selected_layer is not None:
+            problems += check_int("selected_layer", self.selected_layer, 0)
+        problems += check_int("k", self.k, 1)
         problems += check_int("seed", self.seed, 0)
         if not isinstance(self.temporal_merging, bool):
             problems.append(f"`temporal_merging` must be True or False, got {self.temporal_merging!r}.")
@@ -344,19 +347,23 @@ class PruneVidMethod(CompressionMethod):
 
     @classmethod
     def at_budget(cls, keep: float) -> PruneVidMethod:
-        """`alpha = keep`: the share kept at `selected_layer` (stage 1 merges further, by the video's content)."""
-        return cls(alpha=keep)
+        """`alpha = keep` at the published layer's relative depth: stage 2 keeps the share `keep` of what stage 1
+        leaves (which merges further, by the video's content, so PruneVid retains at most `keep`)."""
+        return cls(alpha=keep, selected_layer=None)
 
     def check_model(self, base, family, num_layers: int) -> None:
-        if self.selected_layer > num_layers - 2:
+        layer = round(10 / 32 * num_layers) if self.selected_layer is None else self.selected_layer
+        if not 0 <= layer <= num_layers - 2:
             raise ValueError(f"`selected_layer` must leave a layer after it in the LLM's {num_layers} layers "
-                             f"(0 to {num_layers - 2}), got {self.selected_layer}.")
+                             f"(0 to {num_layers - 2}), got {layer}.")
+        self._run["layer"] = layer
 
     def cut_layers(self, num_layers: int) -> tuple[int, ...]:
-        return (self.selected_layer, self.selected_layer + 1)
+        return (self._run["layer"], self._run["layer"] + 1)
 
     def select_visual(self, video: VideoTokens, context: VisualContext) -> VisualSelection | None:
-        self._run.clear()
+        self._run.pop("sizes", None)
+        self._run.pop("attention", None)
         _check_batch(len(video.frames))
         frames = video.num_frames
         if not self.temporal_merging:
@@ -377,7 +384,7 @@ class PruneVidMethod(CompressionMethod):
     def cut_layer(self, context: LayerContext) -> LayerCut | None:
         _check_batch(context.hidden_states.shape[0])
         candidates = context.visual_mask[0] & (context.visual_index[0] < context.num_frames * context.tokens_per_frame)
-        if context.layer == self.selected_layer:
+        if context.layer == self._run["layer"]:
             self._run["attention"] = _video_attention(context.module, context.hidden_states, context.visual_mask[0],
                                                       candidates)
             return None

@@ -257,3 +257,8 @@ def test_framefusion_rejects_out_of_range_settings(settings, message):
 def test_compute_pruning_ratio_rejects_a_budget_already_spent():
     with pytest.raises(ValueError, match="`cost` is too small"):
         compute_pruning_ratio([0.0, 0.0, 0.0], 0.5, 4)
+
+
+def test_framefusion_budget_is_its_cost():
+    method = FrameFusionMethod.at_budget(0.25)
+    assert (method.cost, method.similarity_lower_bound, method.ratio_lower_bound) == (0.25, 0.6, 0.1)

@@ -195,3 +195,11 @@ def test_prunevid_refuses_more_neighbours_than_frames(family_model):
     with CompressionHooks(model, PruneVidMethod(selected_layer=1, k=frames + 1)), pytest.raises(
             ValueError, match=rf"`k` must be at most the video's {frames} frames"):
         generate(model, first_sample(inputs))
+
+
+def test_prunevid_without_a_layer_takes_the_published_relative_depth(family_model):
+    _, model, _ = family_model
+    hooks = CompressionHooks(model, PruneVidMethod(selected_layer=None))
+    assert hooks.cut_layers == (1, 2)  # round(10 / 32 * 4) = 1: scoring before layer 1, cut before layer 2
+    budget = PruneVidMethod.at_budget(0.25)
+    assert (budget.alpha, budget.selected_layer, budget.tau) == (0.25, None, 0.8)
