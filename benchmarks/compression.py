@@ -214,6 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
         summary = json.loads(args.from_json.read_text())
         if args.plot:
             plot(summary, args.plot)
+        print(compact_table(summary))
         return summary
     if args.part:
         kind, _, target = args.part.partition(":")
@@ -247,6 +248,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.plot:
         plot(summary, args.plot)
     print(table(summary))
+    print(compact_table(summary))
     return summary
 
 
@@ -263,6 +265,25 @@ def table(summary: dict) -> str:
             f"{row['visual_tokens_after']} / {row['visual_tokens_before']} | {row['prefill_s']:.2f} | "
             f"{1000 * row['decode_s_per_token']:.0f} | {row['end_to_end_s']:.2f} | {row['speedup_end_to_end']:.2f}x | "
             f"{row['generation_added_memory_mb']:.0f} | {'-' if acc is None else f'{acc:.3f}'} |")
+    return "\n".join(lines)
+
+
+def compact_table(summary: dict) -> str:
+    """One row per method and budget, one column per family: end-to-end speed-up (visual tokens the last LLM layer
+    keeps / before), and the accuracy when measured."""
+    families = sorted({row["family"] for row in summary["latency"]})
+    accuracy = {(row["method"], row["budget"]): row.get("test/acc") for row in summary.get("accuracy", [])}
+    cells: dict[tuple, dict] = {}
+    for row in summary["latency"]:
+        cells.setdefault((row["method"], row["budget"]), {})[row["family"]] = (
+            f"{row['speedup_end_to_end']:.2f}x ({row['visual_tokens_after']}/{row['visual_tokens_before']})")
+    header = "| method | budget | " + " | ".join(families) + " | accuracy |"
+    lines = [header, "|" + "---|" * (len(families) + 3)]
+    for (method, budget), by_family in cells.items():
+        acc = accuracy.get((method, budget))
+        budget_text = "-" if budget is None else f"{budget:.0%}"
+        lines.append(f"| {method} | {budget_text} | " + " | ".join(by_family.get(f, "-") for f in families)
+                     + f" | {'-' if acc is None else f'{acc:.3f}'} |")
     return "\n".join(lines)
 
 

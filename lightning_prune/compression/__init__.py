@@ -14,11 +14,14 @@ How to add a method:
      sample `[F, N, D]` (the projected visual tokens, frame by frame, raster order), `video.trailing` the tokens after
      the frames; return per sample the kept indices into the video run (and optionally `[M, D]` replacement features,
      for merged tokens). The prompt is shortened, kept tokens keep their positions (multimodal RoPE ids, DeepStack).
+     A method that reads inside the vision tower (VisionZip) also returns a probe from `vision_probe(base, family)`
+     (`vision_probes.py`: hooks on the tower, read back as `context.probe`).
    - `attention_layers(num_layers)` + `cut_layers(num_layers)` + `cut_layer(context) -> LayerCut | None`: inside the
      LLM, at the prefill, before each listed cut layer. `context` holds the layer's hidden states `[B, S, D]`, the
      last prompt token's head-mean attention `[B, S]` in the layer before (computed alone, when that layer is listed
      in `attention_layers`), the visual mask, each token's index in the video run and its prompt position; return
-     the sorted `[B, S']` indices kept from this layer on (and optionally replacement hidden states, for merging).
+     the sorted `[B, S']` indices kept from this layer on (and optionally replacement hidden states, for merging;
+     `earlier_cache=True` also hides the dropped tokens from the earlier layers' cache at decode, PruneVid-style).
      Those layers compute and cache only the kept tokens; decoding attends to them (the selection is fixed).
    - `decode_pruning() -> DecodePruning | None`: decode-time cache selection (`lightning_prune.dycoke.kv_pruning`):
      at each decode step, layer L - 1's attention picks the visual cache entries layers >= L attend to.
