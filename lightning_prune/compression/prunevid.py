@@ -383,12 +383,14 @@ class PruneVidMethod(CompressionMethod):
 
     def cut_layer(self, context: LayerContext) -> LayerCut | None:
         _check_batch(context.hidden_states.shape[0])
+        if self.alpha >= 1.0:
+            return None
         candidates = context.visual_mask[0] & (context.visual_index[0] < context.num_frames * context.tokens_per_frame)
         if context.layer == self._run["layer"]:
             self._run["attention"] = _video_attention(context.module, context.hidden_states, context.visual_mask[0],
                                                       candidates)
             return None
-        if self.alpha >= 1.0 or "attention" not in self._run:
+        if "attention" not in self._run:
             return None
         sizes = self._run.get("sizes")
         if sizes is None:  # stage 1 off: every frame is a segment of dynamic tokens
