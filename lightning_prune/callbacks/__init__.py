@@ -17,6 +17,8 @@ _LAZY = {
     "UniformSpatial": "lightning_prune.callbacks.compression",
     "UniformTemporal": "lightning_prune.callbacks.compression",
     "VisionZip": "lightning_prune.callbacks.compression",
+    "FrameFusion": "lightning_prune.callbacks.merging",
+    "PruneVid": "lightning_prune.callbacks.merging",
 }
 
 __all__ = sorted(_LAZY)

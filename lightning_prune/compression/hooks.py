@@ -104,7 +104,6 @@ class CompressionHooks:
         self._prefill: _Prefill | None = None
         self._current: CompressionStats | None = None
         self._layer_positions: dict[int, torch.Tensor] = {}
-        self._earlier: dict[int, torch.Tensor] = {}  # layers before a cut whose cache is masked to its tokens
         self._probe = None
 
     @property
@@ -146,7 +145,9 @@ class CompressionHooks:
                 setattr(layers[index].self_attn, TAP_ATTRIBUTE, self._tap)
         self._handles = [self.base.register_forward_pre_hook(self._before_forward, with_kwargs=True)]
         if self.cut_layers:
-            for index in range(self.num_layers):  # a cut may also mask the earlier layers' cache (`earlier_cache`)
+            # Every layer, not only from the first cut on: a cut may also shorten the earlier layers' cache
+            # (`LayerCut.earlier_cache`), whose decode masks must then be sliced too.
+            for index in range(self.num_layers):
                 self._handles.append(layers[index].register_forward_pre_hook(self._before_layer(index),
                                                                              with_kwargs=True))
         self._handles += self.family.attach(self.base)
@@ -201,7 +202,6 @@ class CompressionHooks:
             self.pruning.reset()
         self._prefill = self._current = None
         self._layer_positions = {}
-        self._earlier: dict[int, torch.Tensor] = {}
 
     # The base model's forward.
 
@@ -306,17 +306,23 @@ class CompressionHooks:
             self.family.decode_positions(kwargs, prefill.removed)
             mask = kwargs.get("attention_mask")
             if mask is not None:
-                if mask.dim() != 2 or mask.shape[1] != past + 1 + prefill.removed:
-                    raise ValueError(f"Expected a 2-D decode `attention_mask` over {past + 1 + prefill.removed} "
+                first = self._layer_positions.get(0)  # layer 0's cache sets `past`; a cut may have shortened it
+                cut = 0 if first is None else prefill.visual_mask.shape[1] - first.shape[1]
+                expected = past + 1 + prefill.removed + cut
+                if mask.dim() != 2 or mask.shape[1] != expected:
+                    raise ValueError(f"Expected a 2-D decode `attention_mask` over {expected} "
                                      f"tokens, got shape {tuple(mask.shape)}.")
                 length = prefill.original_length
                 kwargs["attention_mask"] = torch.cat([mask[:, :length].gather(1, prefill.kept_columns),
                                                       mask[:, length:]], dim=1)
-        self._current.full_kv_lengths.append(past + 1)
+        first = self._layer_positions.get(0)  # `past` counts layer 0's cache, which a cut may have shortened
+        prompt = prefill.visual_mask.shape[1]
+        shortened = 0 if first is None else prompt - first.shape[1]
+        self._current.full_kv_lengths.append(past + 1 + shortened)
         if self.pruning is None:
             last = self._layer_positions.get(self.num_layers - 1)
-            cut = 0 if last is None else prefill.visual_mask.shape[1] - last.shape[1]
-            self._current.attended_kv_lengths.append(past + 1 - cut)
+            cut = 0 if last is None else prompt - last.shape[1]
+            self._current.attended_kv_lengths.append(past + 1 + shortened - cut)
 
     # The decoder layers (from the first cut layer on).
 
@@ -334,8 +340,6 @@ class CompressionHooks:
                     self._layer_positions[index] = prefill.positions
             elif index in self._layer_positions:
                 self._slice_decode(kwargs, self._layer_positions[index])
-            elif index in self._earlier:
-                self._mask_decode(kwargs, self._earlier[index], hidden)
             return ((hidden, *args[1:]) if args else ()), (kwargs if args else {**kwargs, "hidden_states": hidden})
 
         return hook
@@ -361,12 +365,26 @@ class CompressionHooks:
         prefill.positions = positions.gather(1, keep)
         prefill.version += 1
         if cut.earlier_cache:
-            for layer in range(index):
-                self._earlier[layer] = prefill.positions
+            self._cut_earlier_caches(index, kwargs, prefill.positions)
         visual = int(prefill.visual_mask.gather(1, prefill.positions)[0].sum())
         self._current.layer_visual_tokens[index] = visual
         self._current.visual_tokens_after = visual
         return gather_positions(hidden, keep, 1)
+
+    def _cut_earlier_caches(self, index: int, kwargs: dict, kept: torch.Tensor) -> None:
+        """The cache of the layers before `index` keeps only the prompt positions `kept` `[B, S']` (PruneVid)."""
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if cache is None:
+            raise ValueError(f"{self.method.name} cuts the cache of the layers before {index}, but the forward has "
+                             "no cache (`use_cache=False`).")
+        full = torch.arange(self._prefill.visual_mask.shape[1], device=kept.device).expand(kept.shape[0], -1)
+        for layer in range(index):
+            cached = self._layer_positions.get(layer, full)
+            where = torch.searchsorted(cached.contiguous(), kept.contiguous())  # kept is a subset of what it holds
+            entry = cache.layers[layer]
+            entry.keys = gather_positions(entry.keys, where, 2)
+            entry.values = gather_positions(entry.values, where, 2)
+            self._layer_positions[layer] = kept
 
     def _slice_prefill(self, kwargs: dict, prefill: _Prefill) -> None:
         """Mask, RoPE cos/sin and position ids of the kept tokens (gathered from the full ones every layer gets)."""
@@ -387,28 +405,14 @@ class CompressionHooks:
         if not isinstance(mask, torch.Tensor):
             return
         prompt = self._prefill.visual_mask.shape[1]
+        first = self._layer_positions.get(0)
+        if first is not None and first.shape[1] < prompt:
+            # Layer 0 was cut (FrameFusion merges before it): the model sized the mask by layer 0's cache, whose
+            # prompt columns are layer 0's kept positions (every later layer keeps a subset of them).
+            positions, prompt = torch.searchsorted(first, positions), first.shape[1]
         generated = torch.arange(prompt, mask.shape[-1], device=mask.device).expand(positions.shape[0], -1)
         index = torch.cat([positions, generated], dim=1)
         kwargs["attention_mask"] = gather_positions(mask.expand(index.shape[0], *mask.shape[1:]), index, 3)
-
-    def _mask_decode(self, kwargs: dict, positions: torch.Tensor, hidden: torch.Tensor) -> None:
-        """A layer before a cut with `earlier_cache`: its (full) cache is masked to the kept prompt tokens."""
-        mask = kwargs.get("attention_mask")
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        length = mask.shape[-1] if isinstance(mask, torch.Tensor) else cache.get_seq_length() + 1
-        allowed = torch.ones(positions.shape[0], length, dtype=torch.bool, device=positions.device)
-        allowed[:, : self._prefill.visual_mask.shape[1]] = False
-        allowed.scatter_(1, positions, True)
-        allowed = allowed[:, None, None, :]
-        if mask is None:
-            mask = allowed if self.base.config.text_config._attn_implementation.endswith("sdpa") else torch.zeros(
-                allowed.shape, dtype=hidden.dtype, device=hidden.device).masked_fill(~allowed,
-                                                                                    torch.finfo(hidden.dtype).min)
-        elif mask.dtype == torch.bool:
-            mask = mask & allowed
-        else:
-            mask = mask.masked_fill(~allowed, torch.finfo(mask.dtype).min)
-        kwargs["attention_mask"] = mask
 
     # The attention tap.
 

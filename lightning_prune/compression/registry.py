@@ -15,6 +15,8 @@ _METHODS = {
     "uniform_spatial": "lightning_prune.compression.floors:UniformSpatialMethod",
     "uniform_temporal": "lightning_prune.compression.floors:UniformTemporalMethod",
     "visionzip": "lightning_prune.compression.visionzip:VisionZipMethod",
+    "framefusion": "lightning_prune.compression.framefusion:FrameFusionMethod",
+    "prunevid": "lightning_prune.compression.prunevid:PruneVidMethod",
 }
 
 METHOD_NAMES = tuple(_METHODS)

@@ -1,0 +1,72 @@
+"""Callbacks of the token-compression methods that merge tokens: FrameFusion and PruneVid.
+
+Thin subclasses of `CompressionCallback` (`lightning_prune.callbacks.compression`): the constructor takes the
+method's published parameters (checked there, before any batch) and the maths lives in `lightning_prune.compression`.
+"""
+
+from __future__ import annotations
+
+from lightning.pytorch import LightningModule, Trainer
+from typing_extensions import override
+
+from lightning_prune.callbacks.compression import CompressionCallback
+from lightning_prune.compression.framefusion import FrameFusionMethod
+from lightning_prune.compression.prunevid import PruneVidMethod
+
+
+class _OnePromptAtATime(CompressionCallback):
+    """Refuses, before any batch, a data module that batches prompts (the method itself refuses at the prefill)."""
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        datamodule = getattr(trainer, "datamodule", None)
+        hparams = getattr(datamodule, "hparams", {})
+        batch_size = hparams.get("batch_size") if hasattr(hparams, "get") else None
+        if stage in ("predict", "test") and isinstance(batch_size, int) and batch_size > 1:
+            raise ValueError(f"{type(self).__name__} runs one prompt at a time (the published code is batch 1), got "
+                             f"`batch_size` {batch_size}: set --data.batch_size 1.")
+        super().setup(trainer, pl_module, stage)
+
+
+class FrameFusion(_OnePromptAtATime):
+    """FrameFusion (Fu et al., ICCV 2025): merge same-position tokens of consecutive frames layer by layer, then prune
+    by last-token attention to a compute `cost` (`lightning_prune.compression.framefusion`). Batch size 1.
+
+    Args:
+        cost: compute budget, a share of the LLM without FrameFusion, in (0, 1]. Published: 0.3.
+        similarity_lower_bound: cosine at or above which a token merges into the previous frame's, in [-1, 1].
+            Published: per model (the paper's S_th); 0.6 here.
+        ratio_lower_bound: merging stops after a layer that merges less than this share, in [0, 1]. Published: 0.1.
+        log_prefix: prefix of the logged metric names.
+    """
+
+    def __init__(self, cost: float = 0.3, similarity_lower_bound: float = 0.6, ratio_lower_bound: float = 0.1,
+                 log_prefix: str = "framefusion") -> None:
+        super().__init__(FrameFusionMethod(cost=cost, similarity_lower_bound=similarity_lower_bound,
+                                           ratio_lower_bound=ratio_lower_bound), log_prefix)
+
+
+class PruneVid(_OnePromptAtATime):
+    """PruneVid (Huang et al., 2024): temporal segments and static/dynamic token merging before the LLM, then
+    attention-based pruning at `selected_layer`, cache of the earlier layers included
+    (`lightning_prune.compression.prunevid`). Batch size 1.
+
+    Args:
+        tau: static threshold on a position's mean pairwise cosine in a segment, in [-1, 1]. Published: 0.8.
+        temporal_segment_ratio: temporal clusters per frame, in (0, 1]. Published: 0.25.
+        cluster_ratio: kept share of the spatial clustering, in (0, 1]. Published: 0.5.
+        alpha: kept share of the video tokens at `selected_layer`, in (0, 1]. Published: 0.4.
+        selected_layer: the LLM layer whose attention selects (below the LLM's last layer). Published: 10
+            (PLLaVA-7B's 32 layers); None: the same relative depth on this LLM.
+        k: DPC-KNN neighbours. Published: 7.
+        seed: seed of DPC-KNN's tie-breaking noise.
+        temporal_merging: False skips stage 1 (refinement; the published code always merges).
+        log_prefix: prefix of the logged metric names.
+    """
+
+    def __init__(self, tau: float = 0.8, temporal_segment_ratio: float = 0.25, cluster_ratio: float = 0.5,
+                 alpha: float = 0.4, selected_layer: int | None = 10, k: int = 7, seed: int = 0,
+                 temporal_merging: bool = True, log_prefix: str = "prunevid") -> None:
+        super().__init__(PruneVidMethod(
+            tau=tau, temporal_segment_ratio=temporal_segment_ratio, cluster_ratio=cluster_ratio, alpha=alpha,
+            selected_layer=selected_layer, k=k, seed=seed, temporal_merging=temporal_merging), log_prefix)

@@ -1,0 +1,76 @@
+"""The FrameFusion and PruneVid callbacks in real Trainer runs and through the CLI with the shipped tiny configs."""
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+
+from lightning_prune.callbacks import FastV, FrameFusion, PruneVid
+from lightning_prune.cli import main
+from lightning_prune.data.video_qa import VideoQADataModule
+from lightning_prune.modules.video_llm import VideoLLM
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "dycoke"
+
+
+@pytest.fixture(scope="module")
+def video_llm():
+    return VideoLLM(tiny_config=True, max_new_tokens=3)
+
+
+def _data(folder, batch_size=1):
+    return VideoQADataModule(generate_synthetic=True, synthetic_dir=str(folder), num_frames=8, batch_size=batch_size,
+                             synthetic_samples=2, synthetic_video_frames=8, synthetic_frame_size=32)
+
+
+def _trainer(callbacks):
+    return L.Trainer(accelerator="cpu", logger=False, callbacks=callbacks, enable_progress_bar=False,
+                     enable_model_summary=False)
+
+
+@pytest.mark.parametrize("callback", [FrameFusion(cost=1.0),
+                                      PruneVid(alpha=1.0, temporal_merging=False, selected_layer=1)],
+                         ids=lambda callback: type(callback).__name__)
+def test_a_merging_callback_keeping_everything_predicts_as_without_it(video_llm, tmp_path, callback):
+    data = _data(tmp_path)
+    plain = _trainer([]).predict(video_llm, data)
+    assert _trainer([callback]).predict(video_llm, data) == plain
+    assert not callback.installed
+    assert video_llm.model.config.text_config._attn_implementation == "sdpa"
+    assert all(not layer._forward_pre_hooks for layer in video_llm.model.model.language_model.layers)
+
+
+@pytest.mark.parametrize("callback", [FrameFusion(), PruneVid(selected_layer=1)],
+                         ids=lambda callback: type(callback).__name__)
+def test_a_merging_callback_refuses_batches_before_any_batch(video_llm, tmp_path, callback):
+    name = type(callback).__name__
+    with pytest.raises(ValueError, match=rf"{name} runs one prompt at a time .* got `batch_size` 2: "
+                                         r"set --data.batch_size 1"):
+        _trainer([callback]).predict(video_llm, _data(tmp_path, batch_size=2))
+    assert not callback.installed
+
+
+def test_a_merging_callback_and_another_are_refused(video_llm, tmp_path):
+    with pytest.raises(ValueError, match=r"One token-compression callback per run, got 2: \['FrameFusion', 'FastV'\]"):
+        _trainer([FrameFusion(), FastV()]).predict(video_llm, _data(tmp_path))
+
+
+def test_merging_callbacks_reject_out_of_range_arguments():
+    with pytest.raises(ValueError, match=r"`cost` must be in \(0, 1\], got 2.0"):
+        FrameFusion(cost=2.0)
+    with pytest.raises(ValueError, match=r"`alpha` must be in \(0, 1\], got 0"):
+        PruneVid(alpha=0)
+
+
+@pytest.mark.parametrize(("callback", "extra"), [
+    ("FrameFusion", []),
+    ("PruneVid", ["--trainer.callbacks.init_args.selected_layer=1"]),
+])
+def test_merging_callbacks_run_from_the_cli_with_the_tiny_qwen2_5_vl_config(tmp_path, caplog, callback, extra):
+    main(["predict", "--config", str(CONFIGS / "tiny_qwen2_5_vl.yaml"), "--trainer.logger=false",
+          f"--trainer.default_root_dir={tmp_path}", f"--data.synthetic_dir={tmp_path / 'videos'}",
+          "--data.batch_size=1", "--data.synthetic_samples=1", "--model.max_new_tokens=2",
+          f"--trainer.callbacks+=lightning_prune.callbacks.{callback}", *extra])
+    summary = [record.getMessage() for record in caplog.records if "over 1 batches" in record.getMessage()]
+    assert len(summary) == 1 and f"{callback.lower()}/visual_tokens_after=" in summary[0]
+    assert "visual_tokens_kept_fraction=1," not in summary[0]
