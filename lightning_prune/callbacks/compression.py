@@ -60,8 +60,16 @@ class CompressionCallback(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage in _STAGES:
             check_single_compression(trainer)
+            carrying = getattr(self.method, "carry_state_across_samples", False)  # DyCoke's published-run option
+            if carrying:
+                from lightning_prune.callbacks.dycoke import _check_batch_of_one
+
+                _check_batch_of_one(trainer)
             # Checks the module (a supported family inside, layers in range, attention) before any batch runs.
-            self._hooks = self.method.make_hooks(pl_module)
+            hooks = self.method.make_hooks(pl_module)
+            if carrying and self._hooks is not None:  # as the DyCoke callback: the state survives between runs
+                hooks.pruning.carried_attention = self._hooks.pruning.carried_attention
+            self._hooks = hooks
 
     @override
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -20,7 +20,12 @@ _MAX_MERGING = 0.99
 
 @dataclass(frozen=True)
 class DyCokeMethod(CompressionMethod):
-    """DyCoke's settings (`lightning_prune.dycoke.hooks.DyCokeSettings`: the same names, defaults and checks)."""
+    """DyCoke's settings (`lightning_prune.dycoke.hooks.DyCokeSettings`: the same names, defaults and checks).
+
+    `score_dtype` (`model`, `float32`, or None for the variant's default) and `carry_state_across_samples` (the last
+    decode step's attention vector survives from one generation to the next, batch 1: the published runs) are
+    forwarded exactly as the `DyCoke` callback forwards them.
+    """
 
     name = "dycoke"
     needs_attention = True
@@ -30,6 +35,8 @@ class DyCokeMethod(CompressionMethod):
     window: int = 4
     reuse_threshold: float | None = 0.9
     variant: str = "official"
+    score_dtype: str | None = None
+    carry_state_across_samples: bool = False
 
     def problems(self) -> list[str]:
         try:

@@ -26,6 +26,21 @@ def test_method_takes_its_own_parameters_and_replaces_the_configs_dycoke():
     assert {"K", "ratio", "config", "method"} <= set(valid_keys("fastv"))
 
 
+def test_method_dycoke_takes_the_published_evaluation_settings_as_the_dycoke_callback():
+    from lightning_prune.compression import get_method
+
+    args = {"config": str(TINY), "method": "dycoke", "K": 0.5, "score_dtype": "model",
+            "carry_state_across_samples": True}
+    settings = parse_model_args(args)
+    assert settings.dycoke == {"merging_ratio": 0.5, "score_dtype": "model", "carry_state_across_samples": True}
+    callback = settings.build_compression()
+    assert (callback.settings.score_dtype, callback.settings.carry_state_across_samples) == ("model", True)
+    # The method class takes the report's settings back and forwards them to the same DyCoke settings.
+    assert get_method("dycoke", **settings.compression["settings"]).dycoke_settings() == callback.settings
+    with pytest.raises(ValueError, match=r"`carry_state_across_samples` needs `batch_size` 1 .*got 2"):
+        parse_model_args({**args, "batch_size": 2})
+
+
 @pytest.mark.parametrize(("args", "match"), [
     ({"method": "tome"}, r"`method` must be one of \['dycoke', 'fastv', 'random', 'uniform_spatial', "
                          r"'uniform_temporal'.*\], got 'tome'"),
