@@ -106,11 +106,15 @@ class CompressionMethod:
         needs_attention: the method reads attention weights (flash attention is refused).
         needs_cls: the method reads a CLS token of the vision tower (refused on towers without one, naming the
             substitute setting).
+        one_sample: the method runs one prompt at a time (its published code is batch 1): while it is installed,
+            `VideoLLM` generates a batch sample by sample, each unpadded, exactly as batch-1 runs would
+            (`generates_one_sample_at_a_time`); a direct `generate` call with a batch is refused by the method.
     """
 
     name: ClassVar[str] = ""
     needs_attention: ClassVar[bool] = False
     needs_cls: ClassVar[bool] = False
+    one_sample: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -171,6 +175,16 @@ class CompressionMethod:
         from lightning_prune.compression.hooks import CompressionHooks
 
         return CompressionHooks(model, self, family=family, profile=profile)
+
+
+# Set on the family's base model while a `one_sample` method is installed on it.
+ONE_SAMPLE_ATTRIBUTE = "_lightning_prune_one_sample"
+
+
+def generates_one_sample_at_a_time(model: nn.Module) -> bool:
+    """True while a method that runs one prompt at a time (`CompressionMethod.one_sample`) is installed in `model`:
+    its caller must then split a batch into single, unpadded samples and generate them one after the other."""
+    return any(getattr(module, ONE_SAMPLE_ATTRIBUTE, False) for module in model.modules())
 
 
 def check_fraction(name: str, value: Any, low_open: bool = True, high_closed: bool = True) -> list[str]:

@@ -258,11 +258,13 @@ class FrameFusionMethod(CompressionMethod):
     order). Pruning reads layer i - 1's last-prompt-token attention row (head mean, RoPE applied). The published
     merge after the last layer's attention is skipped: it changes neither the cache nor the last token.
     On a DeepStack model (Qwen3-VL, not among the published models) merging starts before the first layer after
-    the DeepStack additions, and the compute model counts the layers from there. Batch 1, as published.
+    the DeepStack additions, and the compute model counts the layers from there. Batch 1, as published
+    (`one_sample`: `VideoLLM` generates a batch sample by sample).
     """
 
     name = "framefusion"
     needs_attention = True
+    one_sample = True
     cost: float = 0.3
     similarity_lower_bound: float = 0.6
     ratio_lower_bound: float = 0.1
@@ -302,8 +304,9 @@ class FrameFusionMethod(CompressionMethod):
         if context.layer == run.first:
             run.reset()
             if context.hidden_states.shape[0] != 1:
-                raise ValueError(f"FrameFusion runs one prompt at a time (the published code asserts batch size 1), "
-                                 f"got a batch of {context.hidden_states.shape[0]}: set the batch size to 1.")
+                raise ValueError(f"FrameFusion runs one prompt at a time (the published code asserts batch size 1; "
+                                 f"`VideoLLM` splits batches for it), got a batch of "
+                                 f"{context.hidden_states.shape[0]}: set the batch size to 1.")
             run.state = FrameFusionState(
                 _patch_types(context), context.tokens_per_frame, context.visual_mask[0].clone(), run.num_layers,
                 self.cost, self.similarity_lower_bound, self.ratio_lower_bound)

@@ -31,7 +31,13 @@ import torch
 from torch import nn
 
 from lightning_prune.compression.attention import TAP_ATTRIBUTE, WRAPPED_IMPLEMENTATIONS, register_attention_functions
-from lightning_prune.compression.base import CompressionMethod, LayerContext, LayerCut, VisualContext
+from lightning_prune.compression.base import (
+    ONE_SAMPLE_ATTRIBUTE,
+    CompressionMethod,
+    LayerContext,
+    LayerCut,
+    VisualContext,
+)
 from lightning_prune.dycoke.families import family_of, get_family
 from lightning_prune.dycoke.hooks import GenerationStats
 from lightning_prune.dycoke.kv_pruning import gather_positions, last_query_attention
@@ -151,6 +157,8 @@ class CompressionHooks:
                 self._handles.append(layers[index].register_forward_pre_hook(self._before_layer(index),
                                                                              with_kwargs=True))
         self._handles += self.family.attach(self.base)
+        if self.method.one_sample:
+            setattr(self.base, ONE_SAMPLE_ATTRIBUTE, True)
         self._probe = self.method.vision_probe(self.base, self.family)
         if self._probe is not None:
             self._handles += self._probe.attach()
@@ -166,6 +174,8 @@ class CompressionHooks:
                     if hasattr(layer.self_attn, TAP_ATTRIBUTE):
                         delattr(layer.self_attn, TAP_ATTRIBUTE)
                 self.base.set_attn_implementation({"text_config": self._original_attention})
+            if hasattr(self.base, ONE_SAMPLE_ATTRIBUTE):
+                delattr(self.base, ONE_SAMPLE_ATTRIBUTE)
         self._finish_generation()
 
     def __enter__(self) -> CompressionHooks:

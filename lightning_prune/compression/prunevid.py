@@ -302,8 +302,10 @@ class PruneVidMethod(CompressionMethod):
         cluster_ratio: share of cluster means kept by the spatial clustering, in (0, 1].
         alpha: share of the video tokens kept at `selected_layer`, in (0, 1]; 1 keeps every token.
         selected_layer: the LLM layer whose attention selects the tokens; its output and later layers see only the
-            kept ones, and the cache of it and the earlier layers is cut to them (10 for PLLaVA-7B's 32 layers).
-            None: the same relative depth on this LLM, `round(10 / 32 * layers)` (what `at_budget` uses).
+            kept ones, and the cache of it and the earlier layers is cut to them. None (default): the published
+            layer's relative depth on this LLM, `round(10 / 32 * layers)`: the published 10 on PLLaVA-7B's 32
+            layers, 1 on the tiny 4-layer models (what `at_budget` uses). An integer is taken as is and must leave
+            a layer after it (0 to layers - 2).
         k: the temporal DPC-KNN's neighbours (the published call: 7; at most the frames per video; the spatial
             clustering keeps the published fixed 7).
         seed: seed of the generator DPC-KNN's tie-breaking noise comes from (the published code: the global one).
@@ -318,11 +320,12 @@ class PruneVidMethod(CompressionMethod):
 
     name = "prunevid"
     needs_attention = False
+    one_sample = True
     tau: float = 0.8
     temporal_segment_ratio: float = 0.25
     cluster_ratio: float = 0.5
     alpha: float = 0.4
-    selected_layer: int | None = 10
+    selected_layer: int | None = None  # the published 10 of 32 layers, as a relative depth
     k: int = 7
     seed: int = 0
     temporal_merging: bool = True
@@ -355,7 +358,8 @@ class PruneVidMethod(CompressionMethod):
         layer = round(10 / 32 * num_layers) if self.selected_layer is None else self.selected_layer
         if not 0 <= layer <= num_layers - 2:
             raise ValueError(f"`selected_layer` must leave a layer after it in the LLM's {num_layers} layers "
-                             f"(0 to {num_layers - 2}), got {layer}.")
+                             f"(0 to {num_layers - 2}), got {layer}; None (the default) takes the published layer's "
+                             "relative depth, 10 of 32 layers.")
         self._run["layer"] = layer
 
     def cut_layers(self, num_layers: int) -> tuple[int, ...]:
@@ -405,7 +409,8 @@ class PruneVidMethod(CompressionMethod):
 def _check_batch(batch: int) -> None:
     if batch != 1:
         raise ValueError(f"PruneVid runs one prompt at a time (the published code is batch 1; its merging gives each "
-                         f"video its own token count), got a batch of {batch}: set the batch size to 1.")
+                         f"video its own token count; `VideoLLM` splits batches for it), got a batch of {batch}: "
+                         "set the batch size to 1.")
 
 
 def _video_attention(layer: nn.Module, hidden: torch.Tensor, visual_mask: torch.Tensor,

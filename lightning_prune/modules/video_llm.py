@@ -23,6 +23,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from typing_extensions import override
 
+from lightning_prune.compression.base import generates_one_sample_at_a_time
 from lightning_prune.dycoke.families import FAMILY_NAMES, family_for_model_type, get_family
 from lightning_prune.dycoke.families.base import published_prompt_refusal
 from lightning_prune.dycoke.families.llava_onevision import TINY_DEFAULTS  # noqa: F401  (re-exported)
@@ -186,21 +187,40 @@ class VideoLLM(LightningModule):
 
     @override
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
-        inputs = self.model_inputs(batch)
-        generated = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
-        answers = self.processor.batch_decode(generated[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        answers = self.processor.batch_decode(self.generated_tokens(batch), skip_special_tokens=True)
         return [{"id": sample_id, "answer": text.strip()} for sample_id, text in zip(batch["id"], answers, strict=True)]
+
+    def generation_batches(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
+        """The batches `generate` gets: `batch` itself, or, while a token-compression method that runs one prompt at
+        a time is installed (FrameFusion, PruneVid: `CompressionMethod.one_sample`), one batch per sample, so each
+        prompt is processed unpadded, exactly as in a batch-1 run."""
+        size = len(batch["question"])
+        if size == 1 or not generates_one_sample_at_a_time(self.model):
+            return [batch]
+        return [{key: value[row:row + 1] for key, value in batch.items()} for row in range(size)]
+
+    def generated_tokens(self, batch: dict[str, Any]) -> list[torch.Tensor]:
+        """Per sample, the greedily generated token ids after its prompt (`[T]`, padded with the pad id where a
+        batch's samples stop at different lengths)."""
+        tokens = []
+        for part in self.generation_batches(batch):
+            inputs = self.model_inputs(part)
+            generated = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
+            tokens += list(generated[:, inputs["input_ids"].shape[1] :])
+        return tokens
 
     def answer_indices(self, batch: dict[str, Any]) -> torch.Tensor:
         """`[B]` predicted option indices: greedy generation through `answer_prefix`, then the option letter with the
         highest logit at the next step (without a prefix: at the first generated token)."""
-        inputs = self.model_inputs(batch)
         steps = self.answer_prefix_length() + 1
-        output = self.model.generate(**inputs, max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
-                                     output_logits=True, return_dict_in_generate=True)
-        letter_logits = output.logits[steps - 1]  # [B, vocab]
-        return torch.tensor([int(letter_logits[row, self.option_token_ids(len(options))].argmax())
-                             for row, options in enumerate(batch["options"])], device=self.device)
+        predictions = []
+        for part in self.generation_batches(batch):
+            output = self.model.generate(**self.model_inputs(part), max_new_tokens=steps, min_new_tokens=steps,
+                                         do_sample=False, output_logits=True, return_dict_in_generate=True)
+            letter_logits = output.logits[steps - 1]  # [b, vocab]
+            predictions += [int(letter_logits[row, self.option_token_ids(len(options))].argmax())
+                            for row, options in enumerate(part["options"])]
+        return torch.tensor(predictions, device=self.device)
 
     def answer_prefix_length(self) -> int:
         """Tokens of `answer_prefix`."""

@@ -185,7 +185,8 @@ def test_prunevid_refuses_a_batch_before_generating(family_model):
 def test_prunevid_refuses_a_layer_without_one_after_it(family_model):
     _, model, _ = family_model
     with pytest.raises(ValueError, match=r"`selected_layer` must leave a layer after it in the LLM's 4 layers "
-                                         r"\(0 to 2\), got 3"):
+                                         r"\(0 to 2\), got 3; None \(the default\) takes the published layer's "
+                                         r"relative depth, 10 of 32 layers"):
         CompressionHooks(model, PruneVidMethod(selected_layer=3))
 
 
@@ -199,7 +200,12 @@ def test_prunevid_refuses_more_neighbours_than_frames(family_model):
 
 def test_prunevid_without_a_layer_takes_the_published_relative_depth(family_model):
     _, model, _ = family_model
-    hooks = CompressionHooks(model, PruneVidMethod(selected_layer=None))
+    default = PruneVidMethod()
+    assert default.selected_layer is None  # the default: the published depth, relative
+    hooks = CompressionHooks(model, default)
     assert hooks.cut_layers == (1, 2)  # round(10 / 32 * 4) = 1: scoring before layer 1, cut before layer 2
+    for layers, published in ((32, 10), (28, 9), (24, 8)):  # PLLaVA-7B's 32 layers: exactly the published 10
+        default.check_model(None, None, layers)
+        assert default.cut_layers(layers) == (published, published + 1)
     budget = PruneVidMethod.at_budget(0.25)
     assert (budget.alpha, budget.selected_layer, budget.tau) == (0.25, None, 0.8)
