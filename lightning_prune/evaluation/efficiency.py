@@ -122,8 +122,11 @@ class EfficiencyProbe(Callback):
 
     def _count_visual_tokens(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         input_ids = kwargs.get("input_ids", args[0] if args else None)
-        if self._visual is None and input_ids is not None:  # the prefill: the first forward of the batch
-            self._visual = (input_ids == self._video_token).sum(dim=1).tolist()
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))  # transformers names it `cache` now
+        prefill = cache is None or cache.get_seq_length() == 0
+        # Every prefill of the batch: one, or one per sample when a batch-1 method makes `VideoLLM` split the batch.
+        if prefill and input_ids is not None:
+            self._visual = (self._visual or []) + (input_ids == self._video_token).sum(dim=1).tolist()
 
 
 def batch_rows(batch: dict[str, Any], after_mean: float | None, size: int) -> list[dict[str, Any]]:

@@ -106,15 +106,14 @@ def test_merging_callbacks_reject_out_of_range_arguments():
         PruneVid(alpha=0)
 
 
-@pytest.mark.parametrize(("callback", "extra"), [
-    ("FrameFusion", []),
-    ("PruneVid", ["--trainer.callbacks.init_args.selected_layer=1"]),
-])
-def test_merging_callbacks_run_from_the_cli_with_the_tiny_qwen2_5_vl_config(tmp_path, caplog, callback, extra):
-    main(["predict", "--config", str(CONFIGS / "tiny_qwen2_5_vl.yaml"), "--trainer.logger=false",
+@pytest.mark.parametrize(("callback", "config"), [("FrameFusion", "tiny_qwen2_5_vl"), ("PruneVid", "tiny_qwen3_vl"),
+                                                   ("RandomTokens", "tiny_llava_next_video")])
+def test_the_issues_commands_run_as_written_from_the_cli(tmp_path, caplog, callback, config):
+    """The config's batch of 2 and the callback's defaults (PruneVid: the relative-depth layer on 4 layers)."""
+    main(["predict", "--config", str(CONFIGS / f"{config}.yaml"), "--trainer.logger=false",
           f"--trainer.default_root_dir={tmp_path}", f"--data.synthetic_dir={tmp_path / 'videos'}",
-          "--data.batch_size=1", "--data.synthetic_samples=1", "--model.max_new_tokens=2",
-          f"--trainer.callbacks+=lightning_prune.callbacks.{callback}", *extra])
+          "--data.synthetic_samples=2", "--model.max_new_tokens=2",
+          f"--trainer.callbacks+=lightning_prune.callbacks.{callback}"])
     summary = [record.getMessage() for record in caplog.records if "over 1 batches" in record.getMessage()]
-    assert len(summary) == 1 and f"{callback.lower()}/visual_tokens_after=" in summary[0]
+    assert len(summary) == 1 and "/visual_tokens_after=" in summary[0]
     assert "visual_tokens_kept_fraction=1," not in summary[0]

@@ -1,5 +1,5 @@
 """`method=framefusion` and `method=prunevid` in lmms-eval's `--model_args`: the tiny task end to end (batch 1, as the
-methods run), the report naming the method and its settings, and a batch refused with the method's message."""
+methods run), the report naming the method and its settings, and batches of 2 answered as batch-1 runs."""
 
 import json
 
@@ -32,3 +32,16 @@ def test_merging_methods_check_their_values_before_any_model():
         parse_model_args({"config": str(TINY), "method": "framefusion", "cost": 0})
     with pytest.raises(ValueError, match=r"`tau` must be in \[-1, 1\], got 2"):
         parse_model_args({"config": str(TINY), "method": "prunevid", "tau": 2})
+
+
+@pytest.mark.parametrize("method", ["framefusion", "prunevid"])
+def test_merging_methods_answer_a_batch_of_two_as_two_batch_1_runs(in_task_folder, method):
+    """lmms-eval batches of 2 (left-padded prompts) run sample by sample: the same answers as batch 1, PruneVid on
+    its default layer (the published relative depth) on the 4-layer model."""
+    answers = {}
+    for size in (1, 2):
+        lm = LightningPruneVideoLLM(config=str(TINY), method=method, device="cpu", batch_size=size)
+        results = evaluate_video_tasks(lm, [TASK], limit=4, include_default_tasks=False)
+        answers[size] = [(sample["doc_id"], sample["resps"]) for sample in results["samples"][TASK]]
+        assert all(row["visual_tokens_after"] < row["visual_tokens_before"] for row in lm.efficiency_rows)
+    assert len(answers[1]) == 4 and answers[2] == answers[1]
