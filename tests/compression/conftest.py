@@ -1,13 +1,14 @@
-"""Tiny random models of every family and a left-padded batch of two random videos, shared by the compression tests."""
+"""Tiny random models of every family the compression methods serve and a left-padded batch of two random videos."""
 
 import numpy as np
 import pytest
 from compression_fakes import FRAMES, QUESTIONS
 
-from lightning_prune.dycoke.families import FAMILY_NAMES, get_family
+from lightning_prune.compression.hooks import COMPRESSION_FAMILIES
+from lightning_prune.dycoke.families import get_family
 
 
-@pytest.fixture(scope="session", params=FAMILY_NAMES)
+@pytest.fixture(scope="session", params=COMPRESSION_FAMILIES)
 def family_model(request):
     """`(adapter, model, padded inputs of two videos)` for each family; tests that change the model must undo it."""
     adapter = get_family(request.param)
