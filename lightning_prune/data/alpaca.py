@@ -20,9 +20,8 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader
 
-from lightning_prune.data._common import check_at_least
+from lightning_prune.data._common import SplitLoaders, check_at_least
 from lightning_prune.data.text import check_tokenizer_folder, load_tokenizer
 
 IGNORE_INDEX = -100
@@ -98,7 +97,7 @@ def pad_batch(examples: list[tuple[list[int], list[int]]], pad_id: int) -> tuple
     return ids, labels
 
 
-class AlpacaDataModule(LightningDataModule):
+class AlpacaDataModule(SplitLoaders, LightningDataModule):
     """Alpaca-format instruction tuning data (e.g. yahma/alpaca-cleaned as a local JSON file).
 
     Args:
@@ -113,7 +112,7 @@ class AlpacaDataModule(LightningDataModule):
             published flag of that name.
         batch_size: Training batch size.
         eval_batch_size: Batch size of the evaluation loaders.
-        seed: Seed of the held-out split and the shuffling.
+        seed: Seed of the held-out split and the shuffling (epoch `e`'s order is drawn from `(seed, e)`).
     """
 
     def __init__(
@@ -177,21 +176,10 @@ class AlpacaDataModule(LightningDataModule):
         pad = self.tokenizer.pad_token_id
         return int(pad if pad is not None else self.tokenizer.eos_token_id or 0)
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+    def _split_dataset(self, split: str) -> list[tuple[list[int], list[int]]]:
         self.setup()
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return self._examples[split]
+
+    def _collate(self):
         pad_id = self._pad_id()
-        return DataLoader(self._examples[split], batch_size=batch_size, shuffle=shuffle, generator=generator,
-                          collate_fn=lambda examples: pad_batch(examples, pad_id))
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, shuffle=True)
-
-    def train_eval_dataloader(self) -> DataLoader:
-        return self._loader("train", self.eval_batch_size, shuffle=False)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.eval_batch_size, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("val", self.eval_batch_size, shuffle=False)
+        return lambda examples: pad_batch(examples, pad_id)

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from lightning_prune._files import jsonl_records
-from lightning_prune.data._common import check_at_least
+from lightning_prune.data._common import SplitLoaders, check_at_least
 from lightning_prune.data.text import check_tokenizer_folder
 
 IGNORE_INDEX = -100
@@ -134,7 +134,7 @@ def collate_conversations(items: list[dict], pad_id: int) -> tuple[dict, torch.T
     return inputs, labels, meta
 
 
-class LlavaInstructDataModule(LightningDataModule):
+class LlavaInstructDataModule(SplitLoaders, LightningDataModule):
     """LLaVA instruction data: fine-tuning on `train_file`, LM loss and multiple-choice VQA on `val_file`.
 
     Args:
@@ -145,7 +145,7 @@ class LlavaInstructDataModule(LightningDataModule):
         template: Text of one user turn, with `{question}`.
         batch_size: Training batch size.
         eval_batch_size: Batch size of the evaluation loaders.
-        seed: Seed of the shuffling.
+        seed: Seed of the shuffling (the order of epoch `e` is drawn from `(seed, e)`).
     """
 
     def __init__(
@@ -185,21 +185,10 @@ class LlavaInstructDataModule(LightningDataModule):
             "val": ConversationDataset(val, self.image_folder, self.processor, self.template, choices=True),
         }
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+    def _split_dataset(self, split: str) -> ConversationDataset:
         self.setup()
+        return self._datasets[split]
+
+    def _collate(self):
         pad_id = self.processor.tokenizer.pad_token_id or 0
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(self._datasets[split], batch_size=batch_size, shuffle=shuffle, generator=generator,
-                          collate_fn=lambda items: collate_conversations(items, pad_id))
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, shuffle=True)
-
-    def train_eval_dataloader(self) -> DataLoader:
-        return self._loader("train", self.eval_batch_size, shuffle=False)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.eval_batch_size, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("val", self.eval_batch_size, shuffle=False)
+        return lambda items: collate_conversations(items, pad_id)
