@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningDataModule
 
+from lightning_prune._paths import resolve_path
 from lightning_prune.data._common import SplitLoaders, check_at_least
 from lightning_prune.data.text import check_tokenizer_folder, load_tokenizer
 
@@ -100,6 +101,9 @@ def pad_batch(examples: list[tuple[list[int], list[int]]], pad_id: int) -> tuple
 class AlpacaDataModule(SplitLoaders, LightningDataModule):
     """Alpaca-format instruction tuning data (e.g. yahma/alpaca-cleaned as a local JSON file).
 
+    Paths naming shipped files (`lightning_prune/data/assets/...`, `pkg://...`) resolve from any folder
+    (`lightning_prune._paths`).
+
     Args:
         train_file: JSON list or JSONL of `{instruction, input, output}` records.
         tokenizer: Folder (usually the model folder) or Hub id of the tokenizer.
@@ -133,10 +137,11 @@ class AlpacaDataModule(SplitLoaders, LightningDataModule):
         check_at_least("batch_size", batch_size, 1)
         check_at_least("eval_batch_size", eval_batch_size, 1)
         check_at_least("val_size", val_size, 1)
-        check_tokenizer_folder(tokenizer)
-        self.save_hyperparameters()
-        self.train_file, self.val_file, self.val_size = train_file, val_file, val_size
-        self.tokenizer_name, self.cutoff_len = tokenizer, cutoff_len
+        check_tokenizer_folder(resolve_path(tokenizer))
+        self.save_hyperparameters()  # the paths as given (`pkg://` kept), so a saved config stays portable
+        self.train_file, self.val_size = resolve_path(train_file), val_size
+        self.val_file = None if val_file is None else resolve_path(val_file)
+        self.tokenizer_name, self.cutoff_len = resolve_path(tokenizer), cutoff_len
         self.train_on_inputs, self.add_eos_token = train_on_inputs, add_eos_token
         self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
         self.tokenizer = None

@@ -25,6 +25,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import Dataset
 
 from lightning_prune._files import jsonl_records
+from lightning_prune._paths import resolve_path
 from lightning_prune.data._common import SplitLoaders, check_at_least
 from lightning_prune.data.text import check_tokenizer_folder
 
@@ -137,6 +138,9 @@ def collate_conversations(items: list[dict], pad_id: int) -> tuple[dict, torch.T
 class LlavaInstructDataModule(SplitLoaders, LightningDataModule):
     """LLaVA instruction data: fine-tuning on `train_file`, LM loss and multiple-choice VQA on `val_file`.
 
+    Paths naming shipped files (`lightning_prune/data/assets/...`, `pkg://...`) resolve from any folder
+    (`lightning_prune._paths`).
+
     Args:
         train_file: LLaVA-format JSON (a list) or JSONL of training conversations.
         val_file: Held-out conversations; records with `options` are scored as multiple choice.
@@ -164,10 +168,11 @@ class LlavaInstructDataModule(SplitLoaders, LightningDataModule):
         check_at_least("eval_batch_size", eval_batch_size, 1)
         if "{question}" not in template:
             raise ValueError(f"`template` must contain '{{question}}', got {template!r}.")
-        check_tokenizer_folder(processor)
-        self.save_hyperparameters()
-        self.train_file, self.val_file, self.image_folder = train_file, val_file, Path(image_folder)
-        self.processor_name, self.template = processor, template
+        check_tokenizer_folder(resolve_path(processor))
+        self.save_hyperparameters()  # the paths as given (`pkg://` kept), so a saved config stays portable
+        self.train_file, self.val_file = resolve_path(train_file), resolve_path(val_file)
+        self.image_folder, self.processor_name = Path(resolve_path(image_folder)), resolve_path(processor)
+        self.template = template
         self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
         self.processor = None
         self._datasets: dict[str, ConversationDataset] = {}

@@ -15,6 +15,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import TensorDataset
 
 from lightning_prune._files import jsonl_records
+from lightning_prune._paths import resolve_path, resolve_paths
 from lightning_prune.data._common import SplitLoaders, check_at_least
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -112,6 +113,9 @@ class TextDataModule(SplitLoaders, LightningDataModule):
     Validation and test serve `val_files` (the study's held-out split); `train_eval_dataloader()` serves the
     training blocks in order, unshuffled (what `pruned/train_loss` is measured on).
 
+    Paths naming shipped files (`lightning_prune/data/assets/...`, `pkg://...`) resolve from any folder
+    (`lightning_prune._paths`).
+
     Args:
         train_files: Training files (`.jsonl` with a text field, anything else one document per line).
         val_files: Held-out files; None holds out the last `val_fraction` of the training blocks.
@@ -144,10 +148,10 @@ class TextDataModule(SplitLoaders, LightningDataModule):
             raise ValueError("`train_files` must list at least one file, got none.")
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"`val_fraction` must be in (0, 1), got {val_fraction!r}.")
-        check_tokenizer_folder(tokenizer)
-        self.save_hyperparameters()
-        self.train_files, self.val_files = list(train_files), list(val_files) if val_files else None
-        self.tokenizer_name, self.block_size, self.text_field = tokenizer, block_size, text_field
+        check_tokenizer_folder(resolve_path(tokenizer))
+        self.save_hyperparameters()  # the paths as given (`pkg://` kept), so a saved config stays portable
+        self.train_files, self.val_files = resolve_paths(list(train_files)), resolve_paths(val_files or None)
+        self.tokenizer_name, self.block_size, self.text_field = resolve_path(tokenizer), block_size, text_field
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_fraction, self.seed = val_fraction, seed
         self.tokenizer = None

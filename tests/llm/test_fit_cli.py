@@ -92,3 +92,20 @@ def test_tiny_llama_resumed_fit_equals_an_uninterrupted_one(tmp_path, monkeypatc
     assert straight_weights.keys() == resumed_weights.keys()
     for name, weight in straight_weights.items():
         torch.testing.assert_close(resumed_weights[name], weight, rtol=0, atol=0, msg=name)
+
+
+def test_shipped_lm_config_runs_from_another_folder(tmp_path, monkeypatch):
+    """The shipped config, unchanged, names its assets `lightning_prune/data/assets/...`: they resolve inside the
+    package from a folder that is not a clone's root, and the run trains on the shipped corpus."""
+    monkeypatch.chdir(tmp_path)
+    assert not (tmp_path / "lightning_prune").exists()
+    cli = LightningPruneCLI(args=["fit", "--config", str(ROOT / "configs/pruning/tiny_llama_l1.yaml"),
+                                  "--trainer.max_epochs=3", "--trainer.limit_train_batches=1",
+                                  "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false"])
+    _finish_wandb_runs(cli.trainer)
+    assert cli.datamodule.tokenizer_name == str(ROOT / "lightning_prune/data/assets/tiny_text")
+    assert cli.datamodule.train_files == [str(ROOT / "lightning_prune/data/assets/tiny_text/train.txt")]
+    (metrics_file,) = (tmp_path / "runs").rglob("metrics.csv")
+    logged = {key: float(row[key]) for row in csv.DictReader(metrics_file.open()) for key in row if row[key]}
+    assert {"pruned/train_loss", "final/val_loss"} <= set(logged)
+    assert logged["prune/params_after"] < logged["prune/params_before"]
