@@ -123,7 +123,11 @@ class CausalLM(TwoPhaseModule):
 
     @override
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        try:
+            trainer = self.trainer
+        except RuntimeError:  # not attached to a Trainer (setup called by hand): no DataModule to check against
+            trainer = None
+        datamodule = getattr(trainer, "datamodule", None)
         vocab = getattr(datamodule, "vocab_size", None)
         embeddings = self.model.get_input_embeddings().num_embeddings
         if isinstance(vocab, int) and vocab > embeddings:
