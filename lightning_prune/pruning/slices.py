@@ -198,9 +198,6 @@ def group_slices(graph: tp.DependencyGraph, group) -> list[ParamSlice]:
     Returns:
         One `ParamSlice` per (parameter, dimension) the group touches; units are the root's indices.
     """
-    # Names from the model itself: Torch-Pruning's own maps (`graph._module2name`, `_param_to_name`) are private.
-    module_names = {module: name for name, module in graph.model.named_modules()}
-    parameter_names = {parameter: name for name, parameter in graph.model.named_parameters()}
     slices: list[ParamSlice] = []
     for item in group.items:
         dep, idxs, units = item.dep, [int(i) for i in item.idxs], [int(u) for u in item.root_idxs]
@@ -208,10 +205,10 @@ def group_slices(graph: tp.DependencyGraph, group) -> list[ParamSlice]:
         if target.type in _PARAMETER_FREE or not idxs:
             continue
         if target.type == _OPTYPE.PARAMETER:
-            name = parameter_names[target.module]
+            name = graph._param_to_name[target.module]
             slices.append(_slice(name, target.pruning_dim % target.module.dim(), idxs, units))
             continue
-        module_name = module_names[target.module]
+        module_name = graph._module2name[target.module]
         if target.type == _OPTYPE.MHA:
             slices.extend(_mha_slices(module_name, target.module, idxs, units))
             continue
