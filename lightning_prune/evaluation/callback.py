@@ -24,6 +24,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
+from lightning_prune._checks import is_int
 from lightning_prune._paths import resolve_path
 from lightning_prune.evaluation.lm_harness import check_tasks, evaluate_lm, language_model, logged_names
 from lightning_prune.evaluation.perplexity import (
@@ -79,7 +80,7 @@ class LmEvaluation(Callback):
         self.stages = list(STAGES) if stages is None else list(stages)
         if not self.stages or any(stage not in STAGES for stage in self.stages):
             problems.append(f"`stages` must be a non-empty list of {list(STAGES)}, got {stages!r}.")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if not is_int(batch_size, 1):
             problems.append(f"`batch_size` must be an integer >= 1, got {batch_size!r}.")
         if problems:
             raise ValueError(" ".join(problems))
