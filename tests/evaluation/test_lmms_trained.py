@@ -17,6 +17,10 @@ from lightning_prune.evaluation.tiny_task import write_tiny_task_data
 TRAINED_CONFIGS = sorted(CONFIGS.glob("trained_*.yaml"))
 QUESTIONS = 12
 FLOOR = 0.9
+# With DyCoke at the published settings the decoded (MPEG-4) videos lose some `order` answers (the benchmark: LLaVA-OV
+# order 100 -> 80 at K 0.7, P 0.8); measured here: 10 of 12 for LLaVA-OV. A broken merge, position or cache falls to
+# chance (about a quarter), far below this floor.
+FLOOR_DYCOKE = 0.75
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +51,6 @@ def test_trained_model_answers_the_tiny_task(config, dycoke, in_answered_folder)
     results = evaluate_video_tasks(lm, [TASK], limit=QUESTIONS, include_default_tasks=False)
     responses = [sample["resps"] for sample in results["samples"][TASK]]
     assert len(responses) == QUESTIONS
-    assert results["results"][TASK]["accuracy,none"] >= FLOOR, responses
+    assert results["results"][TASK]["accuracy,none"] >= (FLOOR_DYCOKE if dycoke else FLOOR), responses
     kept = [row["visual_tokens_after"] / row["visual_tokens_before"] for row in lm.efficiency_rows]
     assert (max(kept) < 0.6) if dycoke else (min(kept) == 1.0)
