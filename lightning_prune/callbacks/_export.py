@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lightning_prune.pruning.structure import build_structure
+from lightning_prune.pruning.build import build_structure
 
 
 def pruned_copy(network: torch.nn.Module, example: Any, indices: dict[str, list[int]]) -> torch.nn.Module:

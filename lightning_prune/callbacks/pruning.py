@@ -31,7 +31,8 @@ from lightning_prune.pruning.inputs import first_example, to_device
 from lightning_prune.pruning.masks import MaskGuard
 from lightning_prune.pruning.metrics import count_params_and_macs
 from lightning_prune.pruning.schedule import merge_indices, schedule_problems, schedule_steps
-from lightning_prune.pruning.structure import PruningStructure, build_structure
+from lightning_prune.pruning.build import build_structure
+from lightning_prune.pruning.structure import PruningStructure
 
 
 class Pruning(Callback):

@@ -168,7 +168,7 @@ def masks_of_criteria(
         ``{criterion: {layer: pruned indices}}`` scored on ``calibration_batches`` training batches.
     """
     from lightning_prune.pruning.importance import build_criterion, lowest_units
-    from lightning_prune.pruning.structure import build_structure
+    from lightning_prune.pruning.build import build_structure
 
     datamodule = build_datamodule(config)
     seed_datamodule(datamodule, config.seed)

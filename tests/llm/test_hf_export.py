@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM
 
 from lightning_prune.pruning.hf_export import save_pruned_pretrained
 from lightning_prune.pruning.metrics import count_params_and_macs
-from lightning_prune.pruning.structure import build_structure
+from lightning_prune.pruning.build import build_structure
 
 EXAMPLE = torch.zeros(1, 8, dtype=torch.long)
 
