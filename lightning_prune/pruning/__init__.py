@@ -2,10 +2,9 @@
 
 from lightning_prune.pruning.attention import HeadPrunedAttention
 from lightning_prune.pruning.checkpoint import load_pruned, restore_pruning
+from lightning_prune.pruning.criteria import CRITERIA, build_criterion
 from lightning_prune.pruning.importance import (
-    CRITERIA,
     Criterion,
-    build_criterion,
     explicit_scores,
     l1_scores,
     lowest_units,

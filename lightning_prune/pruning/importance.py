@@ -224,20 +224,3 @@ class ExplicitCriterion(Criterion):
 
     def scores(self, structure, layers, batches=(), loss_fn=F.cross_entropy):
         return explicit_scores(structure, layers, self.indices)
-
-
-_CRITERIA: dict[str, type[Criterion]] = {
-    cls.name: cls for cls in (L1Criterion, TaylorCriterion, OracleCriterion, RandomCriterion, ExplicitCriterion)
-}
-CRITERIA = tuple(_CRITERIA)
-
-
-def build_criterion(name: str, **options: object) -> Criterion:
-    """The criterion called `name` (one of `CRITERIA`), built with the options its class takes.
-
-    Raises:
-        ValueError: If `name` is not a known criterion (the message lists them).
-    """
-    if name not in _CRITERIA:
-        raise ValueError(f"`criterion` must be one of {list(CRITERIA)}, got {name!r}.")
-    return _CRITERIA[name](**options)
