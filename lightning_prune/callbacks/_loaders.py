@@ -24,7 +24,7 @@ from lightning.pytorch.utilities.seed import isolate_rng
 
 from lightning_prune.contracts import TrainEvalData
 from lightning_prune.pruning.distributed import rank_batches
-from lightning_prune.pruning.inputs import to_device
+from lightning_prune.pruning.inputs import first_example, to_device
 
 
 def _first(loaders: Any) -> Any:
@@ -96,3 +96,25 @@ def calibration_batches(trainer: Trainer, count: int, device: torch.device) -> l
     with isolate_rng():  # reading batches must not shift the training shuffle
         loader = train_eval_loader(trainer)
         return [(to_device(batch[0], device), batch[1].to(device)) for batch in rank_batches(loader, count)]
+
+
+def example_input(trainer: Trainer, module: Any, recorded: dict[str, Any] | None) -> tuple[Any, dict | None]:
+    """The tracing input and its record `{"shape", "dtype"}`: `recorded` if given (a resumed fit), else the module's
+    `example_input_array` or the first training inputs (one example; keyword inputs are not recorded).
+
+    Raises:
+        ValueError: With neither an `example_input_array` nor train data.
+    """
+    if recorded is None:
+        example = getattr(module, "example_input_array", None)
+        if not isinstance(example, torch.Tensor):
+            loader = train_eval_loader(trainer)
+            if loader is None:
+                raise ValueError("Pruning must trace the network on an input, got no `example_input_array` "
+                                 "and no train data.")
+            with isolate_rng():  # reading a batch must not shift the training shuffle
+                example = first_inputs(loader)
+        if isinstance(example, dict):  # keyword inputs (a multimodal batch): trace on the first example
+            return first_example(example), None
+        recorded = {"shape": [1, *example.shape[1:]], "dtype": str(example.dtype).removeprefix("torch.")}
+    return torch.zeros(recorded["shape"], dtype=getattr(torch, recorded["dtype"])), recorded

@@ -78,3 +78,14 @@ class RetrainRecorder:
 
     def outcome(self, total_epochs: int | None = None) -> dict[str, float]:
         return retrain_outcome(self.history, total_epochs=total_epochs, split=self.names.split)
+
+
+def warn_unlogged(who: str, names: MetricNames, trainer: Trainer) -> None:
+    """One warning if a metric the recorder reads was never logged."""
+    missing = names.missing(trainer.callback_metrics)
+    if missing:
+        rank_zero_warn(
+            f"{who}: the metrics {missing} were not logged, so there is no retrain history and no final/*; "
+            f"logged: {sorted(trainer.callback_metrics)}. Set `acc_key`, `loss_key` and `train_loss_key` to "
+            "names your module logs."
+        )

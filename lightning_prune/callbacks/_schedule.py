@@ -43,3 +43,16 @@ def steps_problem(trainer: Any, last_epoch: int) -> str | None:
         f"({per_epoch} per epoch), got {max_steps}: the fit would end unpruned. Raise `max_steps` (or use -1) "
         "or prune earlier."
     )
+
+
+def epochs_problem(max_epochs: int | None, steps: list[Any], prune_epoch: int) -> str | None:
+    """Why the Trainer's `max_epochs` would end the fit before a pruning step, or None."""
+    if max_epochs is None or max_epochs < 0:
+        return None
+    if len(steps) > 1 and steps[-1].epoch >= max_epochs:
+        return (f"`schedule` steps must all start below the Trainer's max_epochs ({max_epochs}), got steps at "
+                f"epochs {[step.epoch for step in steps]}: raise `max_epochs` or shorten the schedule.")
+    if prune_epoch >= max_epochs:
+        return (f"`prune_at_epoch` must be below the Trainer's max_epochs ({max_epochs}), got {prune_epoch}: the fit "
+                "would end before pruning and train the unpruned model; raise `max_epochs` or lower `prune_at_epoch`.")
+    return None

@@ -12,7 +12,6 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from lightning.pytorch.utilities.seed import isolate_rng
 from typing_extensions import override
 
 from lightning_prune.callbacks import _distributed, _loaders, _lora, _schedule
@@ -20,17 +19,25 @@ from lightning_prune.callbacks._checkpoints import (
     install_structure_restore,
     plain_hyperparameters,
     plan_problem,
-    restart_best_tracking,
+    pruning_record,
+    restart_best,
 )
 from lightning_prune.callbacks._export import save_pruned_hf
-from lightning_prune.callbacks._measure import RetrainRecorder, loss_function, measure, prefixed, start_retrain
+from lightning_prune.callbacks._measure import (
+    RetrainRecorder,
+    loss_function,
+    measure,
+    prefixed,
+    start_retrain,
+    warn_unlogged,
+)
 from lightning_prune.outcome import MetricNames, final_metrics
 from lightning_prune.pruning.build import build_structure
-from lightning_prune.pruning.checkpoint import RECORD_VERSION, read_record, resolve_target
+from lightning_prune.pruning.checkpoint import read_record, resolve_target
 from lightning_prune.pruning.criteria import CRITERIA, build_criterion
 from lightning_prune.pruning.engine import PruneState, check_plan, prune_step
 from lightning_prune.pruning.importance import TAYLOR_VARIANTS
-from lightning_prune.pruning.inputs import first_example, to_device
+from lightning_prune.pruning.inputs import to_device
 from lightning_prune.pruning.masks import MaskGuard
 from lightning_prune.pruning.plan import PrunePlan
 
@@ -243,19 +250,7 @@ class Pruning(Callback):
             return
         resolve_target(pl_module, self.target)
         _distributed.check_strategy(trainer.strategy, self.mode)
-        max_epochs = trainer.max_epochs
-        last = self.steps[-1].epoch
-        if len(self.steps) > 1 and max_epochs is not None and max_epochs >= 0 and last >= max_epochs:
-            raise ValueError(
-                f"`schedule` steps must all start below the Trainer's max_epochs ({max_epochs}), got steps at "
-                f"epochs {[step.epoch for step in self.steps]}: raise `max_epochs` or shorten the schedule."
-            )
-        if max_epochs is not None and max_epochs >= 0 and self.prune_epoch >= max_epochs:
-            raise ValueError(
-                f"`prune_at_epoch` must be below the Trainer's max_epochs ({max_epochs}), got {self.prune_epoch}: "
-                "the fit would end before pruning and train the unpruned model; raise `max_epochs` or lower "
-                "`prune_at_epoch`."
-            )
+        _raise_if(_schedule.epochs_problem(trainer.max_epochs, self.steps, self.prune_epoch))
         if any(isinstance(cb, ModelCheckpoint) and cb.save_weights_only for cb in trainer.callbacks):
             rank_zero_warn("Pruning: `save_weights_only` checkpoints carry no pruning record and cannot be restored.")
         if _loaders.has_train_data(trainer):  # else (loaders passed to `fit`) the checks wait for on_train_start
@@ -271,7 +266,7 @@ class Pruning(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.pruned and self.mode == "mask" and self._state.guard is None:  # resumed after pruning
             network = resolve_target(pl_module, self.target)
-            structure = build_structure(network, to_device(self._example_input(trainer, pl_module), pl_module.device))
+            structure = build_structure(network, self._example_input(trainer, pl_module))
             self._state.guard = MaskGuard(network, structure.parameter_masks(self.pruned_indices))
 
     @override
@@ -304,7 +299,7 @@ class Pruning(Callback):
             _log_to_loggers(trainer, self.final_metrics)
         self._merge_lora()
         if self.pruned and self.save_pretrained and trainer.is_global_zero:
-            example = to_device(self._example_input(trainer, pl_module), pl_module.device)
+            example = self._example_input(trainer, pl_module)
             save_pruned_hf(trainer, resolve_target(pl_module, self.target), example, self.pruned_indices, self.mode,
                            pad=self.pad_export)
 
@@ -315,11 +310,9 @@ class Pruning(Callback):
             checkpoint["state_dict"] = self._lora.merged_state_dict(checkpoint["state_dict"], _prefix(self.target))
         checkpoint.setdefault("lightning_prune", {})["plan"] = self.plan  # compared when a fit resumes from it
         if self.pruned:
-            checkpoint.setdefault("lightning_prune", {})["pruning"] = {
-                "version": RECORD_VERSION, "target": self.target, "mode": self.mode, "criterion": self.criterion,
-                "phase": "retrain", "indices": self.pruned_indices, "example_input": self._example,
-                "steps": self.step_records, **self._state.history,
-            }
+            checkpoint["lightning_prune"]["pruning"] = pruning_record(
+                self.target, self.mode, self.criterion, self.pruned_indices, self._example, self.step_records,
+                self._state.history)
 
     @override
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
@@ -363,41 +356,23 @@ class Pruning(Callback):
         network = resolve_target(pl_module, self.target)
         if self.lora_settings:
             _lora.check_targets(network, self.lora_settings)
-        check_plan(network, to_device(self._example_input(trainer, pl_module), pl_module.device), self.prune_plan,
+        check_plan(network, self._example_input(trainer, pl_module), self.prune_plan,
                    self.steps)
         self._checked_plan = True
 
     def _check_names_logged(self, trainer: Trainer) -> None:
         """After the first validation epoch: one warning if a named metric was never logged."""
-        if self._checked_names or not self._validated:
-            return
-        self._checked_names = True
-        missing = self.names.missing(trainer.callback_metrics)
-        if missing:
-            rank_zero_warn(
-                f"Pruning: the metrics {missing} were not logged, so there is no retrain history and no final/*; "
-                f"logged: {sorted(trainer.callback_metrics)}. Set `acc_key`, `loss_key` and `train_loss_key` to "
-                "names your module logs."
-            )
+        if not self._checked_names and self._validated:
+            self._checked_names = True
+            warn_unlogged("Pruning", self.names, trainer)
 
-    def _example_input(self, trainer: Trainer, pl_module: LightningModule) -> torch.Tensor:
-        if self._example is None:
-            example = getattr(pl_module, "example_input_array", None)
-            if not isinstance(example, torch.Tensor):
-                loader = _loaders.train_eval_loader(trainer)
-                if loader is None:
-                    raise ValueError("Pruning must trace the network on an input, got no `example_input_array` "
-                                     "and no train data.")
-                with isolate_rng():  # reading a batch must not shift the training shuffle
-                    example = _loaders.first_inputs(loader)
-            if isinstance(example, dict):  # keyword inputs (a multimodal batch): trace on the first example
-                return first_example(example)
-            self._example = {"shape": [1, *example.shape[1:]], "dtype": str(example.dtype).removeprefix("torch.")}
-        return torch.zeros(self._example["shape"], dtype=getattr(torch, self._example["dtype"]))
+    def _example_input(self, trainer: Trainer, pl_module: LightningModule) -> Any:
+        example, self._example = _loaders.example_input(trainer, pl_module, self._example)
+        return to_device(example, pl_module.device)
 
     def _prune(self, trainer: Trainer, pl_module: LightningModule) -> None:
         network = resolve_target(pl_module, self.target)
-        example = to_device(self._example_input(trainer, pl_module), pl_module.device)
+        example = self._example_input(trainer, pl_module)
         first, step = self.steps_done == 0, self.steps[self.steps_done]
         batches = lambda: _loaders.calibration_batches(  # noqa: E731
             trainer, self.prune_plan.calibration_batches, pl_module.device)
@@ -422,7 +397,8 @@ class Pruning(Callback):
             trainer.strategy.setup_optimizers(trainer)  # fresh optimizer + schedule over the current parameters
         else:
             _schedule.continue_recipe(trainer, self.mode)
-        self._restart_best(trainer)
+        if self.restart_best:
+            restart_best(trainer)
 
         if self.measure:
             split = self.names.split
@@ -456,16 +432,6 @@ class Pruning(Callback):
         if self._state.guard is not None:
             self._state.guard.remove()
             self._state.guard = MaskGuard(self._lora.network, self._base_masks)
-
-    def _restart_best(self, trainer: Trainer) -> None:
-        if not self.restart_best:
-            return
-        reset = restart_best_tracking(trainer)
-        if reset:
-            rank_zero_info(
-                f"Pruning: {', '.join(reset)} start their best tracking afresh (pre-pruning scores rate another "
-                "network; their files stay on disk); `restart_best=False` keeps them."
-            )
 
 
 def _prefix(target: str) -> str:
