@@ -206,7 +206,6 @@ class Pruning(Callback):
         self._checked_plan = self._checked_names = self._validated = self._said_hparams = False
         self.lora_settings = _lora.lora_settings(retrain)
         self._lora: _lora.LoraAdapters | None = None
-        self._base_masks: dict[str, torch.Tensor] = {}  # mask mode: the masks of the frozen base weights
         self.allow_plan_change = allow_plan_change
         self.plan = plan.record()  # recorded in checkpoints, compared when a fit resumes
 
@@ -297,7 +296,7 @@ class Pruning(Callback):
         if self.retrain_history:
             self.final_metrics = final_metrics(self._recorder.outcome())
             _log_to_loggers(trainer, self.final_metrics)
-        self._merge_lora()
+        self._state.guard = _lora.merge_lora(self._lora, self._state.guard)
         if self.pruned and self.save_pretrained and trainer.is_global_zero:
             example = self._example_input(trainer, pl_module)
             save_pruned_hf(trainer, resolve_target(pl_module, self.target), example, self.pruned_indices, self.mode,
@@ -417,21 +416,9 @@ class Pruning(Callback):
 
     def _start_lora(self, trainer: Trainer, network: torch.nn.Module) -> int:
         """Inject the LoRA adapters (mask mode: their rows/columns of removed units masked too); trainable count."""
-        self._lora = _lora.LoraAdapters(network, self.lora_settings)
-        if self._state.guard is not None:  # the frozen base weights stay masked; the guard now keeps B A zero there
-            self._base_masks = self._state.guard.masks
-            self._state.guard.remove()
-            self._state.guard = MaskGuard(network, _lora.lora_masks(network, self._base_masks))
+        self._lora, self._state.guard = _lora.start_lora(network, self.lora_settings, self._state.guard)
         _distributed.rebuild_wrapper(trainer)
         return self._lora.trainable_parameters()
-
-    def _merge_lora(self) -> None:
-        if self._lora is None or self._lora.merged:
-            return
-        self._lora.merge()
-        if self._state.guard is not None:
-            self._state.guard.remove()
-            self._state.guard = MaskGuard(self._lora.network, self._base_masks)
 
 
 def _prefix(target: str) -> str:
