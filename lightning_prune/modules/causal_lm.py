@@ -18,6 +18,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics.text import Perplexity
 from typing_extensions import override
 
+from lightning_prune.contracts import VocabData
 from lightning_prune.modules.two_phase import TwoPhaseModule
 from lightning_prune.pruning.lm_loss import IGNORE_INDEX, causal_lm_loss, evaluate_causal_lm, predicted_tokens
 
@@ -124,7 +125,7 @@ class CausalLM(TwoPhaseModule):
     @override
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        vocab = getattr(datamodule, "vocab_size", None)
+        vocab = datamodule.vocab_size if isinstance(datamodule, VocabData) else None
         embeddings = self.model.get_input_embeddings().num_embeddings
         if isinstance(vocab, int) and vocab > embeddings:
             raise ValueError(f"the model's vocabulary must cover the tokenizer's {vocab} tokens, got "
