@@ -19,6 +19,7 @@ from torchmetrics.text import Perplexity
 from typing_extensions import override
 
 from lightning_prune._checks import check_int
+from lightning_prune.contracts import VocabData
 from lightning_prune.modules.two_phase import TwoPhaseModule
 from lightning_prune.pruning.lm_loss import IGNORE_INDEX, causal_lm_loss, evaluate_causal_lm, predicted_tokens
 
@@ -128,7 +129,7 @@ class CausalLM(TwoPhaseModule):
         except RuntimeError:  # not attached to a Trainer (setup called by hand): no DataModule to check against
             trainer = None
         datamodule = getattr(trainer, "datamodule", None)
-        vocab = getattr(datamodule, "vocab_size", None)
+        vocab = datamodule.vocab_size if isinstance(datamodule, VocabData) else None
         embeddings = self.model.get_input_embeddings().num_embeddings
         if isinstance(vocab, int) and vocab > embeddings:
             raise ValueError(f"the model's vocabulary must cover the tokenizer's {vocab} tokens, got "

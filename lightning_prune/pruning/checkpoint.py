@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from lightning_prune.pruning.structure import replay_pruning
+from lightning_prune.pruning.build import replay_pruning
 
 RECORD_VERSION = 2
 ModuleT = TypeVar("ModuleT", bound=nn.Module)

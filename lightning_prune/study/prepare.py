@@ -167,8 +167,9 @@ def masks_of_criteria(
         ``{layer: (filters, pruned)}`` of the layers the study's patterns select (coupled layers merged), and
         ``{criterion: {layer: pruned indices}}`` scored on ``calibration_batches`` training batches.
     """
-    from lightning_prune.pruning.importance import build_criterion, lowest_units
-    from lightning_prune.pruning.structure import build_structure
+    from lightning_prune.pruning.build import build_structure
+    from lightning_prune.pruning.criteria import build_criterion
+    from lightning_prune.pruning.importance import lowest_units
 
     datamodule = build_datamodule(config)
     seed_datamodule(datamodule, config.seed)

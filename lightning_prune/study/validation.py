@@ -1,7 +1,7 @@
 """Every check a study config can get without data or compute, run before anything is trained or written.
 
 Each rule is asked of the code that owns it (ratio range: `pruning.structure.check_ratios`; criteria:
-`pruning.importance.CRITERIA`; which filters a ratio prunes: `PruningStructure`; how many masks exist:
+`pruning.criteria.CRITERIA`; which filters a ratio prunes: `PruningStructure`; how many masks exist:
 `study.masks`; batching: `modules.batched.supports_batching`), so the study cannot drift from what runs later.
 Every problem is collected and reported at once, each naming its flag.
 """
@@ -21,7 +21,7 @@ _NOT_SCORED = frozenset({"explicit"})
 
 def study_criteria() -> tuple[str, ...]:
     """Criteria a study may mark masks with: the pruning package's, less those that need extra input."""
-    from lightning_prune.pruning.importance import CRITERIA
+    from lightning_prune.pruning.criteria import CRITERIA
 
     return tuple(name for name in CRITERIA if name not in _NOT_SCORED)
 

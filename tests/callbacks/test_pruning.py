@@ -165,7 +165,8 @@ def test_pruning_resumes_mid_retrain_and_loads_from_checkpoint(tmp_path, mode):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"criterion": "magnitude"}, r"`criterion` must be one of \['l1', 'taylor', 'oracle', 'random', 'explicit'\]"),
+        ({"criterion": "magnitude"},
+         r"`criterion` must be one of \['l1', 'taylor', 'oracle', 'random', 'explicit', 'bn_scale'\]"),
         ({"mode": "soft"}, r"`mode` must be one of \['physical', 'mask'\], got 'soft'"),
         ({"prune_at": "start"}, "Can't provide both `prune_at` and `prune_at_epoch`. Choose one."),
         ({"prune_at_epoch": None}, "`prune_at: start` or `prune_at_epoch: N` must be given, got neither"),

@@ -9,8 +9,8 @@ from llm_fakes import save_tiny_tokenizer, write_text_files
 
 from lightning_prune.data import TextDataModule
 from lightning_prune.modules import CausalLM
+from lightning_prune.pruning.build import build_structure
 from lightning_prune.pruning.lm_loss import causal_lm_loss
-from lightning_prune.pruning.structure import build_structure
 from lightning_prune.study.runner import run_study
 from lightning_prune.study.spec import MaskConfig, RecipeConfig, StudyConfig
 from lightning_prune.study.weights import load_network_state
