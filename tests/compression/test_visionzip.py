@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from compression_fakes import generate
+from compression_fakes import generate, video_token_id
 from reference_llm import capture_text_inputs
 
 from lightning_prune.compression.hooks import CompressionHooks
@@ -144,12 +144,12 @@ def test_the_llm_receives_the_published_visionzip_tokens(family_model, keep_rati
     plain = capture_text_inputs(model, inputs, 1)[0]
     with CompressionHooks(model, method) as hooks:
         hooked = capture_text_inputs(model, inputs, 1)[0]
-    is_video = inputs["input_ids"] == model.config.video_token_id
+    is_video = inputs["input_ids"] == video_token_id(model)
     trailing = getattr(adapter, "trailing", 0)
     hooked_video = hooked["inputs_embeds"]
     hooked_is_video = hooked.get("visual_pos_masks")  # Qwen3-VL's text model gets the video positions
     if hooked_is_video is None:
-        hooked_is_video = torch.stack([row == model.config.video_token_id for row in _hooked_ids(hooks, inputs)])
+        hooked_is_video = torch.stack([row == video_token_id(model) for row in _hooked_ids(hooks, inputs)])
     for sample in range(2):
         video = plain["inputs_embeds"][sample][is_video[sample]]  # [F * N + trailing, D]
         frames = video[: len(video) - trailing].view(8 // adapter.frames_per_step, -1, video.shape[-1])
