@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_prune._checks import is_int
+
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj", "up_proj")
 DEFAULTS: dict[str, Any] = {"r": 8, "alpha": 16.0, "dropout": 0.05, "target_modules": list(DEFAULT_TARGETS)}
 METHODS = ("full", "lora")
@@ -41,7 +43,7 @@ def retrain_problems(retrain: dict[str, Any] | None) -> list[str]:
         problems.append(f"`retrain` LoRA settings {sorted(set(retrain) & set(DEFAULTS))} must come with "
                         "`method: lora`, got method 'full'.")
     r, alpha, dropout = retrain.get("r", 8), retrain.get("alpha", 16.0), retrain.get("dropout", 0.05)
-    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+    if not is_int(r, 1):
         problems.append(f"`retrain.r` must be an integer >= 1, got {r!r}.")
     if isinstance(alpha, bool) or not isinstance(alpha, int | float) or alpha <= 0:
         problems.append(f"`retrain.alpha` must be a number > 0, got {alpha!r}.")

@@ -7,8 +7,9 @@ from fractions import Fraction
 import lightning as L
 import pytest
 import torch
+from _support.toys import UserModule
 from lightning.pytorch.callbacks import ModelCheckpoint
-from test_pruning import DataModule, Probe, UserModule, _setup_and_start, _stub_trainer, _trainer
+from test_pruning import DataModule, Probe, _setup_and_start, _stub_trainer, _trainer
 
 import lightning_prune
 from lightning_prune.callbacks import Pruning

@@ -2,9 +2,6 @@
 
 import torch
 
-FRAMES = 8
-QUESTIONS = ["What moves?", "Which shape crosses the frame first, and where to?"]
-
 
 def generate(model, inputs: dict, new_tokens: int = 4, **kwargs):
     with torch.inference_mode():
