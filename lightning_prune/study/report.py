@@ -1,12 +1,16 @@
-"""The study's outputs: ``results.csv``, ``summary.json``, the two scatter plots and the W&B summary run.
+"""The study's outputs: ``results.csv``, ``summary.json``, the two scatter plots, and its W&B runs (one per trial,
+in the study's group, and a summary run).
 
 Every file is written atomically (a temporary file in the same folder, then ``os.replace``), so a reader, or a
-study killed mid-write, never sees half a file. Correlations come from ``scipy.stats``.
+study killed mid-write, never sees half a file. Correlations come from ``scipy.stats``. W&B runs are offline
+unless ``WANDB_MODE=online``; never ``wandb.init``: Lightning's WandbLogger, closed by
+`lightning_prune._wandb.finish_wandb`.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -17,10 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from scipy import stats
 
 from lightning_prune._files import write_atomic
-from lightning_prune.outcome import finite_or_none
+from lightning_prune._wandb import finish_wandb
+from lightning_prune.outcome import MetricNames, finite_or_none, post_metrics
+from lightning_prune.study.spec import PRE_KEYS, StudyConfig, Trial, trial_path
 
 RESULT_COLUMNS = (
     "trial_id",
@@ -53,6 +61,7 @@ SUMMARY_KEYS = (
     "anomaly_ratio_loss",
     "kendall_tau_short_vs_full",
 )
+_WANDB_MARKER = ".wandb_summary"  # the digest of the results.csv the W&B summary run was logged for
 _INT_COLUMNS = ("mask_id", "repeat", "params", "macs")
 _TEXT_COLUMNS = ("trial_id", "layer_masks", "criterion")
 
@@ -208,7 +217,7 @@ def scatter_plot(
         metric: ``"final_test_acc"`` or ``"final_test_loss"``.
         title: figure title (the study name).
     """
-    import matplotlib
+    import matplotlib  # heavy (a second of import): only a finished study draws
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
@@ -251,8 +260,7 @@ def log_summary_run(
     study_dir: Path, name: str, project: str, rows: Sequence[dict[str, Any]], summary: dict[str, Any]
 ) -> None:
     """One W&B run (group = the study name) with the results table, a scatter plot, the PNGs and the summary."""
-    import wandb
-    from lightning.pytorch.loggers import WandbLogger
+    import wandb  # heavy (seconds of import): only a finished study with W&B on logs its tables and plots
 
     offline = os.environ.get("WANDB_MODE", "offline") != "online"
     logger = WandbLogger(
@@ -282,4 +290,89 @@ def log_summary_run(
         )
         experiment.summary.update({f"summary/{k}": v for k, v in summary.items() if v is not None})
     finally:
-        logger.experiment.finish()
+        finish_wandb(logger)
+
+
+# -------------------------------------------------------------------------------------------- W&B trial runs
+def wandb_logger(config: StudyConfig, name: str, job_type: str, extra: dict[str, Any] | None = None):
+    """A W&B run in the study's group (offline unless WANDB_MODE=online), or False when W&B is off."""
+    if not config.wandb:
+        return False
+    return WandbLogger(
+        project=config.wandb_project,
+        name=name,
+        group=config.name,
+        job_type=job_type,
+        save_dir=str(config.study_dir),
+        offline=os.environ.get("WANDB_MODE", "offline") != "online",
+        config=extra or {},
+    )
+
+
+def trial_identity(fields: dict[str, Any]) -> dict[str, Any]:
+    """What a trial's W&B run is filtered by: mask, repeat, seed, criterion and the pruned filters."""
+    keys = ("mask_id", "repeat", "seed", "criterion", "layer_masks")
+    return {key: json.dumps(fields[key]) if key == "layer_masks" else fields[key] for key in keys}
+
+
+def log_trial_run(config: StudyConfig, record: dict[str, Any]) -> None:
+    """The W&B run of a batched trial, written after the fact: its history, then ``pre/*`` and ``post/*``."""
+    logger = wandb_logger(config, record["trial_id"], "trial", trial_identity(record))
+    if not logger:
+        return
+    try:
+        for entry in record["history"]:
+            logger.log_metrics(MetricNames(split="test").logged(entry), step=int(entry["epoch"]))
+        pre = {key.replace("pruned_", "pre/"): record[key] for key in PRE_KEYS}
+        logger.log_metrics({**pre, **post_metrics(record)})
+    finally:
+        finish_wandb(logger)
+
+
+# ------------------------------------------------------------------------------------------- the whole report
+def write_report(config: StudyConfig, trials: list[Trial]) -> dict[str, Any] | None:
+    """``results.csv`` from the finished trials; summary, figures and W&B summary once all are finished."""
+    study_dir = Path(config.study_dir)
+    records = []
+    for trial in trials:
+        path = trial_path(study_dir, trial.trial_id)
+        if path.is_file():
+            records.append(read_json(path, "Delete it and rerun: that trial is retrained.", TRIAL_KEYS))
+    if not records:
+        return None
+    rows = write_results_csv(study_dir / "results.csv", records)
+    if len(records) < len(trials):
+        rank_zero_info(f"{len(records)} of {len(trials)} trials done; summary.json is written when all are.")
+        return None
+    short = {record["trial_id"]: record["short_retrain_test_acc"] for record in records}
+    summary = summarize(rows, short)
+    write_json(study_dir / "summary.json", summary)
+    _draw_figures(config, rows, summary)
+    if config.wandb:
+        _log_summary_once(config, rows, summary)
+    rank_zero_info(f"Study {config.name!r} done: {json.dumps(summary)}")
+    return summary
+
+
+def _draw_figures(config: StudyConfig, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    """The two scatter plots; a failed write (a full disk) costs only the figures, said in one line."""
+    study_dir = Path(config.study_dir)
+    for name, metric in (("scatter_acc.png", "final_test_acc"), ("scatter_loss.png", "final_test_loss")):
+        try:
+            scatter_plot(study_dir / name, rows, summary, metric, config.name)
+        except OSError as error:
+            rank_zero_warn(
+                f"results.csv and summary.json are complete in {study_dir}, but {name} was not written "
+                f"({error.strerror or error}). Free space and rerun the same command to draw the figures."
+            )
+
+
+def _log_summary_once(config: StudyConfig, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    """A rerun of a finished study does not add another W&B summary run for the same results."""
+    study_dir = Path(config.study_dir)
+    digest = hashlib.sha256((study_dir / "results.csv").read_bytes()).hexdigest()
+    marker = study_dir / _WANDB_MARKER
+    if marker.is_file() and marker.read_text().strip() == digest:
+        return
+    log_summary_run(study_dir, config.name, config.wandb_project, rows, summary)
+    write_atomic(marker, digest + "\n")

@@ -1,5 +1,6 @@
-"""What a study is: dataclasses read from YAML (field docstrings become ``--help``), their validation, and the
-fingerprint that ties a ``study_dir`` to the config that produced its results.
+"""What a study is: the dataclasses read from YAML (field docstrings become ``--help``), the fingerprint that ties a
+``study_dir`` to the config that produced its results, and its unit of work, the trial (one mask x one repeat) with
+the record it writes.
 
 Only the parts that define results enter the fingerprint (model, data, pretrained source, masks, recipes, repeats,
 seed, prune mode); how the study is executed (executor, workers, shards, W&B, batching) does not.
@@ -92,8 +93,8 @@ class StudyConfig:
     """Base seed: pretraining uses it, repeat r retrains with `seed + r` (data order included)."""
     prune_mode: Literal["physical", "mask"] = "physical"
     """How the one-at-a-time path prunes: filters removed (`physical`) or zeroed and kept at zero (`mask`)."""
-    executor: Literal["local", "ray"] = "local"
-    """Where trials run: `local` processes or `ray` tasks."""
+    executor: str = "local"
+    """Where trials run: a name registered in `study.executors` (`local` processes, `ray` tasks)."""
     workers: int = 1
     """Local worker processes (1 runs trials in this process); each is pinned to a GPU round-robin when present."""
     address: str | None = None
@@ -225,3 +226,53 @@ def config_differences(stored: dict[str, Any], given: dict[str, Any], prefix: st
         elif old != new:
             differences.append(f"{name} (stored {json.dumps(old)}, given {json.dumps(new)})")
     return differences
+
+
+PRE_KEYS = ("pruned_train_loss", "pruned_train_acc", "pruned_test_loss", "pruned_test_acc")
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One retraining of one mask.
+
+    Attributes:
+        index: Position in the study's trial list (shards take ``index % n == i``).
+        mask_id: Position of the mask in ``masks.json``.
+        repeat: Repeat number; the retrain seed is ``study seed + repeat``.
+        seed: Retrain seed.
+        layer_masks: ``{layer: pruned filter indices}``.
+        criterion: Criteria that chose this mask (``"l1;oracle"``), empty for random masks.
+    """
+
+    index: int
+    mask_id: int
+    repeat: int
+    seed: int
+    layer_masks: dict[str, list[int]] = field(hash=False)
+    criterion: str = ""
+
+    @property
+    def trial_id(self) -> str:
+        return f"m{self.mask_id:05d}-r{self.repeat}"
+
+
+def trial_path(study_dir: Path, trial_id: str) -> Path:
+    """Where a finished trial's record lives."""
+    return Path(study_dir) / "trials" / f"{trial_id}.json"
+
+
+def trial_record(
+    trial: Trial, pre: dict[str, float], outcome: dict[str, float], extra: dict[str, Any]
+) -> dict[str, Any]:
+    """What ``trials/<trial_id>.json`` holds: the trial, its pruned metrics (``PRE_KEYS``), outcome and extras."""
+    return {
+        "trial_id": trial.trial_id,
+        "mask_id": trial.mask_id,
+        "repeat": trial.repeat,
+        "seed": trial.seed,
+        "layer_masks": trial.layer_masks,
+        "criterion": trial.criterion,
+        **{key: float(pre[key]) for key in PRE_KEYS},
+        **outcome,
+        **extra,
+    }

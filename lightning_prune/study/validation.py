@@ -2,7 +2,7 @@
 
 Each rule is asked of the code that owns it (ratio range: `pruning.structure.check_ratios`; criteria:
 `pruning.importance.CRITERIA`; which filters a ratio prunes: `PruningStructure`; how many masks exist:
-`study.masks`; batching: `modules.batched.supports_batching`), so the study cannot drift from what runs later.
+`study.prepare`; batching: `modules.batched.supports_batching`), so the study cannot drift from what runs later.
 Every problem is collected and reported at once, each naming its flag.
 """
 
@@ -12,7 +12,17 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-from lightning_prune.study.masks import MAX_ENUMERATED_MASKS, count_masks
+import torch
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+
+from lightning_prune._files import read_checkpoint
+from lightning_prune.models import available_models, build_model
+from lightning_prune.modules.batched import supports_batching
+from lightning_prune.pruning.importance import CRITERIA
+from lightning_prune.pruning.structure import PruningStructure, check_ratios
+from lightning_prune.study.executors import executor_names
+from lightning_prune.study.prepare import MAX_ENUMERATED_MASKS, count_masks
+from lightning_prune.study.run import network_state
 from lightning_prune.study.spec import RecipeConfig, StudyConfig, parse_shard, resolve_class
 
 # A criterion the study can score on the pretrained model by name alone (``explicit`` needs indices).
@@ -21,22 +31,16 @@ _NOT_SCORED = frozenset({"explicit"})
 
 def study_criteria() -> tuple[str, ...]:
     """Criteria a study may mark masks with: the pruning package's, less those that need extra input."""
-    from lightning_prune.pruning.importance import CRITERIA
-
     return tuple(name for name in CRITERIA if name not in _NOT_SCORED)
 
 
-def _slot_bases() -> dict[str, type]:
-    """What each ``class_path`` slot must name (nothing else in a config may be called)."""
-    import torch
-    from lightning.pytorch import LightningDataModule, LightningModule
-
-    return {
-        "module": LightningModule,
-        "data": LightningDataModule,
-        "optimizer": torch.optim.Optimizer,
-        "lr_scheduler": torch.optim.lr_scheduler.LRScheduler,
-    }
+# What each ``class_path`` slot must name (nothing else in a config may be called).
+SLOT_BASES: dict[str, type] = {
+    "module": LightningModule,
+    "data": LightningDataModule,
+    "optimizer": torch.optim.Optimizer,
+    "lr_scheduler": torch.optim.lr_scheduler.LRScheduler,
+}
 
 
 def _accepted_arguments(cls: type, skip: int) -> tuple[list[str], bool]:
@@ -48,8 +52,6 @@ def _accepted_arguments(cls: type, skip: int) -> tuple[list[str], bool]:
 
 def _try_build(cls: type, slot: str, init_args: dict[str, Any]) -> None:
     """Build the object once on a dummy parameter, so that a wrong value fails here and not after pretraining."""
-    import torch
-
     if slot == "module":  # built at preparation: a module may load its weights (no download here)
         return
     if slot == "data":
@@ -76,7 +78,7 @@ def check_class_spec(spec: Any, flag: str, slot: str) -> list[str]:
     init_args = spec.get("init_args", {}) if spec.get("init_args") is not None else {}
     if not isinstance(init_args, dict):
         return [f"`--{flag}.init_args` must be a mapping, got {init_args!r}."]
-    base = _slot_bases()[slot]
+    base = SLOT_BASES[slot]
     try:
         cls = resolve_class(str(spec["class_path"]), base)
     except ValueError as error:
@@ -101,8 +103,6 @@ def _check_recipe(recipe: RecipeConfig | None, flag: str) -> list[str]:
         problems += check_class_spec(recipe.lr_scheduler, f"{flag}.lr_scheduler", "lr_scheduler")
     if not isinstance(recipe.trainer, dict):
         return [*problems, f"`--{flag}.trainer` must be a mapping of Trainer arguments, got {recipe.trainer!r}."]
-    from lightning.pytorch import Trainer
-
     names, _ = _accepted_arguments(Trainer, skip=0)
     typos = sorted(set(recipe.trainer) - set(names))
     if typos:
@@ -112,11 +112,6 @@ def _check_recipe(recipe: RecipeConfig | None, flag: str) -> list[str]:
 
 def _structure(config: StudyConfig):
     """The network's pruning structure, built without weights (no download): only its shape matters here."""
-    import torch
-
-    from lightning_prune.models import build_model
-    from lightning_prune.pruning.structure import PruningStructure
-
     kwargs = {k: v for k, v in config.model_kwargs.items() if k != "weights"}
     network = build_model(config.model, **kwargs)
     return network, PruningStructure(network, torch.zeros(1, *network.input_shape))
@@ -129,8 +124,6 @@ def selected_layer_sizes(structure, patterns: dict[str, float]) -> dict[str, tup
 
 
 def _check_ratios(layers: dict[str, float]) -> list[str]:
-    from lightning_prune.pruning.structure import check_ratios
-
     problems = []
     for pattern, ratio in layers.items():
         try:
@@ -171,8 +164,6 @@ def _check_mask_plan(config: StudyConfig, structure) -> list[str]:
 
 def batching_problem(config: StudyConfig, network) -> str | None:
     """Why ``batching: on`` cannot be honoured for ``network`` (None when it can, or when batching is not forced)."""
-    from lightning_prune.modules.batched import supports_batching
-
     if config.batching == "on" and not supports_batching(network):
         return (
             f"`--batching on` needs a network without BatchNorm, Dropout or buffers, got {config.model!r}. "
@@ -195,8 +186,6 @@ def _check_module(config: StudyConfig) -> list[str]:
 
 
 def _check_model(config: StudyConfig) -> list[str]:
-    from lightning_prune.models import available_models
-
     if config.module is not None:
         return _check_module(config)
     if config.model not in available_models():
@@ -238,10 +227,6 @@ def _check_sources(config: StudyConfig) -> list[str]:
 
 def _check_checkpoint(config: StudyConfig) -> list[str]:
     """The checkpoint must be readable, safe, and hold this network's weights (not another model's)."""
-    from lightning_prune._files import read_checkpoint
-    from lightning_prune.models import available_models, build_model
-    from lightning_prune.study.weights import network_state
-
     try:
         payload = read_checkpoint(Path(config.checkpoint), "--checkpoint")
     except ValueError as error:
@@ -307,14 +292,14 @@ def _check_execution(config: StudyConfig) -> list[str]:
             f"`--accelerator` must find a CUDA GPU for {config.accelerator!r}, got none visible here. "
             "Use --accelerator cpu (or auto), or run where a GPU is visible."
         )
+    if config.executor not in executor_names():
+        problems.append(f"`--executor` must be one of {list(executor_names())}, got {config.executor!r}.")
     if config.executor == "local" and config.address is not None:
         problems.append(f"`--address` must be null with --executor local, got {config.address!r}. Use --executor ray.")
     return problems
 
 
 def _cuda_visible() -> bool:
-    import torch
-
     return torch.cuda.is_available()
 
 

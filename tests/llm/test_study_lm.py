@@ -11,9 +11,9 @@ from lightning_prune.data import TextDataModule
 from lightning_prune.modules import CausalLM
 from lightning_prune.pruning.lm_loss import causal_lm_loss
 from lightning_prune.pruning.structure import build_structure
+from lightning_prune.study.run import load_network_state
 from lightning_prune.study.runner import run_study
 from lightning_prune.study.spec import MaskConfig, RecipeConfig, StudyConfig
-from lightning_prune.study.weights import load_network_state
 
 _ADAMW = {"class_path": "torch.optim.AdamW", "init_args": {"lr": 3.0e-3}}
 _LLAMA = {"model_type": "llama", "vocab_size": 64, "hidden_size": 32, "intermediate_size": 16, "num_hidden_layers": 1,
