@@ -28,7 +28,7 @@ from scipy import stats
 from lightning_prune._files import write_atomic
 from lightning_prune._wandb import finish_wandb
 from lightning_prune.outcome import MetricNames, finite_or_none, post_metrics
-from lightning_prune.study.spec import PRE_KEYS, StudyConfig, Trial, trial_path
+from lightning_prune.study.spec import DEFAULT_POST_METRIC, PRE_KEYS, StudyConfig, Trial, post_column, trial_path
 
 RESULT_COLUMNS = (
     "trial_id",
@@ -62,6 +62,8 @@ SUMMARY_KEYS = (
     "kendall_tau_short_vs_full",
 )
 _WANDB_MARKER = ".wandb_summary"  # the digest of the results.csv the W&B summary run was logged for
+# Record entries of a trial's `LmEvaluation` (`final` stage), kept as extra results.csv columns.
+_EVALUATION_PREFIXES = ("lm_eval/", "ppl/")
 _INT_COLUMNS = ("mask_id", "repeat", "params", "macs")
 _TEXT_COLUMNS = ("trial_id", "layer_masks", "criterion")
 
@@ -107,17 +109,20 @@ TRIAL_KEYS: dict[str, type] = {column: object for column in RESULT_COLUMNS} | {
 
 # ----------------------------------------------------------------------------------------------- results.csv
 def result_row(record: dict[str, Any]) -> dict[str, Any]:
-    """The ``results.csv`` row of one trial record (``trials/<trial_id>.json``)."""
+    """The ``results.csv`` row of one trial record (``trials/<trial_id>.json``): ``RESULT_COLUMNS``, then the
+    record's `LmEvaluation` results (``lm_eval/<task>/<metric>``, ``ppl/<name>``) when the study sets `lm_eval`."""
     row = {column: record[column] for column in RESULT_COLUMNS if column != "layer_masks"}
     row["layer_masks"] = json.dumps(record["layer_masks"], separators=(",", ":"))
+    row.update({key: record[key] for key in record if key.startswith(_EVALUATION_PREFIXES)})
     return row
 
 
 def write_results_csv(path: Path, records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """Write one row per trial, ordered by ``(mask_id, repeat)``; returns the rows."""
     rows = sorted((result_row(r) for r in records), key=lambda row: (row["mask_id"], row["repeat"]))
+    evaluated = sorted({key for row in rows for key in row if key not in RESULT_COLUMNS})
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=RESULT_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=[*RESULT_COLUMNS, *evaluated], lineterminator="\n")
     writer.writeheader()
     for row in rows:
         # repr keeps every float digit: the CSV round-trips exactly.
@@ -131,7 +136,7 @@ def read_results_csv(path: Path) -> list[dict[str, Any]]:
     with open(path, newline="") as file:
         rows = list(csv.DictReader(file))
     for row in rows:
-        for column in RESULT_COLUMNS:
+        for column in row:
             if column in _INT_COLUMNS:
                 row[column] = int(row[column])
             elif column not in _TEXT_COLUMNS:
@@ -154,13 +159,17 @@ def per_mask_means(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> di
     }
 
 
-def summarize(rows: Sequence[dict[str, Any]], short_test_acc: dict[str, float] | None = None) -> dict[str, Any]:
+def summarize(
+    rows: Sequence[dict[str, Any]], short_test_acc: dict[str, float] | None = None, post: str = "final_test_acc"
+) -> dict[str, Any]:
     """The study's summary from its result rows (per-mask means over repeats, over every mask of the rows: the
     criteria's masks count like the random ones).
 
     Args:
         rows: ``results.csv`` rows (parsed or as built).
         short_test_acc: ``{trial_id: test accuracy after 10% of retraining}``; the short-vs-full τ is null without.
+        post: The column the ``*_acc`` entries correlate with (`spec.post_column` of the study's `post_metric`):
+            the final test accuracy, or an lm-eval metric; higher is better.
 
     Returns:
         A dict with exactly ``SUMMARY_KEYS``: Kendall τ-b (and p) of pruned train loss vs final test accuracy and
@@ -173,12 +182,10 @@ def summarize(rows: Sequence[dict[str, Any]], short_test_acc: dict[str, float] |
     """
     if not rows:
         raise ValueError("`rows` must hold at least one finished trial, got none.")
-    means = per_mask_means(rows, ["pruned_train_loss", "final_test_acc", "final_test_loss"])
+    columns = ("pruned_train_loss", post, "final_test_loss", "final_test_acc")
+    means = per_mask_means(rows, list(dict.fromkeys(columns)))
     mask_ids = list(means)
-    loss, acc, test_loss = (
-        np.array([means[m][column] for m in mask_ids])
-        for column in ("pruned_train_loss", "final_test_acc", "final_test_loss")
-    )
+    loss, acc, test_loss, full_acc = (np.array([means[m][column] for m in mask_ids]) for column in columns)
     short = None
     if short_test_acc is not None and all(row["trial_id"] in short_test_acc for row in rows):
         short_means = per_mask_means([{**row, "short": short_test_acc[row["trial_id"]]} for row in rows], ["short"])
@@ -199,7 +206,7 @@ def summarize(rows: Sequence[dict[str, Any]], short_test_acc: dict[str, float] |
         summary["anomaly_ratio_acc"] = np.mean(acc[others] >= acc[oracle]) if enough else np.nan
         summary["anomaly_ratio_loss"] = np.mean(test_loss[others] <= test_loss[oracle]) if enough else np.nan
         has_short = short is not None and enough
-        summary["kendall_tau_short_vs_full"] = stats.kendalltau(short, acc)[0] if has_short else np.nan
+        summary["kendall_tau_short_vs_full"] = stats.kendalltau(short, full_acc)[0] if has_short else np.nan
     return {key: value if isinstance(value, int) else finite_or_none(float(value)) for key, value in summary.items()}
 
 
@@ -214,7 +221,7 @@ def scatter_plot(
         path: the PNG to write.
         rows: ``results.csv`` rows.
         summary: the output of :func:`summarize` on ``rows``.
-        metric: ``"final_test_acc"`` or ``"final_test_loss"``.
+        metric: ``"final_test_loss"``, or the post column (``"final_test_acc"``, an lm-eval metric).
         title: figure title (the study name).
     """
     import matplotlib  # heavy (a second of import): only a finished study draws
@@ -222,7 +229,7 @@ def scatter_plot(
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    by_accuracy = metric == "final_test_acc"
+    by_accuracy = metric != "final_test_loss"
     means = per_mask_means(rows, ["pruned_train_loss", metric])
     mask_ids = list(means)
     x = np.array([means[m]["pruned_train_loss"] for m in mask_ids])
@@ -245,7 +252,7 @@ def scatter_plot(
     text = "Kendall τ = n/a" if tau is None else f"Kendall τ = {tau:.3f} (p = {p:.2g})"
     axes.text(0.02, 0.02, text, transform=axes.transAxes, fontsize=9, bbox={"facecolor": "white", "alpha": 0.8})
     axes.set_xlabel("pruned train loss (before retraining)")
-    axes.set_ylabel("final test accuracy" if by_accuracy else "final test loss")
+    axes.set_ylabel({"final_test_acc": "final test accuracy", "final_test_loss": "final test loss"}.get(metric, metric))
     axes.set_title(f"{title}: {len(mask_ids)} masks" if title else f"{len(mask_ids)} masks")
     axes.legend(fontsize=7, loc="best")
     figure.tight_layout()
@@ -257,7 +264,8 @@ def scatter_plot(
 
 # ---------------------------------------------------------------------------------------------- W&B summary run
 def log_summary_run(
-    study_dir: Path, name: str, project: str, rows: Sequence[dict[str, Any]], summary: dict[str, Any]
+    study_dir: Path, name: str, project: str, rows: Sequence[dict[str, Any]], summary: dict[str, Any],
+    post: str = "final_test_acc",
 ) -> None:
     """One W&B run (group = the study name) with the results table, a scatter plot, the PNGs and the summary."""
     import wandb  # heavy (seconds of import): only a finished study with W&B on logs its tables and plots
@@ -270,16 +278,16 @@ def log_summary_run(
     try:
         columns = list(RESULT_COLUMNS)
         logger.log_table("results", columns=columns, data=[[row[c] for c in columns] for row in rows])
-        means = per_mask_means(rows, ["pruned_train_loss", "final_test_acc"])
+        means = per_mask_means(rows, ["pruned_train_loss", post])
         table = wandb.Table(
-            columns=["mask_id", "pruned_train_loss", "final_test_acc", "criterion"],
-            data=[[m, v["pruned_train_loss"], v["final_test_acc"], v["criterion"]] for m, v in means.items()],
+            columns=["mask_id", "pruned_train_loss", post, "criterion"],
+            data=[[m, v["pruned_train_loss"], v[post], v["criterion"]] for m, v in means.items()],
         )
         experiment = logger.experiment
         experiment.log(
             {
-                "scatter/pruned_train_loss_vs_final_test_acc": wandb.plot.scatter(
-                    table, "pruned_train_loss", "final_test_acc", title=f"{name}: pruned train loss vs final test acc"
+                f"scatter/pruned_train_loss_vs_{post}": wandb.plot.scatter(
+                    table, "pruned_train_loss", post, title=f"{name}: pruned train loss vs {post}"
                 ),
                 **{
                     f"figures/{png}": wandb.Image(str(study_dir / f"{png}.png"))
@@ -345,7 +353,7 @@ def write_report(config: StudyConfig, trials: list[Trial]) -> dict[str, Any] | N
         rank_zero_info(f"{len(records)} of {len(trials)} trials done; summary.json is written when all are.")
         return None
     short = {record["trial_id"]: record["short_retrain_test_acc"] for record in records}
-    summary = summarize(rows, short)
+    summary = summarize(rows, short, post_column(config.post_metric))
     write_json(study_dir / "summary.json", summary)
     _draw_figures(config, rows, summary)
     if config.wandb:
@@ -357,7 +365,8 @@ def write_report(config: StudyConfig, trials: list[Trial]) -> dict[str, Any] | N
 def _draw_figures(config: StudyConfig, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
     """The two scatter plots; a failed write (a full disk) costs only the figures, said in one line."""
     study_dir = Path(config.study_dir)
-    for name, metric in (("scatter_acc.png", "final_test_acc"), ("scatter_loss.png", "final_test_loss")):
+    post = post_column(config.post_metric)
+    for name, metric in (("scatter_acc.png", post), ("scatter_loss.png", "final_test_loss")):
         try:
             scatter_plot(study_dir / name, rows, summary, metric, config.name)
         except OSError as error:
@@ -370,9 +379,12 @@ def _draw_figures(config: StudyConfig, rows: list[dict[str, Any]], summary: dict
 def _log_summary_once(config: StudyConfig, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
     """A rerun of a finished study does not add another W&B summary run for the same results."""
     study_dir = Path(config.study_dir)
-    digest = hashlib.sha256((study_dir / "results.csv").read_bytes()).hexdigest()
+    content = (study_dir / "results.csv").read_bytes()
+    if config.post_metric != DEFAULT_POST_METRIC:  # another post metric is another summary of the same results
+        content += config.post_metric.encode()
+    digest = hashlib.sha256(content).hexdigest()
     marker = study_dir / _WANDB_MARKER
     if marker.is_file() and marker.read_text().strip() == digest:
         return
-    log_summary_run(study_dir, config.name, config.wandb_project, rows, summary)
+    log_summary_run(study_dir, config.name, config.wandb_project, rows, summary, post_column(config.post_metric))
     write_atomic(marker, digest + "\n")

@@ -223,13 +223,11 @@ def run_single_trial(
     pruning = Pruning(criterion="explicit", indices=trial.layer_masks, mode=config.prune_mode, prune_at="start",
                       split="test", save_pretrained=False)
     correlation = CorrelationCallback(split="test")
+    evaluation = _lm_evaluation(config)
+    callbacks = [pruning, correlation, SeedAtTrainStart(trial.seed)] + ([] if evaluation is None else [evaluation])
     logger = wandb_logger(config, trial.trial_id, "trial", trial_identity(trial.__dict__))
     try:
-        trainer = Trainer(
-            **trainer_kwargs(config, retrain, gpu),
-            logger=logger,
-            callbacks=[pruning, correlation, SeedAtTrainStart(trial.seed)],
-        )
+        trainer = Trainer(**trainer_kwargs(config, retrain, gpu), logger=logger, callbacks=callbacks)
         trainer.fit(module, datamodule=datamodule)
     finally:
         finish_wandb(logger)
@@ -242,8 +240,19 @@ def run_single_trial(
         "seconds": time.perf_counter() - started,
         "path": "single",
         "history": correlation.history,
+        **({} if evaluation is None else evaluation.results.get("final", {})),  # lm_eval/<task>/<metric>, ppl/...
     }
     return trial_record(trial, pre, outcome, extra)
+
+
+def _lm_evaluation(config: StudyConfig):
+    """The `LmEvaluation` callback of a trial when the study sets `lm_eval`, else None."""
+    if config.lm_eval is None:
+        return None
+    # Imported here: `evaluation/` is a leaf nothing imports at module level (it brings lm-eval, optional and heavy).
+    from lightning_prune.evaluation.callback import LmEvaluation
+
+    return LmEvaluation(**config.lm_eval)
 
 
 def pruned_size(config: StudyConfig, state: dict[str, torch.Tensor], layer_masks: dict[str, list[int]]):

@@ -116,6 +116,13 @@ class StudyConfig:
     cpu_threads: int | None = 1
     """PyTorch CPU threads per trial process; small models run fastest on one (and workers then fill the cores);
     null keeps PyTorch's default."""
+    lm_eval: dict[str, Any] | None = None
+    """With `module` (a causal LM): arguments of `lightning_prune.evaluation.callback.LmEvaluation` added to every
+    trial's fit, e.g. `{tasks: [lightning_prune_tiny_lm], stages: [final]}`; its `final` results enter each trial's
+    record and `results.csv` as `lm_eval/<task>/<metric>` columns."""
+    post_metric: str = "final/test_acc"
+    """What the pruned train loss is correlated with (the `*_acc` entries of the summary and the scatter plot):
+    `final/test_acc` (the retrained test accuracy), or `lm_eval/<task>/<metric>` of the `lm_eval` tasks."""
     wandb: bool = True
     """Log each trial as a W&B run in the study's group, and a summary run (offline unless WANDB_MODE=online)."""
     wandb_project: str = "lightning-prune"
@@ -182,6 +189,8 @@ def defining_config(config: StudyConfig) -> dict[str, Any]:
     parts = {name: _jsonable(asdict(config)[name]) for name in _FINGERPRINTED}
     if config.module is not None:  # only then: fingerprints of registry-network studies stay as they were
         parts["module"] = _jsonable(config.module)
+    if config.lm_eval is not None:  # its results are columns of every trial record
+        parts["lm_eval"] = _jsonable(config.lm_eval)
     data = dict(parts["data"])
     data["class_path"] = _qualified_name(data["class_path"])
     data["init_args"] = {
@@ -226,6 +235,15 @@ def config_differences(stored: dict[str, Any], given: dict[str, Any], prefix: st
         elif old != new:
             differences.append(f"{name} (stored {json.dumps(old)}, given {json.dumps(new)})")
     return differences
+
+
+# ------------------------------------------------------------------------------------------------------ trials
+DEFAULT_POST_METRIC = "final/test_acc"
+
+
+def post_column(post_metric: str) -> str:
+    """The ``results.csv`` column of a post metric: ``final_test_acc`` for the default, else the logged name."""
+    return "final_test_acc" if post_metric == DEFAULT_POST_METRIC else post_metric
 
 
 PRE_KEYS = ("pruned_train_loss", "pruned_train_acc", "pruned_test_loss", "pruned_test_acc")

@@ -23,7 +23,7 @@ from lightning_prune.pruning.structure import PruningStructure, check_ratios
 from lightning_prune.study.executors import executor_names
 from lightning_prune.study.prepare import MAX_ENUMERATED_MASKS, count_masks
 from lightning_prune.study.run import network_state
-from lightning_prune.study.spec import RecipeConfig, StudyConfig, parse_shard, resolve_class
+from lightning_prune.study.spec import DEFAULT_POST_METRIC, RecipeConfig, StudyConfig, parse_shard, resolve_class
 
 # A criterion the study can score on the pretrained model by name alone (``explicit`` needs indices).
 _NOT_SCORED = frozenset({"explicit"})
@@ -299,6 +299,52 @@ def _check_execution(config: StudyConfig) -> list[str]:
     return problems
 
 
+# lm-eval metrics where lower is better (wikitext's): the anomaly ratio and the figure read the post metric as an
+# accuracy.
+_LOWER_IS_BETTER = ("perplexity", "bits_per_byte")
+
+
+def _check_post_metric(config: StudyConfig) -> list[str]:
+    """`lm_eval` needs a causal-LM `module`; `post_metric` must be the default or a metric its tasks produce."""
+    problems = []
+    if config.lm_eval is not None:
+        if config.module is None:
+            problems.append("`--lm_eval` must be used with `--module` (a causal LM), got a registry network "
+                            f"{config.model!r}.")
+        problems += _check_lm_evaluation(config.lm_eval)
+    if config.post_metric == DEFAULT_POST_METRIC:
+        return problems
+    if config.lm_eval is None or not isinstance(config.lm_eval.get("tasks"), list):
+        return [*problems, f"`--post_metric` must be {DEFAULT_POST_METRIC!r}, or `lm_eval/<task>/<metric>` of the "
+                           f"`--lm_eval` tasks, got {config.post_metric!r} with no --lm_eval tasks."]
+    # Imported here: `evaluation/` is a leaf nothing imports at module level (it brings lm-eval, optional and heavy).
+    from lightning_prune.evaluation.lm_harness import metric_problem
+
+    problem = metric_problem(config.post_metric, config.lm_eval["tasks"], config.lm_eval.get("include_path"))
+    if problem is None and config.post_metric.endswith(_LOWER_IS_BETTER):
+        problem = f"{config.post_metric!r}, where lower is better (the summary reads the post metric as an accuracy)"
+    if problem is not None:
+        problems.append(f"`--post_metric` must be {DEFAULT_POST_METRIC!r} or a metric the `--lm_eval` tasks "
+                        f"produce, got {problem}.")
+    return problems
+
+
+def _check_lm_evaluation(init_args: Any) -> list[str]:
+    """The `LmEvaluation` arguments build (its own checks), and its `final` stage runs (the one a record keeps)."""
+    # Imported here: `evaluation/` is a leaf nothing imports at module level (it brings lm-eval, optional and heavy).
+    from lightning_prune.evaluation.callback import LmEvaluation
+
+    if not isinstance(init_args, dict):
+        return [f"`--lm_eval` must be a mapping of LmEvaluation arguments, got {init_args!r}."]
+    try:
+        evaluation = LmEvaluation(**init_args)
+    except (TypeError, ValueError) as error:
+        return [f"`--lm_eval` must be accepted by LmEvaluation, got {init_args}: {error}"]
+    if "final" not in evaluation.stages:
+        return [f"`--lm_eval.stages` must include 'final' (the results a trial records), got {evaluation.stages}."]
+    return []
+
+
 def _cuda_visible() -> bool:
     return torch.cuda.is_available()
 
@@ -315,6 +361,7 @@ def validate(config: StudyConfig) -> None:
     problems += _check_recipe(config.pretrain, "pretrain")
     problems += _check_recipe(config.retrain, "retrain")
     problems += _check_execution(config)
+    problems += _check_post_metric(config)
     if len(problems) == 1:
         raise ValueError(problems[0])
     if problems:
