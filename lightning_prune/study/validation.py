@@ -314,7 +314,7 @@ def _check_post_metric(config: StudyConfig) -> list[str]:
         problems += _check_lm_evaluation(config.lm_eval)
     if config.post_metric == DEFAULT_POST_METRIC:
         return problems
-    if config.lm_eval is None or not isinstance(config.lm_eval.get("tasks"), list):
+    if not isinstance(config.lm_eval, dict) or not isinstance(config.lm_eval.get("tasks"), list):
         return [*problems, f"`--post_metric` must be {DEFAULT_POST_METRIC!r}, or `lm_eval/<task>/<metric>` of the "
                            f"`--lm_eval` tasks, got {config.post_metric!r} with no --lm_eval tasks."]
     # Imported here: `evaluation/` is a leaf nothing imports at module level (it brings lm-eval, optional and heavy).
