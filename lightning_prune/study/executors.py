@@ -32,7 +32,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning_prune.models import build_model
 from lightning_prune.modules.batched import supports_batching
 from lightning_prune.study.run import run_unit
-from lightning_prune.study.spec import StudyConfig, Trial, trial_path
+from lightning_prune.study.spec import StudyConfig, Trial, structural_kwargs, trial_path
 
 Unit = tuple[list[Trial], bool]  # (trials, batched)
 OnDone = Callable[[int], None]
@@ -237,8 +237,6 @@ def execute(config: StudyConfig, units: Sequence[Unit], on_done: OnDone) -> None
 
 
 # ------------------------------------------------------------------------------------------- choice of path
-
-
 # Masks in the batched probe. On a CPU every masked copy computes in full, so a batched unit's cost per mask hardly
 # depends on how many it holds: a few measure it, and a probe of all ``batch_masks`` (64 by default) would retrain
 # most of a small study on the slower path before the choice is made. GPUs, where batching amortises, never probe.
@@ -262,8 +260,7 @@ def use_batched_path(config: StudyConfig, pending: list[Trial]) -> bool | None:
     on a CPU with at least three pending trials)."""
     if config.batching == "off" or config.module is not None:  # a configured module retrains one at a time
         return False
-    kwargs = {k: v for k, v in config.model_kwargs.items() if k != "weights"}  # the structure only: no download
-    if not supports_batching(build_model(config.model, **kwargs)):
+    if not supports_batching(build_model(config.model, **structural_kwargs(config.model_kwargs))):
         return False
     if config.batching == "on" or visible_gpus(config):
         return True

@@ -193,8 +193,8 @@ def masks_of_criteria(
     batches = first_batches(loader or datamodule.train_dataloader(), config.masks.calibration_batches)
     example, loss_fn = study_scoring(config, network, batches)
     structure = build_structure(network, example)
-    counts = structure.pruned_counts(structure.select(config.masks.layers))
-    sizes = {name: (structure.layers[name].units, count) for name, count in counts.items()}
+    sizes = selected_layer_sizes(structure, config.masks.layers)
+    counts = {name: pruned for name, (_, pruned) in sizes.items()}
     choose = getattr(structure, "choose_units", lowest_units)  # transformer heads: equal per KV group
     chosen = {}
     for criterion in config.masks.criteria:
@@ -258,6 +258,12 @@ def plan_trials(config: StudyConfig, entries: list[dict[str, Any]]) -> list[Tria
 
 
 # ------------------------------------------------------------------------------------------------------ masks
+def selected_layer_sizes(structure, patterns: dict[str, float]) -> dict[str, tuple[int, int]]:
+    """``{layer: (filters, pruned)}`` of the layers ``patterns`` select (coupled layers merged)."""
+    counts = structure.pruned_counts(structure.select(patterns))
+    return {name: (structure.layers[name].units, count) for name, count in counts.items()}
+
+
 def count_masks(layer_sizes: LayerSizes) -> int:
     """Number of distinct masks: the product over layers of C(channels, pruned).
 

@@ -56,9 +56,8 @@ from lightning_prune.study.spec import (
     trial_record,
 )
 
+
 # ------------------------------------------------------------------------------------------ what fits are made of
-
-
 @contextlib.contextmanager
 def quiet_lightning() -> Iterator[None]:
     """Hide Lightning's per-fit chatter (devices, max_epochs reached, a few batches per epoch): a study runs
@@ -203,8 +202,6 @@ def first_batches(loader, count: int) -> list:
 
 
 # ------------------------------------------------------------------------------------------------ the two paths
-
-
 def run_single_trial(
     config: StudyConfig, trial: Trial, state: dict[str, torch.Tensor], datamodule, gpu: int | None
 ) -> dict[str, Any]:
@@ -300,8 +297,6 @@ def run_batched_trials(
 
 
 # ------------------------------------------------------------------------------------------------------ a unit
-
-
 @functools.lru_cache(maxsize=2)
 def _cached_state(path: str, mtime: float) -> dict[str, torch.Tensor]:
     return load_network_state(Path(path))

@@ -160,6 +160,11 @@ def resolve_class(class_path: str, base: type | None = None) -> type:
     raise ValueError(f"`class_path` must name an importable class, got {class_path!r}.")
 
 
+def structural_kwargs(model_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The network builder's arguments without ``weights``: the structure only (nothing downloaded)."""
+    return {key: value for key, value in model_kwargs.items() if key != "weights"}
+
+
 def parse_shard(shard: str | None) -> tuple[int, int]:
     """``"i/n"`` -> ``(i, n)``; None -> ``(0, 1)``.
 

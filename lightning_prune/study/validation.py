@@ -21,9 +21,16 @@ from lightning_prune.modules.batched import supports_batching
 from lightning_prune.pruning.importance import CRITERIA
 from lightning_prune.pruning.structure import PruningStructure, check_ratios
 from lightning_prune.study.executors import executor_names
-from lightning_prune.study.prepare import MAX_ENUMERATED_MASKS, count_masks
+from lightning_prune.study.prepare import MAX_ENUMERATED_MASKS, count_masks, selected_layer_sizes
 from lightning_prune.study.run import network_state
-from lightning_prune.study.spec import DEFAULT_POST_METRIC, RecipeConfig, StudyConfig, parse_shard, resolve_class
+from lightning_prune.study.spec import (
+    DEFAULT_POST_METRIC,
+    RecipeConfig,
+    StudyConfig,
+    parse_shard,
+    resolve_class,
+    structural_kwargs,
+)
 
 # A criterion the study can score on the pretrained model by name alone (``explicit`` needs indices).
 _NOT_SCORED = frozenset({"explicit"})
@@ -112,15 +119,8 @@ def _check_recipe(recipe: RecipeConfig | None, flag: str) -> list[str]:
 
 def _structure(config: StudyConfig):
     """The network's pruning structure, built without weights (no download): only its shape matters here."""
-    kwargs = {k: v for k, v in config.model_kwargs.items() if k != "weights"}
-    network = build_model(config.model, **kwargs)
+    network = build_model(config.model, **structural_kwargs(config.model_kwargs))
     return network, PruningStructure(network, torch.zeros(1, *network.input_shape))
-
-
-def selected_layer_sizes(structure, patterns: dict[str, float]) -> dict[str, tuple[int, int]]:
-    """``{layer: (filters, pruned)}`` of the layers ``patterns`` select (coupled layers merged)."""
-    counts = structure.pruned_counts(structure.select(patterns))
-    return {name: (structure.layers[name].units, count) for name, count in counts.items()}
 
 
 def _check_ratios(layers: dict[str, float]) -> list[str]:
@@ -236,8 +236,8 @@ def _check_checkpoint(config: StudyConfig) -> list[str]:
         return []
     trained = (payload.get("hyper_parameters") or {}) if isinstance(payload, dict) else {}
     if "model" in trained:  # a Lightning checkpoint of our modules records its network (same shapes are not enough)
-        wanted = (config.model, {k: v for k, v in config.model_kwargs.items() if k != "weights"})
-        given = (trained["model"], {k: v for k, v in (trained.get("model_kwargs") or {}).items() if k != "weights"})
+        wanted = (config.model, structural_kwargs(config.model_kwargs))
+        given = (trained["model"], structural_kwargs(trained.get("model_kwargs") or {}))
         if given != wanted:
             return [
                 f"`--checkpoint` must hold weights of the model {_named(*wanted)}, got {str(config.checkpoint)!r}, "
