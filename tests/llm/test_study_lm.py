@@ -97,6 +97,9 @@ _POST = f"lm_eval/{TINY_LM_TASK}/acc"
          r"'lm_eval/lightning_prune_tiny_lm/f1' names metric 'f1', which task 'lightning_prune_tiny_lm' does not "
          r"produce \(it reports \['acc', 'acc_norm'\]\)\.$"),
         ({"post_metric": "lm_eval/boolq/acc", "lm_eval": {"tasks": [TINY_LM_TASK]}}, r"not among the evaluated"),
+        ({"post_metric": "lm_eval/wikitext/word_perplexity", "lm_eval": {"tasks": ["wikitext"]}},
+         r"got 'lm_eval/wikitext/word_perplexity', where lower is better \(the summary reads the post metric as an "
+         r"accuracy\)\.$"),
         ({"post_metric": "final/test_loss", "lm_eval": {"tasks": [TINY_LM_TASK]}},
          r"must be named `lm_eval/<task>/<metric>`, got 'final/test_loss'"),
         ({"lm_eval": {"tasks": [TINY_LM_TASK], "stages": ["before"]}},
