@@ -89,7 +89,7 @@ def test_retrain_outcome_last5_is_nan_when_a_tail_epoch_is_nan():
 
 def test_study_pre_keys_are_the_pruned_metric_names():
     """The batched module and the study's records name the pruned measurement as `outcome` does."""
-    from lightning_prune.study.trial import PRE_KEYS
+    from lightning_prune.study.spec import PRE_KEYS
 
     keys = pre_retrain_keys("test")
     assert tuple(keys.values()) == PRE_KEYS == ("pruned_train_loss", "pruned_train_acc", "pruned_test_loss",

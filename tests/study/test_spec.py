@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_prune.study.cli import build_parser, parse_config
+from lightning_prune.study.runner import build_parser, parse_config
 from lightning_prune.study.spec import (
     MaskConfig,
     RecipeConfig,
