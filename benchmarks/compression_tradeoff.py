@@ -83,7 +83,7 @@ def run_setting(module: VideoLLM, batches: list[dict], settings: DyCokeSettings 
     return row
 
 
-def run_family(family: str, samples: int, batch_size: int, root: str) -> dict:
+def run_family(family: str, samples: int, batch_size: int, root: str, k_values=K_VALUES, p_values=P_VALUES) -> dict:
     module = VideoLLM(checkpoint=family).eval()
     data = SyntheticVideoQADataModule(root=root, family=family, test_samples=max(samples, 250), test_limit=samples,
                                       eval_batch_size=batch_size)
@@ -98,8 +98,8 @@ def run_family(family: str, samples: int, batch_size: int, root: str) -> dict:
                     kv_cache_mb=_kv_bytes(module.model, tokens.shape[1]) / 2**20)
     grid = []
     for variant in ("official", "refined"):
-        for k in K_VALUES:
-            for p in P_VALUES:
+        for k in k_values:
+            for p in p_values:
                 settings = DyCokeSettings(merging_ratio=k, prune_layer=3, decode_prune_ratio=p, variant=variant)
                 grid.append({"variant": variant, "K": k, "L": 3, "P": p, **run_setting(module, batches, settings)})
                 print(f"{family} {variant} K={k} P={p}: acc {grid[-1]['accuracy']:.3f}", flush=True)  # noqa: T201
@@ -118,13 +118,13 @@ def plot(results: dict, path: Path) -> None:
     for axis, family in zip(axes[0], families, strict=True):
         found = results["families"][family]
         rows = [row for row in found["grid"] if row["variant"] == "official"]
-        for p in P_VALUES:
+        for p in sorted({row["P"] for row in rows}):
             line = sorted((row for row in rows if row["P"] == p), key=lambda row: row["visual_tokens_kept"])
             axis.plot([row["visual_tokens_kept"] for row in line], [100 * row["accuracy"] for row in line],
                       marker="o", label=f"P = {p}")
-        (published,) = [row for row in rows if (row["K"], row["P"]) == PUBLISHED]
-        axis.scatter([published["visual_tokens_kept"]], [100 * published["accuracy"]], s=220, marker="*",
-                     color="black", zorder=5, label="published (K 0.7, P 0.8)")
+        for published in [row for row in rows if (row["K"], row["P"]) == PUBLISHED]:
+            axis.scatter([published["visual_tokens_kept"]], [100 * published["accuracy"]], s=220, marker="*",
+                         color="black", zorder=5, label="published (K 0.7, P 0.8)")
         axis.axhline(100 * found["uncompressed"]["accuracy"], color="grey", linestyle="--", label="uncompressed")
         axis.set_xlabel(f"visual tokens kept after merging (of {found['video_tokens']})")
         axis.set_ylabel("test accuracy (%)")
@@ -145,12 +145,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=25, help="questions per generate call")
     parser.add_argument("--root", default="data", help="data folder of the synthetic test split")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--k-values", type=float, nargs="+", default=list(K_VALUES), help="merging ratios K")
+    parser.add_argument("--p-values", type=float, nargs="+", default=list(P_VALUES), help="decode prune ratios P")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     results = {"machine": f"{platform.machine()} CPU, {torch.get_num_threads()} torch thread(s), {platform.system()}",
                "torch": torch.__version__, "families": {}}
     for family in args.families:
-        results["families"][family] = run_family(family, args.samples, args.batch_size, args.root)
+        results["families"][family] = run_family(family, args.samples, args.batch_size, args.root, args.k_values,
+                                                 args.p_values)
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1))
     if args.plot is not None:

@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from lightning_prune.pruning.importance import build_criterion
+from lightning_prune.pruning.build import build_structure
+from lightning_prune.pruning.criteria import build_criterion
 from lightning_prune.pruning.lm_loss import causal_lm_loss
-from lightning_prune.pruning.structure import build_structure
 
 PATTERNS = {"model.layers.*.mlp": 0.5, "model.layers.*.self_attn": 0.25}
 

@@ -34,10 +34,10 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from lightning_prune.callbacks._lora import LoraAdapters, lora_settings
 from lightning_prune.evaluation.lm_harness import LM_TASKS_DIR, TINY_LM_TASK, evaluate_lm
+from lightning_prune.pruning.build import build_structure
+from lightning_prune.pruning.criteria import build_criterion
 from lightning_prune.pruning.hf_export import save_pruned_pretrained
-from lightning_prune.pruning.importance import build_criterion
 from lightning_prune.pruning.lm_loss import causal_lm_loss
-from lightning_prune.pruning.structure import build_structure
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = ROOT / "lightning_prune" / "data" / "assets" / "tiny_text"

@@ -30,12 +30,9 @@ import torch.nn.functional as F
 from lightning_prune.data import MNISTMiniDataModule
 from lightning_prune.models import build_model
 from lightning_prune.pruning import PruningStructure, count_params_and_macs, evaluate_classifier
-from lightning_prune.study.batched_path import run_batched_trials
-from lightning_prune.study.masks import sample_masks
-from lightning_prune.study.process_context import cpu_threads, quiet_lightning
-from lightning_prune.study.single_path import run_single_trial
-from lightning_prune.study.spec import MaskConfig, RecipeConfig, StudyConfig
-from lightning_prune.study.trial import Trial
+from lightning_prune.study.prepare import sample_masks
+from lightning_prune.study.run import cpu_threads, quiet_lightning, run_batched_trials, run_single_trial
+from lightning_prune.study.spec import MaskConfig, RecipeConfig, StudyConfig, Trial
 
 
 def _config(args: argparse.Namespace, study_dir: Path, wandb: bool) -> StudyConfig:

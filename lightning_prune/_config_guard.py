@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Union
 
-from lightning_prune._config_types import unknown_argument_problem, value_problem
+from lightning_prune._config_types import load_yaml, unknown_argument_problem, value_problem
 
 _MAX_INCLUDED_BYTES = 16 << 20
 _SPEC_KEYS = ("class_path", "init_args", "dict_kwargs", "__path__")
@@ -369,17 +369,6 @@ def _read_text(path: Path) -> str | None:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return None
-
-
-def load_yaml(text: str) -> Any:
-    """Parse like jsonargparse does (its YAML loader, safe: no Python tags)."""
-    try:
-        from jsonargparse._loaders_dumpers import yaml_load
-    except ImportError:  # pragma: no cover  (another jsonargparse layout: the same safe loader)
-        import yaml
-
-        return yaml.safe_load(text)
-    return yaml_load(text)
 
 
 def read_config_file(path: Path, flag: str = "--config") -> Any:

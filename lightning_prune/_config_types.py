@@ -28,8 +28,6 @@ def _members(hint: Any) -> list[Any]:
 
 
 def _loaded(value: str) -> Any:
-    from lightning_prune._config_guard import load_yaml
-
     try:
         return load_yaml(value)
     except Exception:  # noqa: BLE001  (not YAML: stays a string)
@@ -126,3 +124,14 @@ def unknown_argument_problem(place: str, cls: type, given: typing.Iterable[str])
         f"`{place}` must hold arguments of {cls.__module__}.{cls.__qualname__} ({', '.join(names)}), "
         f"got unknown {unknown[0]!r}."
     )
+
+
+def load_yaml(text: str) -> Any:
+    """Parse like jsonargparse does (its YAML loader, safe: no Python tags)."""
+    try:
+        from jsonargparse._loaders_dumpers import yaml_load
+    except ImportError:  # pragma: no cover  (another jsonargparse layout: the same safe loader)
+        import yaml
+
+        return yaml.safe_load(text)
+    return yaml_load(text)

@@ -46,8 +46,47 @@ def write_atomic(path: Path, content: str | bytes | Callable[[BinaryIO], None]) 
         raise
 
 
+class UnsafeOrUnreadable(ValueError):
+    """Why `load_weights_only` could not load a file; each caller words it for its own argument.
+
+    Attributes:
+        refused: Whether torch's safe unpickler refused the file (else it could not be read at all).
+        calls: The global a load would have called (``os.system``, a user class): code, refused. None otherwise.
+        pickled: Whether the refused file is a plain pickle (not a torch.save archive).
+        reason: Torch's own words, shortened (for a refused pickle, or an unreadable file).
+        os_error: The file system's own error (permissions, ...), when that is what failed.
+    """
+
+    def __init__(self, refused: bool, reason: str, calls: str | None = None, pickled: bool = False,
+                 os_error: OSError | None = None) -> None:
+        super().__init__(reason)
+        self.refused, self.reason, self.calls, self.pickled, self.os_error = refused, reason, calls, pickled, os_error
+
+
+def load_weights_only(path: Path, map_location: Any = "cpu") -> Any:
+    """``torch.load(..., weights_only=True)``: tensors and plain Python values only, the one safe loader.
+
+    Raises:
+        UnsafeOrUnreadable: for a file that would run code when loaded (torch's advice to retry with
+            ``weights_only=False`` is never passed on), a pickle safe loading refuses, or a file that cannot be read.
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        called = re.search(r"GLOBAL (\S+)", str(error))
+        with open(path, "rb") as file:
+            pickled = file.read(1) == b"\x80"  # the PROTO opcode a pickle starts with
+        reason = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(error))
+        words = reason.group(1).strip() if reason else "not a torch checkpoint"
+        raise UnsafeOrUnreadable(True, words, called.group(1) if called else None, pickled) from None
+    except (RuntimeError, EOFError) as error:
+        raise UnsafeOrUnreadable(False, str(error)) from error
+    except OSError as error:  # e.g. EINVAL seeking in a truncated archive, or the file system's own problem
+        raise UnsafeOrUnreadable(False, str(error), os_error=error) from error
+
+
 def read_checkpoint(path: Path, arg: str) -> Any:
-    """Load a checkpoint with ``weights_only=True`` (tensors and plain Python values only), on the CPU.
+    """Load a checkpoint with `load_weights_only` (tensors and plain Python values only), on the CPU.
 
     Args:
         path: The file.
@@ -59,21 +98,16 @@ def read_checkpoint(path: Path, arg: str) -> Any:
             checkpoint at all.
     """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        called = re.search(r"GLOBAL (\S+)", str(error))
-        if called:
+        return load_weights_only(path)
+    except UnsafeOrUnreadable as error:
+        if error.calls is not None:
             raise ValueError(
                 f"`{arg}` must hold only tensors and plain Python values, got {path}, whose loading would call "
-                f"{called.group(1)}: refused. Use only checkpoints you trust, saved as plain state dicts."
+                f"{error.calls}: refused. Use only checkpoints you trust, saved as plain state dicts."
             ) from None
-        raise ValueError(_unreadable(path, arg)) from None
-    except (RuntimeError, EOFError) as error:
+        if error.os_error is not None and error.os_error.filename is not None:
+            raise error.os_error from None  # the file system's own problem (permissions, ...): said as such upstream
         raise ValueError(_unreadable(path, arg)) from error
-    except OSError as error:
-        if error.filename is not None:  # the file system's own problem (permissions, ...): said as such upstream
-            raise
-        raise ValueError(_unreadable(path, arg)) from error  # e.g. EINVAL seeking in a truncated archive
 
 
 def _unreadable(path: Path, arg: str) -> str:

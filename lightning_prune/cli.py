@@ -26,6 +26,7 @@ from typing_extensions import override
 from lightning_prune._config_guard import ConfigWalker, Group, check_argv, parser_hints
 from lightning_prune._errors import check_same_model, one_line_error
 from lightning_prune._files import read_checkpoint
+from lightning_prune._wandb import finish_wandb
 from lightning_prune.callbacks._checkpoints import use_atomic_checkpoints
 
 _RUNS_DIR = "runs"
@@ -154,11 +155,9 @@ class LightningPruneCLI(LightningCLI):
 
 
 def _finish_wandb_runs(trainer: Trainer) -> None:
-    # WandbLogger adopts a run left open in the process, so a second CLI call in one process (tests, notebooks)
-    # would log into the first one's run: close ours when the command is done.
+    # A second CLI call in one process (tests, notebooks) would otherwise log into the first one's run.
     for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger) and logger._experiment is not None:
-            logger.experiment.finish()
+        finish_wandb(logger)
 
 
 def _fail(message: str) -> None:
@@ -208,7 +207,7 @@ def main(args: list[str] | None = None) -> None:
 
 def _run(argv: list[str], args: list[str] | None) -> None:
     if argv[:1] == ["study"]:
-        from lightning_prune.study.cli import study_main
+        from lightning_prune.study.runner import study_main
 
         study_main(argv[1:])
     else:

@@ -158,6 +158,12 @@ def pruned_metric_names(split: str) -> dict[str, str]:
     return {field: f"pruned/{field}" for field in fields}
 
 
+def pre_retrain_keys(split: str) -> dict[str, str]:
+    """`{field: key}` of the pruned network's measurement in a study's records: ``pruned_train_*``,
+    ``pruned_<split>_*`` (the logged ``pruned/*`` names with ``_`` for ``/``)."""
+    return {field: name.replace("/", "_") for field, name in pruned_metric_names(split).items()}
+
+
 def pre_metrics(pruned: Mapping[str, float], split: str) -> dict[str, float]:
     """The `CorrelationCallback`'s ``pre/*`` from the pruning callback's ``pruned/*`` (those that were measured)."""
     return {f"pre/{field}": float(pruned[name]) for field, name in pruned_metric_names(split).items() if name in pruned}

@@ -112,7 +112,8 @@ NO_CODE = [
 # (id, argv, the whole one-line message): choices and types named at their place, before any compute.
 WRONG_VALUES = [
     ("criterion-choice", ["--trainer.callbacks.init_args.criterion", "l3"],
-     "`--trainer.callbacks.init_args.criterion` must be one of [l1, taylor, oracle, random, explicit], got 'l3'."),
+     "`--trainer.callbacks.init_args.criterion` must be one of [l1, taylor, oracle, random, explicit, bn_scale], "
+     "got 'l3'."),
     ("mode-choice", ["--trainer.callbacks.init_args.mode", "hard"],
      "`--trainer.callbacks.init_args.mode` must be one of [physical, mask], got 'hard'."),
     ("batch-size-type", ["--data.init_args.batch_size", "abc"],
@@ -149,7 +150,8 @@ def _yaml_row(tmp: Path, old: str, new: str) -> list[str]:
 
 YAML_VALUES = [
     ("yaml-criterion", ("criterion: l1", "criterion: l3"),
-     "`trainer.callbacks[0].init_args.criterion` must be one of [l1, taylor, oracle, random, explicit], got 'l3'."),
+     "`trainer.callbacks[0].init_args.criterion` must be one of [l1, taylor, oracle, random, explicit, bn_scale], "
+     "got 'l3'."),
     ("yaml-prune-epoch", ("prune_at_epoch: 10", "prune_at_epoch: ten"),
      "`trainer.callbacks[0].init_args.prune_at_epoch` must be an integer or null, got 'ten' (a string)."),
     ("yaml-optimizer-typo", ("init_args: {lr: 0.05,", "init_args: {lrr: 0.05,"),

@@ -12,6 +12,7 @@ from lightning_prune.outcome import (
     history_entry,
     post_metrics,
     pre_metrics,
+    pre_retrain_keys,
     retrain_outcome,
 )
 
@@ -84,3 +85,13 @@ def test_retrain_outcome_last5_is_nan_when_a_tail_epoch_is_nan():
     assert math.isnan(outcome["last5_train_loss_mean"]) and math.isnan(np.std([e["train_loss"] for e in history]))
     assert math.isnan(outcome["last5_train_loss_std"])
     assert outcome["last5_val_acc_std"] == pytest.approx(np.std([0.5, 0.6, 0.7]))
+
+
+def test_study_pre_keys_are_the_pruned_metric_names():
+    """The batched module and the study's records name the pruned measurement as `outcome` does."""
+    from lightning_prune.study.spec import PRE_KEYS
+
+    keys = pre_retrain_keys("test")
+    assert tuple(keys.values()) == PRE_KEYS == ("pruned_train_loss", "pruned_train_acc", "pruned_test_loss",
+                                                "pruned_test_acc")
+    assert pre_retrain_keys("val")["val_acc"] == "pruned_val_acc"

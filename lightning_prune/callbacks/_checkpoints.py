@@ -38,7 +38,13 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from lightning_prune._files import write_atomic
-from lightning_prune.pruning.checkpoint import mismatch_message, read_record, restore_pruning, shape_mismatch
+from lightning_prune.pruning.checkpoint import (
+    RECORD_VERSION,
+    mismatch_message,
+    read_record,
+    restore_pruning,
+    shape_mismatch,
+)
 
 _WRAPPED = "_lightning_prune_restores_structure"
 
@@ -49,6 +55,8 @@ def restart_best_tracking(trainer: Trainer) -> list[str]:
     Returns:
         A description of each callback reset, for the one log line.
     """
+    # By hand, on their public attributes: Lightning offers no reset for either callback (their `load_state_dict`
+    # restores a saved state, it does not forget one), and a fresh callback would lose the user's settings.
     reset = []
     for callback in trainer.callbacks:
         if isinstance(callback, ModelCheckpoint) and callback.monitor is not None:
@@ -192,3 +200,20 @@ def plan_problem(recorded: dict[str, Any] | None, current: dict[str, Any], path:
 
 def _plan_text(plan: dict[str, Any], keys: list[str]) -> str:
     return "{" + ", ".join(f"{key}: {plan.get(key)!r}" for key in keys) + "}"
+
+
+def restart_best(trainer: Trainer) -> None:
+    """`restart_best_tracking` with one log line naming what started afresh."""
+    reset = restart_best_tracking(trainer)
+    if reset:
+        rank_zero_info(
+            f"Pruning: {', '.join(reset)} start their best tracking afresh (pre-pruning scores rate another "
+            "network; their files stay on disk); `restart_best=False` keeps them."
+        )
+
+
+def pruning_record(target: str, mode: str, criterion: str, indices: dict[str, list[int]], example: Any,
+                   steps: list[dict[str, Any]], history: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint saved after pruning carries for `restore_pruning` (see `pruning/checkpoint.py`)."""
+    return {"version": RECORD_VERSION, "target": target, "mode": mode, "criterion": criterion, "phase": "retrain",
+            "indices": indices, "example_input": example, "steps": steps, **history}

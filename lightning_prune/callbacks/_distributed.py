@@ -28,6 +28,7 @@ def physical_pruning_problem(strategy: Strategy) -> str | None:
     if isinstance(strategy, DDPStrategy) and not isinstance(strategy, DeepSpeedStrategy):
         if isinstance(strategy.launcher, _MultiProcessingLauncher):
             # The launcher loads rank 0's final weights into the main process's module, which was never pruned.
+            # Private `_start_method` (and launcher class): Lightning has no public accessor for either.
             return (f"{type(strategy).__name__} with start_method {strategy._start_method!r} (ddp_spawn): Lightning "
                     "loads the workers' pruned weights into the unpruned module of the main process")
         return None

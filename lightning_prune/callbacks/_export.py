@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
@@ -11,14 +10,7 @@ import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lightning_prune.pruning.structure import build_structure
-
-
-def pruned_copy(network: torch.nn.Module, example: Any, indices: dict[str, list[int]]) -> torch.nn.Module:
-    """A physically pruned deep copy (to count what mask mode saves, or to export it)."""
-    clone = copy.deepcopy(network)
-    build_structure(clone, example).prune(indices)
-    return clone
+from lightning_prune.pruning.engine import pruned_copy
 
 
 def save_pruned_hf(

@@ -2,7 +2,7 @@
 
 Callbacks measure a model (``pruned/*``, ``pre/*``) outside Lightning's loops, on two loaders:
   - the training split, preferably with evaluation transforms and no shuffling: a DataModule (or LightningModule)
-    that follows the `TrainEvalData` protocol gives it; otherwise the training loader is used and one line says so;
+    that follows `contracts.TrainEvalData` gives it; otherwise the training loader is used and one line says so;
   - the evaluation split: the first validation loader, the same split ``val/*`` (and hence the retrain history,
     ``final/*`` and ``post/*``) is logged from, so before- and after-retraining numbers compare one split.
 
@@ -14,26 +14,17 @@ known from those points on.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 from lightning.pytorch import Trainer
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.seed import isolate_rng
 
-from lightning_prune.outcome import pruned_metric_names
+from lightning_prune.contracts import TrainEvalData
 from lightning_prune.pruning.distributed import rank_batches
-from lightning_prune.pruning.inputs import to_device
-from lightning_prune.pruning.metrics import evaluate_classifier
-
-
-@runtime_checkable
-class TrainEvalData(Protocol):
-    """A DataModule that also serves its training split with evaluation transforms, unshuffled."""
-
-    def train_eval_dataloader(self) -> Iterable: ...
+from lightning_prune.pruning.inputs import first_example, to_device
 
 
 def _first(loaders: Any) -> Any:
@@ -107,19 +98,23 @@ def calibration_batches(trainer: Trainer, count: int, device: torch.device) -> l
         return [(to_device(batch[0], device), batch[1].to(device)) for batch in rank_batches(loader, count)]
 
 
-def measure_pruned(trainer: Trainer, network: torch.nn.Module, device: torch.device, split: str) -> dict[str, float]:
-    """`pruned/train_loss|train_acc` on the training split and `pruned/<split>_loss|_acc` on the validation loader."""
-    names = pruned_metric_names(split)
-    metrics = {}
-    # A module may say how its network is evaluated (a causal LM: next-token loss and accuracy).
-    evaluate = getattr(trainer.lightning_module, "evaluate_network", None) or evaluate_classifier
-    metrics[names["train_loss"]], metrics[names["train_acc"]] = evaluate(
-        network, train_eval_loader(trainer, who="Pruning"), device)
-    loader = eval_loader(trainer)
-    if loader is None:
-        rank_zero_warn(f"Pruning: no validation loader is known yet, so `pruned/{split}_*` are not measured; "
-                       "loaders passed to `fit` directly are known after the first validation: use a DataModule "
-                       "or keep the sanity check (num_sanity_val_steps > 0).")
-    else:
-        metrics[names[f"{split}_loss"]], metrics[names[f"{split}_acc"]] = evaluate(network, loader, device)
-    return metrics
+def example_input(trainer: Trainer, module: Any, recorded: dict[str, Any] | None) -> tuple[Any, dict | None]:
+    """The tracing input and its record `{"shape", "dtype"}`: `recorded` if given (a resumed fit), else the module's
+    `example_input_array` or the first training inputs (one example; keyword inputs are not recorded).
+
+    Raises:
+        ValueError: With neither an `example_input_array` nor train data.
+    """
+    if recorded is None:
+        example = getattr(module, "example_input_array", None)
+        if not isinstance(example, torch.Tensor):
+            loader = train_eval_loader(trainer)
+            if loader is None:
+                raise ValueError("Pruning must trace the network on an input, got no `example_input_array` "
+                                 "and no train data.")
+            with isolate_rng():  # reading a batch must not shift the training shuffle
+                example = first_inputs(loader)
+        if isinstance(example, dict):  # keyword inputs (a multimodal batch): trace on the first example
+            return first_example(example), None
+        recorded = {"shape": [1, *example.shape[1:]], "dtype": str(example.dtype).removeprefix("torch.")}
+    return torch.zeros(recorded["shape"], dtype=getattr(torch, recorded["dtype"])), recorded

@@ -18,6 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_prune._checks import is_int
+from lightning_prune.pruning.masks import MaskGuard
+
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj", "up_proj")
 DEFAULTS: dict[str, Any] = {"r": 8, "alpha": 16.0, "dropout": 0.05, "target_modules": list(DEFAULT_TARGETS)}
 METHODS = ("full", "lora")
@@ -41,7 +44,7 @@ def retrain_problems(retrain: dict[str, Any] | None) -> list[str]:
         problems.append(f"`retrain` LoRA settings {sorted(set(retrain) & set(DEFAULTS))} must come with "
                         "`method: lora`, got method 'full'.")
     r, alpha, dropout = retrain.get("r", 8), retrain.get("alpha", 16.0), retrain.get("dropout", 0.05)
-    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+    if not is_int(r, 1):
         problems.append(f"`retrain.r` must be an integer >= 1, got {r!r}.")
     if isinstance(alpha, bool) or not isinstance(alpha, int | float) or alpha <= 0:
         problems.append(f"`retrain.alpha` must be a number > 0, got {alpha!r}.")
@@ -104,6 +107,7 @@ class LoraAdapters:
         self.network = network
         self._tuner = LoraModel(network, config, ADAPTER)  # injects into `network` and freezes everything else
         self.merged = False
+        self.base_masks: dict[str, torch.Tensor] = {}  # mask mode: the masks of the frozen base weights
 
     def wrapped(self) -> dict[str, nn.Module]:
         """`{module name: LoRA layer}` of every adapted linear."""
@@ -172,3 +176,25 @@ def lora_masks(network: nn.Module, masks: dict[str, torch.Tensor]) -> dict[str, 
         out[f"{owner}.lora_B.{ADAPTER}.weight"] = kept_rows[:, None].to(lora_b.dtype).expand_as(lora_b).clone()
         out[f"{owner}.lora_A.{ADAPTER}.weight"] = kept_cols[None, :].to(lora_a.dtype).expand_as(lora_a).clone()
     return out
+
+
+def start_lora(network: nn.Module, settings: dict[str, Any], guard: MaskGuard | None):
+    """Inject the adapters; mask mode (a `guard`): the frozen base weights stay masked and the new guard keeps
+    `B A` zero there. Returns `(adapters, guard)`; the base masks are kept on the adapters for the merge."""
+    adapters = LoraAdapters(network, settings)
+    if guard is not None:
+        adapters.base_masks = guard.masks
+        guard.remove()
+        guard = MaskGuard(network, lora_masks(network, adapters.base_masks))
+    return adapters, guard
+
+
+def merge_lora(adapters: LoraAdapters | None, guard: MaskGuard | None) -> MaskGuard | None:
+    """Merge the adapters (once); mask mode: the guard goes back to the base weights' masks. Returns the guard."""
+    if adapters is None or adapters.merged:
+        return guard
+    adapters.merge()
+    if guard is not None:
+        guard.remove()
+        guard = MaskGuard(adapters.network, adapters.base_masks)
+    return guard

@@ -14,9 +14,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-from lightning_prune.callbacks import _loaders
-from lightning_prune.outcome import MetricNames, post_metrics, pre_metrics, retrain_outcome
-from lightning_prune.pruning import evaluate_classifier
+from lightning_prune.callbacks._measure import RetrainRecorder, measure, prefixed
+from lightning_prune.outcome import MetricNames, post_metrics, pre_metrics
 
 
 class CorrelationCallback(Callback):
@@ -50,10 +49,26 @@ class CorrelationCallback(Callback):
         if problems:
             raise ValueError(" ".join(problems))
         self.pre_metrics: dict[str, float] = {}
-        self.history: list[dict[str, float]] = []
         self.post_metrics: dict[str, float] = {}
-        self._retrain_start_epoch: int | None = None
+        self._recorder = RetrainRecorder(self.names)
         self._pruning: Callback | None = None
+
+    @property
+    def history(self) -> list[dict[str, float]]:
+        """Per retrain epoch ``{"epoch", "<split>_acc", "<split>_loss", "train_loss"}``."""
+        return self._recorder.history
+
+    @history.setter
+    def history(self, history: list[dict[str, float]]) -> None:
+        self._recorder.history = history
+
+    @property
+    def _retrain_start_epoch(self) -> int | None:
+        return self._recorder.start_epoch
+
+    @_retrain_start_epoch.setter
+    def _retrain_start_epoch(self, epoch: int | None) -> None:
+        self._recorder.start_epoch = epoch
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -66,7 +81,7 @@ class CorrelationCallback(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._pruning is None and self._retrain_start_epoch is None:
             self._measure_pre(trainer, pl_module)
-            self._retrain_start_epoch = trainer.current_epoch
+            self._recorder.start(trainer.current_epoch)
             self._log_pre(pl_module)
 
     @override
@@ -77,11 +92,7 @@ class CorrelationCallback(Callback):
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Also here: a pruning callback listed after this one prunes after this epoch-start hook has run.
         self._take_pre_if_pruned(trainer, pl_module)
-        if self._retrain_start_epoch is not None:
-            # None when there was no validation this epoch (check_val_every_n_epoch > 1)
-            entry = self.names.epoch_entry(trainer.callback_metrics, trainer.current_epoch - self._retrain_start_epoch)
-            if entry is not None:
-                self.history.append(entry)
+        self._recorder.record(trainer)  # nothing without a validation this epoch (check_val_every_n_epoch > 1)
 
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -91,7 +102,7 @@ class CorrelationCallback(Callback):
         planned = None
         if trainer.max_epochs is not None and trainer.max_epochs > 0:
             planned = trainer.max_epochs - self._retrain_start_epoch
-        self.post_metrics = post_metrics(retrain_outcome(self.history, total_epochs=planned, split=self.names.split))
+        self.post_metrics = post_metrics(self._recorder.outcome(total_epochs=planned))
         for logger in trainer.loggers:
             logger.log_metrics(self.post_metrics, step=trainer.global_step)
 
@@ -106,26 +117,20 @@ class CorrelationCallback(Callback):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.pre_metrics = dict(state_dict["pre_metrics"])
-        self.history = [dict(entry) for entry in state_dict["history"]]
-        self._retrain_start_epoch = state_dict["retrain_start_epoch"]
+        self._recorder.start(state_dict["retrain_start_epoch"])
+        self._recorder.history.extend(dict(entry) for entry in state_dict["history"])
 
     # -------------------------------------------------------------------------------------------------- private
     def _take_pre_if_pruned(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Once the pruning callback has measured the pruned model, retraining starts with the current epoch."""
         if self._retrain_start_epoch is None and self._pruning is not None and self._pruning.pruned_metrics:
             self.pre_metrics = pre_metrics(self._pruning.pruned_metrics, self.names.split)
-            self._retrain_start_epoch = trainer.current_epoch
+            self._recorder.start(trainer.current_epoch)
             self._log_pre(pl_module)
 
     def _measure_pre(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        split = self.names.split
-        train_loader = _loaders.train_eval_loader(trainer, who="CorrelationCallback")
-        train_loss, train_acc = evaluate_classifier(pl_module, train_loader, pl_module.device)
-        self.pre_metrics = {"pre/train_loss": train_loss, "pre/train_acc": train_acc}
-        eval_loader = _loaders.eval_loader(trainer)
-        if eval_loader is not None:
-            loss, acc = evaluate_classifier(pl_module, eval_loader, pl_module.device)
-            self.pre_metrics.update({f"pre/{split}_loss": loss, f"pre/{split}_acc": acc})
+        """The module itself, measured as it says (`evaluate_network`, else a classifier's loss and accuracy)."""
+        self.pre_metrics = prefixed(measure(trainer, pl_module, self.names.split, "CorrelationCallback"), "pre")
 
     def _log_pre(self, pl_module: LightningModule) -> None:
         for name, value in self.pre_metrics.items():

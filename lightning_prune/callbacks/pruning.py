@@ -1,4 +1,7 @@
-"""`Pruning`: one `fit` runs pretrain -> prune -> retrain; the maths lives in `lightning_prune.pruning`."""
+"""`Pruning`: one `fit` runs pretrain -> prune -> retrain. The plan, the scoring, the choice and the pruning itself
+live in `lightning_prune.pruning` (`plan.py`, `engine.py`); this callback keeps the hooks and the Trainer-side
+effects: checks against the Trainer, optimizers and retrain recipes, LoRA, best-tracking restarts, measuring on the
+data loaders (`_measure.py`), logging and checkpoints."""
 
 from __future__ import annotations
 
@@ -6,32 +9,42 @@ import json
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from lightning.pytorch.utilities.seed import isolate_rng
 from typing_extensions import override
 
 from lightning_prune.callbacks import _distributed, _loaders, _lora, _schedule
-from lightning_prune.callbacks._arguments import argument_problems, schedule_step_problem, steps_problem
 from lightning_prune.callbacks._checkpoints import (
     install_structure_restore,
     plain_hyperparameters,
     plan_problem,
-    restart_best_tracking,
+    pruning_record,
+    restart_best,
 )
-from lightning_prune.callbacks._export import pruned_copy, save_pruned_hf
-from lightning_prune.outcome import MetricNames, final_metrics, retrain_outcome
-from lightning_prune.pruning.budget import budget_problems, check_reachable, indices_for_budget
-from lightning_prune.pruning.checkpoint import RECORD_VERSION, read_record, resolve_target
-from lightning_prune.pruning.distributed import agreed
-from lightning_prune.pruning.importance import TAYLOR_VARIANTS, build_criterion, lowest_units
-from lightning_prune.pruning.inputs import first_example, to_device
+from lightning_prune.callbacks._export import save_pruned_hf
+from lightning_prune.callbacks._measure import (
+    RetrainRecorder,
+    loss_function,
+    measure,
+    prefixed,
+    start_retrain,
+    warn_unlogged,
+)
+from lightning_prune.outcome import MetricNames, final_metrics
+from lightning_prune.pruning.build import build_structure
+from lightning_prune.pruning.checkpoint import read_record, resolve_target
+from lightning_prune.pruning.criteria import CRITERIA, build_criterion
+from lightning_prune.pruning.engine import PruneState, check_plan, prune_step
+from lightning_prune.pruning.importance import TAYLOR_VARIANTS
+from lightning_prune.pruning.inputs import to_device
 from lightning_prune.pruning.masks import MaskGuard
-from lightning_prune.pruning.metrics import count_params_and_macs
-from lightning_prune.pruning.schedule import merge_indices, schedule_problems, schedule_steps
-from lightning_prune.pruning.structure import PruningStructure, build_structure
+from lightning_prune.pruning.plan import PrunePlan
+
+CriterionName = Literal[CRITERIA]  # the registry's names (`pruning/criteria.py`), for the config's type check
+# The flat arguments that are a criterion's options (kept for the shipped configs): criterion -> (option, argument).
+_FLAT_OPTIONS = {"l1": ("reduction", "l1_reduction"), "random": ("seed", "seed"), "explicit": ("indices", "indices"),
+                 "taylor": ("variant", "taylor_variant")}
 
 
 class Pruning(Callback):
@@ -75,7 +88,8 @@ class Pruning(Callback):
     resumed between steps restores the structure so far and carries on with the schedule.
 
     Args:
-        criterion: `l1`, `taylor`, `oracle`, `random` or `explicit`.
+        criterion: A name of `lightning_prune.pruning.criteria.CRITERIA`: `l1`, `taylor`, `oracle`, `random`,
+            `explicit` or `bn_scale` (|BatchNorm gamma| over the unit's group).
         layers: `{glob pattern over module names: ratio in [0, 1)}`; `floor(ratio * units)` units are pruned.
             A segment `a-b` is an inclusive range of layer numbers (`model.layers.4-29.mlp`).
         indices: For `explicit`: `{layer name: pruned unit indices}`.
@@ -115,6 +129,8 @@ class Pruning(Callback):
         pad_export: When layer sizes differ (layer ranges, global ranking), write `pruned_hf/` zero-padded to the
             largest layer (same logits, loads with `from_pretrained`, e.g. for `lm_eval --model hf`) instead of
             nothing (`pruning/hf_padding.py`).
+        criterion_options: Options of the criterion, by its class's keywords (`bn_scale`: `{reduction: mean}`;
+            `oracle`: `{chunk_size: 8}`); they override the flat `l1_reduction`, `seed`, `indices`, `taylor_variant`.
         allow_plan_change: Resume from a checkpoint made under another prune plan (target, criterion, mode,
             layers, indices, prune epoch, schedule, global pruning, budget) and prune by this one; by default
             such a resume is refused, naming both plans.
@@ -122,7 +138,7 @@ class Pruning(Callback):
 
     def __init__(
         self,
-        criterion: Literal["l1", "taylor", "oracle", "random", "explicit"] = "l1",
+        criterion: CriterionName = "l1",
         layers: dict[str, float] | None = None,
         indices: dict[str, list[int]] | None = None,
         mode: Literal["physical", "mask"] = "physical",
@@ -147,59 +163,78 @@ class Pruning(Callback):
         taylor_variant: Literal["group", "vectorize", "param_first", "param_second", "param_mix"] = "group",
         pad_export: bool = False,
         allow_plan_change: bool = False,
+        criterion_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.names = MetricNames(acc=acc_key, loss=loss_key, train_loss=train_loss_key, split=split)
-        problems = argument_problems(
-            criterion, layers, indices, mode, prune_at, prune_at_epoch, global_pruning, calibration_batches,
-            l1_reduction,
-        ) + self.names.problems()
-        problems += budget_problems(budget)
-        if budget is not None and criterion == "explicit":
-            problems.append("`budget` must be None for criterion 'explicit' (the indices are given).")
-        problems += schedule_problems(schedule, criterion, budget)
+        flat = {"l1_reduction": l1_reduction, "seed": seed, "indices": indices, "taylor_variant": taylor_variant}
+        option, argument = _FLAT_OPTIONS.get(criterion, (None, None))
+        options = {option: flat[argument]} if option else {}
+        if criterion == "explicit" and isinstance(indices, dict):
+            options["indices"] = {name: list(idxs) for name, idxs in indices.items()}
+        self.prune_plan = PrunePlan.from_arguments(
+            criterion, {**options, **(criterion_options or {})}, schedule, budget, layers=dict(layers or {}),
+            mode=mode, prune_at=prune_at, prune_at_epoch=prune_at_epoch, target=target, global_pruning=global_pruning,
+            calibration_batches=calibration_batches, given_options=bool(criterion_options))
+        problems = self.prune_plan.problems() + self.names.problems()
+        if indices and criterion != "explicit":
+            problems.append(f"`indices` must be None unless criterion is 'explicit', got criterion {criterion!r}.")
+        if criterion != "l1" and l1_reduction not in ("sum", "mean"):
+            problems.append(f"`l1_reduction` must be one of ['sum', 'mean'], got {l1_reduction!r}.")
         if retrain_recipe not in _schedule.RECIPES:
             problems.append(f"`retrain_recipe` must be one of {list(_schedule.RECIPES)}, got {retrain_recipe!r}.")
         problems += _lora.retrain_problems(retrain)
         if _lora.lora_settings(retrain) and schedule:
             problems.append("`retrain.method` 'lora' must be used with one pruning step, got a `schedule`.")
-        if taylor_variant not in TAYLOR_VARIANTS:
+        if criterion != "taylor" and taylor_variant not in TAYLOR_VARIANTS:
             problems.append(f"`taylor_variant` must be one of {list(TAYLOR_VARIANTS)}, got {taylor_variant!r}.")
         if problems:
             raise ValueError(" ".join(problems))
-        self.budget = dict(budget) if budget else None
+        plan = self.prune_plan
         self.criterion, self.mode, self.target, self.measure = criterion, mode, target, measure
-        self.layers = dict(layers or {})
-        self.indices = {name: list(idxs) for name, idxs in (indices or {}).items()}
-        self.prune_epoch = 0 if prune_at == "start" else int(prune_at_epoch)
-        self.schedule, self.retrain_recipe = (dict(schedule) if schedule else None), retrain_recipe
-        self.steps = schedule_steps(self.schedule, self.prune_epoch)
+        self.layers, self.indices, self.budget = plan.layers, plan.indices, plan.budget_dict()
+        self.prune_epoch, self.schedule, self.retrain_recipe = plan.prune_epoch, plan.schedule_dict(), retrain_recipe
+        self.steps = plan.steps()
         self.steps_done = 0
         self.step_records: list[dict[str, Any]] = []  # per step: epoch, fraction, its indices (original numbering)
-        self.global_pruning, self.calibration_batches, self.seed = global_pruning, calibration_batches, seed
-        self.l1_reduction, self.restart_best, self.save_pretrained = l1_reduction, restart_best, save_pretrained
-        self.pruned_indices: dict[str, list[int]] = {}
+        self.restart_best, self.save_pretrained, self.pad_export = restart_best, save_pretrained, pad_export
         self.pruned_metrics: dict[str, float] = {}
-        self.retrain_history: list[dict[str, float]] = []
         self.final_metrics: dict[str, float] = {}
-        self._pruned_at: int | None = None  # the epoch pruning happened at
+        self._recorder = RetrainRecorder(self.names)
+        self._state = PruneState()
         self._example: dict[str, Any] | None = None  # {"shape", "dtype"} of the tracing input
-        self._history: dict[str, Any] = {"history": [], "heads": {}}
-        self._guard: MaskGuard | None = None
         self._checked_plan = self._checked_names = self._validated = self._said_hparams = False
-        self.lora_settings, self.taylor_variant = _lora.lora_settings(retrain), taylor_variant
-        self.pad_export = pad_export
+        self.lora_settings = _lora.lora_settings(retrain)
         self._lora: _lora.LoraAdapters | None = None
-        self._base_masks: dict[str, torch.Tensor] = {}  # mask mode: the masks of the frozen base weights
         self.allow_plan_change = allow_plan_change
-        self.plan = {"target": target, "criterion": criterion, "mode": mode, "layers": self.layers,
-                     "indices": self.indices, "prune_epoch": self.prune_epoch, "schedule": self.schedule,
-                     "global_pruning": global_pruning, "budget": self.budget, "taylor_variant": taylor_variant}
+        self.plan = plan.record()  # recorded in checkpoints, compared when a fit resumes
 
     @property
     def pruned(self) -> bool:
         """Whether this run has pruned (also after resuming from a checkpoint taken after pruning)."""
-        return self._pruned_at is not None
+        return self._recorder.start_epoch is not None
+
+    @property
+    def pruned_indices(self) -> dict[str, list[int]]:
+        """`{layer: pruned indices}` so far, cumulative, in the unpruned network's numbering."""
+        return self._state.indices
+
+    @pruned_indices.setter
+    def pruned_indices(self, indices: dict[str, list[int]]) -> None:
+        self._state.indices = indices
+
+    @property
+    def retrain_history(self) -> list[dict[str, float]]:
+        """Per retrain epoch (from the last step) `{"epoch", "<split>_acc", "<split>_loss", "train_loss"}`."""
+        return self._recorder.history
+
+    @retrain_history.setter
+    def retrain_history(self, history: list[dict[str, float]]) -> None:
+        self._recorder.history = history
+
+    @property
+    def _pruned_at(self) -> int | None:
+        return self._recorder.start_epoch
 
     @property
     @override
@@ -214,19 +249,7 @@ class Pruning(Callback):
             return
         resolve_target(pl_module, self.target)
         _distributed.check_strategy(trainer.strategy, self.mode)
-        max_epochs = trainer.max_epochs
-        last = self.steps[-1].epoch
-        if len(self.steps) > 1 and max_epochs is not None and max_epochs >= 0 and last >= max_epochs:
-            raise ValueError(
-                f"`schedule` steps must all start below the Trainer's max_epochs ({max_epochs}), got steps at "
-                f"epochs {[step.epoch for step in self.steps]}: raise `max_epochs` or shorten the schedule."
-            )
-        if max_epochs is not None and max_epochs >= 0 and self.prune_epoch >= max_epochs:
-            raise ValueError(
-                f"`prune_at_epoch` must be below the Trainer's max_epochs ({max_epochs}), got {self.prune_epoch}: "
-                "the fit would end before pruning and train the unpruned model; raise `max_epochs` or lower "
-                "`prune_at_epoch`."
-            )
+        _raise_if(_schedule.epochs_problem(trainer.max_epochs, self.steps, self.prune_epoch))
         if any(isinstance(cb, ModelCheckpoint) and cb.save_weights_only for cb in trainer.callbacks):
             rank_zero_warn("Pruning: `save_weights_only` checkpoints carry no pruning record and cannot be restored.")
         if _loaders.has_train_data(trainer):  # else (loaders passed to `fit`) the checks wait for on_train_start
@@ -236,14 +259,14 @@ class Pruning(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self.pruned:
             self._check_plan(trainer, pl_module)
-            _raise_if(steps_problem(trainer, self.steps[-1].epoch))
+            _raise_if(_schedule.steps_problem(trainer, self.steps[-1].epoch))
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.pruned and self.mode == "mask" and self._guard is None:  # resumed after pruning
+        if self.pruned and self.mode == "mask" and self._state.guard is None:  # resumed after pruning
             network = resolve_target(pl_module, self.target)
-            structure = build_structure(network, to_device(self._example_input(trainer, pl_module), pl_module.device))
-            self._guard = MaskGuard(network, structure.parameter_masks(self.pruned_indices))
+            structure = build_structure(network, self._example_input(trainer, pl_module))
+            self._state.guard = MaskGuard(network, structure.parameter_masks(self.pruned_indices))
 
     @override
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -254,8 +277,8 @@ class Pruning(Callback):
 
     @override
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
-        if self._guard is not None:
-            self._guard.reapply()
+        if self._state.guard is not None:
+            self._state.guard.reapply()
 
     @override
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -266,18 +289,16 @@ class Pruning(Callback):
         self._check_names_logged(trainer)
         if not self.pruned:
             return
-        entry = self.names.epoch_entry(trainer.callback_metrics, trainer.current_epoch - self._pruned_at)
-        if entry is not None:
-            self.retrain_history.append(entry)
+        self._recorder.record(trainer)
 
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.retrain_history:
-            self.final_metrics = final_metrics(retrain_outcome(self.retrain_history, split=self.names.split))
+            self.final_metrics = final_metrics(self._recorder.outcome())
             _log_to_loggers(trainer, self.final_metrics)
-        self._merge_lora()
+        self._state.guard = _lora.merge_lora(self._lora, self._state.guard)
         if self.pruned and self.save_pretrained and trainer.is_global_zero:
-            example = to_device(self._example_input(trainer, pl_module), pl_module.device)
+            example = self._example_input(trainer, pl_module)
             save_pruned_hf(trainer, resolve_target(pl_module, self.target), example, self.pruned_indices, self.mode,
                            pad=self.pad_export)
 
@@ -288,19 +309,17 @@ class Pruning(Callback):
             checkpoint["state_dict"] = self._lora.merged_state_dict(checkpoint["state_dict"], _prefix(self.target))
         checkpoint.setdefault("lightning_prune", {})["plan"] = self.plan  # compared when a fit resumes from it
         if self.pruned:
-            checkpoint.setdefault("lightning_prune", {})["pruning"] = {
-                "version": RECORD_VERSION, "target": self.target, "mode": self.mode, "criterion": self.criterion,
-                "phase": "retrain", "indices": self.pruned_indices, "example_input": self._example,
-                "steps": self.step_records, **self._history,
-            }
+            checkpoint["lightning_prune"]["pruning"] = pruning_record(
+                self.target, self.mode, self.criterion, self.pruned_indices, self._example, self.step_records,
+                self._state.history)
 
     @override
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         if not self.allow_plan_change:
             _raise_if(plan_problem((checkpoint.get("lightning_prune") or {}).get("plan"), self.plan, trainer.ckpt_path))
         record = read_record(checkpoint)
-        if record and record.get("phase") == "retrain" and callable(getattr(pl_module, "start_retrain", None)):
-            pl_module.start_retrain()  # before the optimizers are built and their state is loaded
+        if record and record.get("phase") == "retrain":
+            start_retrain(pl_module)  # before the optimizers are built and their state is loaded
         if record and record.get("phase") == "retrain" and self.lora_settings and trainer.state.fn == "fit":
             if self.mode == "mask":
                 raise ValueError("`retrain.method` 'lora' must start from the pruning step in mask mode, got a "
@@ -311,159 +330,78 @@ class Pruning(Callback):
     def state_dict(self) -> dict[str, Any]:
         return {
             "pruned_at": self._pruned_at, "pruned_indices": self.pruned_indices, "example": self._example,
-            "history": self._history, "pruned_metrics": self.pruned_metrics,
+            "history": self._state.history, "pruned_metrics": self.pruned_metrics,
             "retrain_history": self.retrain_history, "steps_done": self.steps_done, "step_records": self.step_records,
         }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._pruned_at = state_dict["pruned_at"]
-        self.pruned_indices = state_dict["pruned_indices"]
+        self._recorder.start(state_dict["pruned_at"])
+        self._recorder.history.extend(state_dict["retrain_history"])
+        self._state.indices, self._state.history = state_dict["pruned_indices"], state_dict["history"]
         self._example = state_dict["example"]
-        self._history = state_dict["history"]
         self.pruned_metrics = state_dict["pruned_metrics"]
-        self.retrain_history = state_dict["retrain_history"]
         # states saved before schedules existed: one step, done once pruned
         self.steps_done = state_dict.get("steps_done", int(self._pruned_at is not None))
         self.step_records = state_dict.get("step_records", [])
 
     # ------------------------------------------------------------------------------------------- internals
-    def _criterion_options(self) -> dict[str, Any]:
-        options = {"l1": {"reduction": self.l1_reduction}, "random": {"seed": self.seed},
-                   "explicit": {"indices": self.indices}, "taylor": {"variant": self.taylor_variant}}
-        return options.get(self.criterion, {})
-
     def _check_plan(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Before any training step: the criterion has its data, and the layers/ratios/indices fit the network."""
         if self._checked_plan:
             return
-        if build_criterion(self.criterion, **self._criterion_options()).needs_data:
+        if build_criterion(self.criterion, **self.prune_plan.criterion.options).needs_data:
             _distributed.check_train_data(self.criterion, _loaders.has_train_data(trainer))  # raises on every rank
         network = resolve_target(pl_module, self.target)
-        example = to_device(self._example_input(trainer, pl_module), pl_module.device)
-        structure = build_structure(network, example)
         if self.lora_settings:
             _lora.check_targets(network, self.lora_settings)
-        _schedule.check_structure(structure, len(self.steps), self.layers, self.mode)
-        counts = self._plan(structure)
-        if len(self.steps) > 1 and self.criterion != "explicit":
-            _raise_if(schedule_step_problem(structure, self.layers, self.steps))
-        if self.budget:
-            check_reachable(network, example, counts, self.budget)
+        check_plan(network, self._example_input(trainer, pl_module), self.prune_plan,
+                   self.steps)
         self._checked_plan = True
-
-    def _plan(self, structure: PruningStructure) -> dict[str, int]:
-        """`{layer: units to prune}` (validated: raises on bad patterns, ratios or indices, or nothing to prune)."""
-        if self.criterion == "explicit":
-            return {name: len(idxs) for name, idxs in structure.check_indices(self.indices).items()}
-        ratios = structure.select(self.layers)
-        counts = structure.pruned_counts(ratios)
-        for name, count in counts.items():
-            if count == 0 and ratios[name] > 0:
-                units = structure.layers[name].units
-                raise ValueError(
-                    f"`layers` ratio for {name!r} must prune at least one of its {units} units, got {ratios[name]} "
-                    f"(floor({ratios[name]} * {units}) = 0, so it would train unpruned); use at least "
-                    f"{1 / units:.4g} or leave the layer out."
-                )
-        counts = {name: count for name, count in counts.items() if count > 0}
-        if not counts:
-            raise ValueError(f"`layers` must prune at least one unit, got ratios that prune none: {self.layers}.")
-        return counts
 
     def _check_names_logged(self, trainer: Trainer) -> None:
         """After the first validation epoch: one warning if a named metric was never logged."""
-        if self._checked_names or not self._validated:
-            return
-        self._checked_names = True
-        missing = self.names.missing(trainer.callback_metrics)
-        if missing:
-            rank_zero_warn(
-                f"Pruning: the metrics {missing} were not logged, so there is no retrain history and no final/*; "
-                f"logged: {sorted(trainer.callback_metrics)}. Set `acc_key`, `loss_key` and `train_loss_key` to "
-                "names your module logs."
-            )
+        if not self._checked_names and self._validated:
+            self._checked_names = True
+            warn_unlogged("Pruning", self.names, trainer)
 
-    def _example_input(self, trainer: Trainer, pl_module: LightningModule) -> torch.Tensor:
-        if self._example is None:
-            example = getattr(pl_module, "example_input_array", None)
-            if not isinstance(example, torch.Tensor):
-                loader = _loaders.train_eval_loader(trainer)
-                if loader is None:
-                    raise ValueError("Pruning must trace the network on an input, got no `example_input_array` "
-                                     "and no train data.")
-                with isolate_rng():  # reading a batch must not shift the training shuffle
-                    example = _loaders.first_inputs(loader)
-            if isinstance(example, dict):  # keyword inputs (a multimodal batch): trace on the first example
-                return first_example(example)
-            self._example = {"shape": [1, *example.shape[1:]], "dtype": str(example.dtype).removeprefix("torch.")}
-        return torch.zeros(self._example["shape"], dtype=getattr(torch, self._example["dtype"]))
+    def _example_input(self, trainer: Trainer, pl_module: LightningModule) -> Any:
+        example, self._example = _loaders.example_input(trainer, pl_module, self._example)
+        return to_device(example, pl_module.device)
 
     def _prune(self, trainer: Trainer, pl_module: LightningModule) -> None:
         network = resolve_target(pl_module, self.target)
-        example = to_device(self._example_input(trainer, pl_module), pl_module.device)
-        structure = build_structure(network, example)
-        step, before = self.steps[self.steps_done], self.pruned_indices
-        first = self.steps_done == 0
-        counts = self._plan(structure) if first else {}  # validates the full plan at the first step
-        if len(self.steps) > 1:  # one step: the plan's counts (a structure's own rules, e.g. KV head groups)
-            counts = _schedule.step_counts(structure, self.layers, before, self.mode, step.fraction)
-        criterion = build_criterion(self.criterion, **self._criterion_options())
-        scores: dict[str, torch.Tensor] = {}  # an early step may prune nothing yet (floor of a small fraction)
-        if counts:
-            batches = []
-            if criterion.needs_data:
-                batches = _loaders.calibration_batches(trainer, self.calibration_batches, pl_module.device)
-            loss_fn = getattr(pl_module, "loss_fn", None) or F.cross_entropy
-            scores = criterion.scores(structure, list(counts), batches, loss_fn)
-        scores = _schedule.remaining_scores(scores, before, self.mode)
-        choose = getattr(structure, "choose_units", lowest_units)  # transformer heads: equal per KV group
-        budget_report: dict[str, float] = {}
-        if self.budget:
-            choice, budget_report = indices_for_budget(network, example, scores, counts, self.budget)
-        else:
-            choice = choose(scores, counts, self.global_pruning)
-        choice = agreed(choice, "Pruning's pruned indices")  # rank 0's choice; every rank checks it agrees
-        new = _schedule.in_original_numbering(choice, structure, before, self.mode)
-        indices = merge_indices(before, new)
-
-        metrics: dict[str, float] = {"prune/step": float(self.steps_done + 1), "prune/fraction": step.fraction}
-        metrics["prune/params_before"], metrics["prune/macs_before"] = count_params_and_macs(network, example)
+        example = self._example_input(trainer, pl_module)
+        first, step = self.steps_done == 0, self.steps[self.steps_done]
+        batches = lambda: _loaders.calibration_batches(  # noqa: E731
+            trainer, self.prune_plan.calibration_batches, pl_module.device)
+        result = prune_step(network, example, self.prune_plan, self.steps, self.steps_done, self._state, batches,
+                            loss_function(pl_module))
+        self._state, metrics, indices = result.state, result.metrics, result.state.indices
+        if result.inexact:
+            rank_zero_warn(
+                f"Pruning: masking {result.inexact} is not exactly removal (a LayerNorm/GroupNorm spans them, as for "
+                "a ViT's embedding dimension and every ConvNeXt channel layer)."
+            )
         if self.mode == "physical":
-            if any(choice.values()):
-                step_record = structure.prune(choice)
-                self._history = _schedule.accumulate_history(self._history, step_record, indices)
             _distributed.rebuild_wrapper(trainer)  # DDP's buckets hold the replaced parameters
-            measured = network
-        else:
-            inexact = [name for name in indices if not structure.mask_is_exact(name)]
-            if inexact:
-                rank_zero_warn(
-                    f"Pruning: masking {inexact} is not exactly removal (a LayerNorm/GroupNorm spans them, as for a "
-                    "ViT's embedding dimension and every ConvNeXt channel layer)."
-                )
-            if self._guard is not None:
-                self._guard.remove()
-            measured = pruned_copy(network, example, indices)
-            self._guard = MaskGuard(network, structure.parameter_masks(indices))
-        metrics["prune/params_after"], metrics["prune/macs_after"] = count_params_and_macs(measured, example)
         if first and self.lora_settings:
             metrics["retrain/trainable_params"] = float(self._start_lora(trainer, network))
-        metrics.update(budget_report)
-        self.pruned_indices, self._pruned_at, self.retrain_history = indices, trainer.current_epoch, []
-        self.step_records.append({"epoch": trainer.current_epoch, "fraction": step.fraction, "indices": new})
+        self._recorder.start(trainer.current_epoch)
+        self.step_records.append({"epoch": trainer.current_epoch, "fraction": step.fraction, "indices": result.new})
         self.steps_done += 1
 
         if first or self.retrain_recipe == "restart":
-            if callable(getattr(pl_module, "start_retrain", None)):
-                pl_module.start_retrain()
+            start_retrain(pl_module)
             trainer.strategy.setup_optimizers(trainer)  # fresh optimizer + schedule over the current parameters
         else:
             _schedule.continue_recipe(trainer, self.mode)
-        self._restart_best(trainer)
+        if self.restart_best:
+            restart_best(trainer)
 
         if self.measure:
-            metrics.update(_loaders.measure_pruned(trainer, network, pl_module.device, self.names.split))
+            split = self.names.split
+            metrics.update(prefixed(measure(trainer, network, split, "Pruning", warn=True), "pruned"))
         self.pruned_metrics = metrics
         _log_to_loggers(trainer, metrics)
         for logger in trainer.loggers:
@@ -478,31 +416,9 @@ class Pruning(Callback):
 
     def _start_lora(self, trainer: Trainer, network: torch.nn.Module) -> int:
         """Inject the LoRA adapters (mask mode: their rows/columns of removed units masked too); trainable count."""
-        self._lora = _lora.LoraAdapters(network, self.lora_settings)
-        if self._guard is not None:  # the frozen base weights stay masked; the guard now keeps B A zero there
-            self._base_masks = self._guard.masks
-            self._guard.remove()
-            self._guard = MaskGuard(network, _lora.lora_masks(network, self._base_masks))
+        self._lora, self._state.guard = _lora.start_lora(network, self.lora_settings, self._state.guard)
         _distributed.rebuild_wrapper(trainer)
         return self._lora.trainable_parameters()
-
-    def _merge_lora(self) -> None:
-        if self._lora is None or self._lora.merged:
-            return
-        self._lora.merge()
-        if self._guard is not None:
-            self._guard.remove()
-            self._guard = MaskGuard(self._lora.network, self._base_masks)
-
-    def _restart_best(self, trainer: Trainer) -> None:
-        if not self.restart_best:
-            return
-        reset = restart_best_tracking(trainer)
-        if reset:
-            rank_zero_info(
-                f"Pruning: {', '.join(reset)} start their best tracking afresh (pre-pruning scores rate another "
-                "network; their files stay on disk); `restart_best=False` keeps them."
-            )
 
 
 def _prefix(target: str) -> str:

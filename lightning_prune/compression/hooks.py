@@ -238,8 +238,8 @@ class CompressionHooks:
         return (), kwargs
 
     def _start(self, module: nn.Module, kwargs: dict) -> None:
-        has_video = (kwargs.get("mm_encoder_outputs") or {}).get("video") is not None
-        if not has_video and kwargs.get("pixel_values_videos") is None:
+        has_video = (kwargs.get("mm_encoder_outputs") or {}).get(self.family.encoder_key) is not None
+        if not has_video and kwargs.get(self.family.pixel_key) is None:
             return
         input_ids = kwargs.get("input_ids")
         if input_ids is None:
@@ -264,8 +264,8 @@ class CompressionHooks:
         output = self.family.select(video, kept)
         if selection is not None and selection.features is not None:
             output = _with_features(output, selection.features)
-        kwargs["mm_encoder_outputs"] = {**(kwargs.get("mm_encoder_outputs") or {}), "video": output}
-        kwargs["pixel_values_videos"] = None
+        kwargs["mm_encoder_outputs"] = {**(kwargs.get("mm_encoder_outputs") or {}), self.family.encoder_key: output}
+        kwargs[self.family.pixel_key] = None
         original_length = input_ids.shape[1]
         video_columns = is_video.nonzero()[:, 1].view(batch, video_length)
         kept_index = torch.stack(kept)

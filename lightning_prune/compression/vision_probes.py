@@ -11,6 +11,9 @@ A probe hooks the tower (public forward hooks), and `take(video)` returns per sa
 - `QwenMergeGroupProbe` (Qwen2.5-VL, Qwen3-VL): the last vision block's attention (after the vision RoPE, within each
   frame as its `cu_seqlens` says), averaged over the heads and summed over the queries, and its keys averaged over
   the heads; both averaged per merge group of 2 x 2 patches and put back from window order (Qwen2.5-VL).
+- `InternViTClsProbe` (InternVL's InternViT): the published `cls` rule on the feature layer (CLS row of its
+  attention summed over the heads, keys averaged over the heads, CLS dropped), then averaged over the patches of
+  each pixel-shuffle group (2 x 2 at `downsample_ratio` 0.5) as the adapter's `patch_groups` forms them.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ import inspect
 import torch
 from torch import nn
 
-from lightning_prune.dycoke.families.base import VideoTokens
+from lightning_prune.dycoke.families.base import FamilyAdapter, VideoTokens
 
 
-def make_probe(base: nn.Module, family: str, scoring: str):
-    if family in ("llava_next_video", "llava_onevision"):
-        return ClipLikeProbe(base, family, scoring)
+def make_probe(base: nn.Module, family: FamilyAdapter, scoring: str):
+    if family.name in ("llava_next_video", "llava_onevision"):
+        return ClipLikeProbe(base, family.name, scoring)
+    if family.name == "internvl":
+        return InternViTClsProbe(base, family)
     return QwenMergeGroupProbe(base)
 
 
@@ -68,6 +73,44 @@ class ClipLikeProbe:
                 scores, keys = scores[:, 1:], keys[:, 1:]
         pool = self.base.vision_resampler if self.family == "llava_next_video" else self.base.apply_pooling
         scores, keys = pool(scores[..., None])[..., 0], pool(keys)
+        count = len(video.frames)
+        return (list(scores.view(count, video.num_frames, video.tokens_per_frame)),
+                list(keys.reshape(count, video.num_frames, video.tokens_per_frame, -1)))
+
+
+class InternViTClsProbe:
+    def __init__(self, base: nn.Module, family: FamilyAdapter):
+        self.base, self.family = base, family
+        layers = base.vision_tower.encoder.layer
+        feature_layer = base.config.vision_feature_layer
+        if not isinstance(feature_layer, int):
+            raise ValueError(f"VisionZip needs one `vision_feature_layer`, got {feature_layer!r}.")
+        if base.config.vision_feature_select_strategy != "default":
+            raise ValueError("VisionZip scores InternVL's tokens by the CLS, which the features must drop: "
+                             "`vision_feature_select_strategy` must be 'default', got "
+                             f"{base.config.vision_feature_select_strategy!r}.")
+        # hidden_states[h] is the output of layer h - 1 (h > 0), and of layer len(layers) + h for h < 0
+        self.attention = layers[feature_layer - 1 if feature_layer > 0 else len(layers) + feature_layer].attention
+        self._captured: dict[str, torch.Tensor] = {}
+
+    def attach(self) -> list:
+        attention = self.attention  # q / k after their (optional) RMS norm: what the attention multiplies
+        return [attention.q_norm.register_forward_hook(lambda m, a, out: self._captured.__setitem__("q", out)),
+                attention.k_norm.register_forward_hook(lambda m, a, out: self._captured.__setitem__("k", out))]
+
+    def take(self, video: VideoTokens) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        if "q" not in self._captured:
+            raise RuntimeError("VisionZip saw no vision-tower pass for this prefill (the video features were given "
+                               "precomputed from elsewhere).")
+        attention = self.attention
+        query, key = self._captured.pop("q").float(), self._captured.pop("k").float()
+        frames, length, _ = query.shape
+        query = query.view(frames, length, attention.num_heads, -1).transpose(1, 2)
+        key = key.view(frames, length, attention.num_heads, -1).transpose(1, 2)
+        weights = (query[:, :, :1] @ key.transpose(-1, -2) * attention.scale).softmax(-1)  # [BF, H, 1, S]
+        scores, keys = weights[:, :, 0, 1:].sum(dim=1), key.mean(dim=1)[:, 1:]
+        scores = self.family.patch_groups(self.base, scores[..., None]).mean(dim=2)[..., 0]  # [BF, N]
+        keys = self.family.patch_groups(self.base, keys).mean(dim=2)  # [BF, N, d]
         count = len(video.frames)
         return (list(scores.view(count, video.num_frames, video.tokens_per_frame)),
                 list(keys.reshape(count, video.num_frames, video.tokens_per_frame, -1)))

@@ -14,6 +14,8 @@ LightCompress port keeps every token in position order instead). Scores and keys
 - `cls` (the published rule, CLIP towers with a CLS token: LLaVA-NeXT-Video): the CLS row of the feature layer's
   attention, summed over the heads; the keys of that layer. LLaVA-NeXT-Video drops the CLS and pools the patch grid
   (stride 2) before the projector, so scores and keys are pooled the same way (as HoliTom's port pools them).
+  InternVL's InternViT has a CLS too; its pixel shuffle concatenates 2 x 2 patches into one LLM token, so scores
+  and keys are averaged over each such group.
 - `mean_query` (HoliTom's SigLIP port, cokeshao/HoliTom `visionzip/llava_arch.py`; LLaVA-OneVision): the feature
   layer's attention averaged over the heads and all queries, and its keys, pooled 2-D like the features (bilinear).
 - `merge_group` (LightCompress's Qwen2.5-VL port, ModelTC/LightCompress
@@ -38,7 +40,7 @@ from lightning_prune.dycoke.families.base import VideoTokens
 SCORINGS = ("auto", "cls", "mean_query", "merge_group")
 # What each family's tower offers, and the substitute a tower without CLS takes (`scoring="auto"`).
 FAMILY_SCORING = {"llava_next_video": "cls", "llava_onevision": "mean_query", "qwen2_5_vl": "merge_group",
-                  "qwen3_vl": "merge_group"}
+                  "qwen3_vl": "merge_group", "internvl": "cls"}
 _PORTS = {"mean_query": "HoliTom's SigLIP port", "merge_group": "LightCompress's Qwen2.5-VL port"}
 
 
@@ -136,7 +138,7 @@ class VisionZipMethod(CompressionMethod):
     def vision_probe(self, base, family):
         from lightning_prune.compression.vision_probes import make_probe
 
-        return make_probe(base, family.name, self.scoring_for(family.name))
+        return make_probe(base, family, self.scoring_for(family.name))
 
     def select_visual(self, video: VideoTokens, context: VisualContext) -> VisualSelection | None:
         scores, keys = context.probe.take(video)  # per sample [F, N] and [F, N, d]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
@@ -66,3 +66,44 @@ def sample_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers:
         pin_memory=torch.cuda.is_available(),
         persistent_workers=num_workers > 0,
     )
+
+
+class SplitLoaders:
+    """The train / train-eval / validation / test loaders of a DataModule whose splits are held datasets.
+
+    Mixed in before ``LightningDataModule`` by the language DataModules (text, Alpaca, LLaVA instructions), which
+    implement :meth:`_split_dataset` (and :meth:`_collate` when items need one). Training shuffles with
+    :class:`EpochRandomSampler`, so a resumed fit sees the data order of an uninterrupted one, as the image loaders
+    do; ``train_eval_dataloader`` serves the training split in order; validation and test serve the held-out split.
+    The host sets ``batch_size``, ``eval_batch_size`` and ``seed``.
+    """
+
+    batch_size: int
+    eval_batch_size: int
+    seed: int
+
+    def _split_dataset(self, split: str) -> Dataset:
+        """The dataset of ``split`` ("train" or "val"), set up."""
+        raise NotImplementedError
+
+    def _collate(self) -> Callable | None:
+        """The loaders' ``collate_fn`` (None: PyTorch's default)."""
+        return None
+
+    def _split_loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        dataset = self._split_dataset(split)
+        sampler = EpochRandomSampler(dataset, self.seed) if shuffle else None
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=self._collate())
+
+    def train_dataloader(self) -> DataLoader:
+        return self._split_loader("train", self.batch_size, shuffle=True)
+
+    def train_eval_dataloader(self) -> DataLoader:
+        """The training split in order, unshuffled (what ``pruned/train_loss`` is measured on)."""
+        return self._split_loader("train", self.eval_batch_size, shuffle=False)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._split_loader("val", self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._split_loader("val", self.eval_batch_size, shuffle=False)

@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader
 
-from lightning_prune.data._common import check_at_least
+from lightning_prune._paths import resolve_path
+from lightning_prune.data._common import SplitLoaders, check_at_least
 from lightning_prune.data.text import check_tokenizer_folder, load_tokenizer
 
 IGNORE_INDEX = -100
@@ -98,8 +98,11 @@ def pad_batch(examples: list[tuple[list[int], list[int]]], pad_id: int) -> tuple
     return ids, labels
 
 
-class AlpacaDataModule(LightningDataModule):
+class AlpacaDataModule(SplitLoaders, LightningDataModule):
     """Alpaca-format instruction tuning data (e.g. yahma/alpaca-cleaned as a local JSON file).
+
+    Paths naming shipped files (`lightning_prune/data/assets/...`, `pkg://...`) resolve from any folder
+    (`lightning_prune._paths`).
 
     Args:
         train_file: JSON list or JSONL of `{instruction, input, output}` records.
@@ -113,7 +116,7 @@ class AlpacaDataModule(LightningDataModule):
             published flag of that name.
         batch_size: Training batch size.
         eval_batch_size: Batch size of the evaluation loaders.
-        seed: Seed of the held-out split and the shuffling.
+        seed: Seed of the held-out split and the shuffling (epoch `e`'s order is drawn from `(seed, e)`).
     """
 
     def __init__(
@@ -134,10 +137,11 @@ class AlpacaDataModule(LightningDataModule):
         check_at_least("batch_size", batch_size, 1)
         check_at_least("eval_batch_size", eval_batch_size, 1)
         check_at_least("val_size", val_size, 1)
-        check_tokenizer_folder(tokenizer)
-        self.save_hyperparameters()
-        self.train_file, self.val_file, self.val_size = train_file, val_file, val_size
-        self.tokenizer_name, self.cutoff_len = tokenizer, cutoff_len
+        check_tokenizer_folder(resolve_path(tokenizer))
+        self.save_hyperparameters()  # the paths as given (`pkg://` kept), so a saved config stays portable
+        self.train_file, self.val_size = resolve_path(train_file), val_size
+        self.val_file = None if val_file is None else resolve_path(val_file)
+        self.tokenizer_name, self.cutoff_len = resolve_path(tokenizer), cutoff_len
         self.train_on_inputs, self.add_eos_token = train_on_inputs, add_eos_token
         self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
         self.tokenizer = None
@@ -177,21 +181,10 @@ class AlpacaDataModule(LightningDataModule):
         pad = self.tokenizer.pad_token_id
         return int(pad if pad is not None else self.tokenizer.eos_token_id or 0)
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+    def _split_dataset(self, split: str) -> list[tuple[list[int], list[int]]]:
         self.setup()
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return self._examples[split]
+
+    def _collate(self):
         pad_id = self._pad_id()
-        return DataLoader(self._examples[split], batch_size=batch_size, shuffle=shuffle, generator=generator,
-                          collate_fn=lambda examples: pad_batch(examples, pad_id))
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, shuffle=True)
-
-    def train_eval_dataloader(self) -> DataLoader:
-        return self._loader("train", self.eval_batch_size, shuffle=False)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.eval_batch_size, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("val", self.eval_batch_size, shuffle=False)
+        return lambda examples: pad_batch(examples, pad_id)

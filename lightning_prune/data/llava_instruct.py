@@ -22,10 +22,11 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from lightning_prune._files import jsonl_records
-from lightning_prune.data._common import check_at_least
+from lightning_prune._paths import resolve_path
+from lightning_prune.data._common import SplitLoaders, check_at_least
 from lightning_prune.data.text import check_tokenizer_folder
 
 IGNORE_INDEX = -100
@@ -134,8 +135,11 @@ def collate_conversations(items: list[dict], pad_id: int) -> tuple[dict, torch.T
     return inputs, labels, meta
 
 
-class LlavaInstructDataModule(LightningDataModule):
+class LlavaInstructDataModule(SplitLoaders, LightningDataModule):
     """LLaVA instruction data: fine-tuning on `train_file`, LM loss and multiple-choice VQA on `val_file`.
+
+    Paths naming shipped files (`lightning_prune/data/assets/...`, `pkg://...`) resolve from any folder
+    (`lightning_prune._paths`).
 
     Args:
         train_file: LLaVA-format JSON (a list) or JSONL of training conversations.
@@ -145,7 +149,7 @@ class LlavaInstructDataModule(LightningDataModule):
         template: Text of one user turn, with `{question}`.
         batch_size: Training batch size.
         eval_batch_size: Batch size of the evaluation loaders.
-        seed: Seed of the shuffling.
+        seed: Seed of the shuffling (the order of epoch `e` is drawn from `(seed, e)`).
     """
 
     def __init__(
@@ -164,10 +168,11 @@ class LlavaInstructDataModule(LightningDataModule):
         check_at_least("eval_batch_size", eval_batch_size, 1)
         if "{question}" not in template:
             raise ValueError(f"`template` must contain '{{question}}', got {template!r}.")
-        check_tokenizer_folder(processor)
-        self.save_hyperparameters()
-        self.train_file, self.val_file, self.image_folder = train_file, val_file, Path(image_folder)
-        self.processor_name, self.template = processor, template
+        check_tokenizer_folder(resolve_path(processor))
+        self.save_hyperparameters()  # the paths as given (`pkg://` kept), so a saved config stays portable
+        self.train_file, self.val_file = resolve_path(train_file), resolve_path(val_file)
+        self.image_folder, self.processor_name = Path(resolve_path(image_folder)), resolve_path(processor)
+        self.template = template
         self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
         self.processor = None
         self._datasets: dict[str, ConversationDataset] = {}
@@ -185,21 +190,10 @@ class LlavaInstructDataModule(LightningDataModule):
             "val": ConversationDataset(val, self.image_folder, self.processor, self.template, choices=True),
         }
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+    def _split_dataset(self, split: str) -> ConversationDataset:
         self.setup()
+        return self._datasets[split]
+
+    def _collate(self):
         pad_id = self.processor.tokenizer.pad_token_id or 0
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(self._datasets[split], batch_size=batch_size, shuffle=shuffle, generator=generator,
-                          collate_fn=lambda items: collate_conversations(items, pad_id))
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, shuffle=True)
-
-    def train_eval_dataloader(self) -> DataLoader:
-        return self._loader("train", self.eval_batch_size, shuffle=False)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.eval_batch_size, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("val", self.eval_batch_size, shuffle=False)
+        return lambda items: collate_conversations(items, pad_id)

@@ -204,7 +204,7 @@ def write_split(out: str | Path, seed: int, samples: int, frames: int = 16, size
     lines = []
     for index in range(samples):
         video, record = make_sample(seed, index, frames, size)
-        name = f"video_{index:05d}.mp4"
+        name = f"video_{index}.mp4"
         write_video(out / name, video)
         lines.append({"video": name, **record})
     annotations = out / "annotations.jsonl"

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 from lightning_prune._files import jsonl_records
-from lightning_prune.data._common import check_at_least
+from lightning_prune._paths import resolve_path, resolve_paths
+from lightning_prune.data._common import SplitLoaders, check_at_least
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
@@ -106,11 +107,14 @@ def token_blocks(documents: list[str], tokenizer, block_size: int) -> torch.Tens
     return torch.tensor(stream[: count * block_size], dtype=torch.long).view(count, block_size)
 
 
-class TextDataModule(LightningDataModule):
+class TextDataModule(SplitLoaders, LightningDataModule):
     """Causal-LM token blocks from JSONL / plain-text files.
 
     Validation and test serve `val_files` (the study's held-out split); `train_eval_dataloader()` serves the
     training blocks in order, unshuffled (what `pruned/train_loss` is measured on).
+
+    Paths naming shipped files (`lightning_prune/data/assets/...`, `pkg://...`) resolve from any folder
+    (`lightning_prune._paths`).
 
     Args:
         train_files: Training files (`.jsonl` with a text field, anything else one document per line).
@@ -121,7 +125,7 @@ class TextDataModule(LightningDataModule):
         eval_batch_size: Batch size of the evaluation loaders.
         text_field: JSONL key holding the text.
         val_fraction: Share of training blocks held out when `val_files` is None.
-        seed: Seed of the shuffling.
+        seed: Seed of the shuffling (the order of epoch `e` is drawn from `(seed, e)`).
     """
 
     def __init__(
@@ -144,10 +148,10 @@ class TextDataModule(LightningDataModule):
             raise ValueError("`train_files` must list at least one file, got none.")
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"`val_fraction` must be in (0, 1), got {val_fraction!r}.")
-        check_tokenizer_folder(tokenizer)
-        self.save_hyperparameters()
-        self.train_files, self.val_files = list(train_files), list(val_files) if val_files else None
-        self.tokenizer_name, self.block_size, self.text_field = tokenizer, block_size, text_field
+        check_tokenizer_folder(resolve_path(tokenizer))
+        self.save_hyperparameters()  # the paths as given (`pkg://` kept), so a saved config stays portable
+        self.train_files, self.val_files = resolve_paths(list(train_files)), resolve_paths(val_files or None)
+        self.tokenizer_name, self.block_size, self.text_field = resolve_path(tokenizer), block_size, text_field
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_fraction, self.seed = val_fraction, seed
         self.tokenizer = None
@@ -182,20 +186,7 @@ class TextDataModule(LightningDataModule):
                                  f"{self.block_size} tokens, got none.")
         self._blocks = {"train": train, "val": val}
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+    def _split_dataset(self, split: str) -> TensorDataset:
         self.setup()
         data = self._blocks[split]
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(TensorDataset(data, data), batch_size=batch_size, shuffle=shuffle, generator=generator)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, shuffle=True)
-
-    def train_eval_dataloader(self) -> DataLoader:
-        return self._loader("train", self.eval_batch_size, shuffle=False)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.eval_batch_size, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("val", self.eval_batch_size, shuffle=False)
+        return TensorDataset(data, data)

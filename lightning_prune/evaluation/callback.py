@@ -24,6 +24,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
+from lightning_prune._checks import is_int
+from lightning_prune._paths import resolve_path
 from lightning_prune.evaluation.lm_harness import check_tasks, evaluate_lm, language_model, logged_names
 from lightning_prune.evaluation.perplexity import (
     PRESETS,
@@ -44,7 +46,8 @@ class LmEvaluation(Callback):
     Args:
         tasks: lm-eval task names (e.g. `lightning_prune_tiny_lm`, or LLM-Pruner's seven: boolq, piqa, hellaswag,
             winogrande, arc_easy, arc_challenge, openbookqa); empty: perplexity only.
-        perplexity: `{name: local test-split file}` (e.g. `{wikitext2: .../test-00000-of-00001.parquet}`).
+        perplexity: `{name: local test-split file}` (e.g. `{wikitext2: .../test-00000-of-00001.parquet}`; a
+            shipped file, `lightning_prune/data/assets/...`, resolves from any folder).
         perplexity_preset: `llm_pruner` (128-token windows), `wanda` or `sparsegpt` (context-length windows).
         perplexity_seq_len: Window length overriding the preset's.
         tokenizer: Tokenizer folder or Hub id; None takes the DataModule's `tokenizer` (as `TextDataModule` has).
@@ -68,7 +71,8 @@ class LmEvaluation(Callback):
     ) -> None:
         super().__init__()
         problems = []
-        self.tasks, self.perplexity_files = list(tasks or []), {k: str(v) for k, v in (perplexity or {}).items()}
+        self.tasks = list(tasks or [])
+        self.perplexity_files = {k: resolve_path(v) for k, v in (perplexity or {}).items()}
         if not self.tasks and not self.perplexity_files:
             problems.append("`tasks` or `perplexity` must be given, got neither (nothing to evaluate).")
         if perplexity_preset not in PRESETS:
@@ -76,11 +80,12 @@ class LmEvaluation(Callback):
         self.stages = list(STAGES) if stages is None else list(stages)
         if not self.stages or any(stage not in STAGES for stage in self.stages):
             problems.append(f"`stages` must be a non-empty list of {list(STAGES)}, got {stages!r}.")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if not is_int(batch_size, 1):
             problems.append(f"`batch_size` must be an integer >= 1, got {batch_size!r}.")
         if problems:
             raise ValueError(" ".join(problems))
-        self.preset, self.seq_len, self.tokenizer_name = perplexity_preset, perplexity_seq_len, tokenizer
+        self.preset, self.seq_len = perplexity_preset, perplexity_seq_len
+        self.tokenizer_name = None if tokenizer is None else resolve_path(tokenizer)
         self.batch_size, self.limit, self.include_path = batch_size, limit, include_path
         self.results: dict[str, dict[str, float]] = {}
         self._tokenizer = None

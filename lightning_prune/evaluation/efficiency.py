@@ -10,7 +10,6 @@ merged. Rows are plain dicts, written as JSON by `write_report`.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from statistics import fmean
 from typing import Any
@@ -20,6 +19,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import Logger
 from typing_extensions import override
 
+from lightning_prune._files import write_atomic
 from lightning_prune.dycoke.probe import GenerationTimer, peak_memory_bytes, reset_peak_memory
 
 VISUAL_TOKENS_AFTER = "dycoke/visual_tokens_after"  # the DyCoke callback's metric name
@@ -160,8 +160,5 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def write_report(path: Path, header: dict[str, Any], rows: list[dict[str, Any]]) -> Path:
     """Write `{**header, "summary": ..., "samples": rows}` as JSON (atomically: a crash leaves no half file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_suffix(".json.tmp")
-    staging.write_text(json.dumps({**header, "summary": summarize(rows), "samples": rows}, indent=2) + "\n")
-    os.replace(staging, path)
+    write_atomic(path, json.dumps({**header, "summary": summarize(rows), "samples": rows}, indent=2) + "\n")
     return path

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_prune._checks import check_int, is_int
+
 WINDOWS = ("non_overlapping", "sliding")
 _TEXT_FIELDS = ("text", "sentence")
 _BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".txt": "text", ".raw": "text", "": "text"}
@@ -109,9 +111,8 @@ def check_arguments(length: int, seq_len: int, windows: str, stride: int | None)
     """Raise (before any forward pass) on bad windows, or a text shorter than one window."""
     if windows not in WINDOWS:
         raise ValueError(f"`windows` must be one of {list(WINDOWS)}, got {windows!r}.")
-    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2:
-        raise ValueError(f"`seq_len` must be an integer >= 2, got {seq_len!r}.")
-    if windows == "sliding" and (isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= seq_len):
+    check_int("seq_len", seq_len, 2)
+    if windows == "sliding" and not (is_int(stride) and 1 <= stride <= seq_len):
         raise ValueError(f"`stride` must be an integer in [1, seq_len={seq_len}] for sliding windows, got {stride!r}.")
     if windows == "non_overlapping" and stride is not None:
         raise ValueError(f"`stride` must be None for non-overlapping windows, got {stride!r}.")

@@ -22,7 +22,8 @@ TASKS_DIR = Path(__file__).resolve().parent / "tasks"  # the folder to pass as l
 TEST_SEED = 3  # the synthetic test split's seed (SyntheticVideoQADataModule's default test_seed)
 
 
-def write_tiny_task_data(root: str | Path = "data", samples: int = 4, frames: int = 16, size: int = 32) -> Path:
+def write_tiny_task_data(root: str | Path = "data", samples: int = 4, frames: int = 16, size: int = 32,
+                         kinds: list[str] | None = None) -> Path:
     """Create `<root>/lightning_prune_tiny/` with `samples` videos and `lightning_prune_tiny.jsonl`; returns the JSONL.
 
     Args:
@@ -30,11 +31,12 @@ def write_tiny_task_data(root: str | Path = "data", samples: int = 4, frames: in
         samples: questions (one video each; the kinds cycle through appearance, motion, order, flash, counting).
         frames: frames per video.
         size: pixels per side.
+        kinds: keep only the questions of these kinds (None: all; the videos of the others are written too).
     """
     folder = Path(root) / TASK_NAME
     records = read_annotations(write_split(folder, TEST_SEED, samples, frames, size))
     lines = [{"id": r["id"], "video": str(folder / r["video"]), "question": r["question"], "options": r["options"],
-              "answer": r["answer"], "kind": r["kind"]} for r in records]
+              "answer": r["answer"], "kind": r["kind"]} for r in records if kinds is None or r["kind"] in kinds]
     target = folder / f"{TASK_NAME}.jsonl"
     target.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return target

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from lightning_prune._checks import is_int
 from lightning_prune.data.video_qa import check_video_readable, read_video_frames, uniform_frame_indices
 
 _SAMPLING_KEYS = ("do_sample", "temperature", "num_beams", "top_p")
@@ -74,8 +75,7 @@ def parse_request(index: int, args: tuple, task_docs: dict[str, Any]) -> tuple[V
         raise ValueError(f"{request.where}: `until` must be a string or a list of strings, got {until!r}.")
     request.until = [stop for stop in until if stop]
     max_new_tokens = gen_kwargs.get("max_new_tokens")
-    if max_new_tokens is not None and (isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int)
-                                       or max_new_tokens < 1):
+    if max_new_tokens is not None and not is_int(max_new_tokens, 1):
         raise ValueError(f"{request.where}: `max_new_tokens` must be an integer >= 1, got {max_new_tokens!r}.")
     request.max_new_tokens = max_new_tokens
     ignored = [key for key in _SAMPLING_KEYS if _asks_sampling(key, gen_kwargs.get(key))]

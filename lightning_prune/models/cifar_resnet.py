@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_prune.models.registry import check_int, register_model
+from lightning_prune.models.registry import check_int, is_int, register_model
 
 _STAGE_WIDTHS = (16, 32, 64)
 
@@ -66,7 +66,7 @@ class CifarResNet(nn.Module):
     def __init__(self, depth: int = 56, num_classes: int = 10) -> None:
         super().__init__()
         check_int("num_classes", num_classes, 1)
-        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
+        if not is_int(depth, 8) or (depth - 2) % 6:
             raise ValueError(f"`depth` must be 6n + 2 with n >= 1 (e.g. 20, 32, 56, 110), got {depth!r}.")
         blocks_per_stage = (depth - 2) // 6
         self.input_shape = (3, 32, 32)

@@ -8,7 +8,7 @@ from typing import TypeVar
 
 from torch import nn
 
-from lightning_prune._checks import check_int  # noqa: F401  (the model builders import it from here)
+from lightning_prune._checks import check_int, is_int  # noqa: F401  (the model builders import them from here)
 
 ModelBuilder = TypeVar("ModelBuilder", bound=Callable[..., nn.Module])
 

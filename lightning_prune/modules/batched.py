@@ -24,7 +24,7 @@ from torch.func import functional_call
 from typing_extensions import override
 
 from lightning_prune.models import build_model
-from lightning_prune.outcome import history_entry
+from lightning_prune.outcome import history_entry, pre_retrain_keys
 
 # Evaluation batches are cut so that copies x images per forward stays below this (activation memory).
 _EVAL_IMAGE_COPIES = 16_384
@@ -187,15 +187,9 @@ class BatchedMaskedClassifier(LightningModule):
         with torch.inference_mode(False):
             train_loss, train_acc = self._evaluate(datamodule.train_eval_dataloader())
             test_loss, test_acc = self._evaluate(datamodule.val_dataloader())
-        return [
-            {
-                "pruned_train_loss": float(train_loss[i]),
-                "pruned_train_acc": float(train_acc[i]),
-                "pruned_test_loss": float(test_loss[i]),
-                "pruned_test_acc": float(test_acc[i]),
-            }
-            for i in range(self.num_copies)
-        ]
+        keys = pre_retrain_keys("test")
+        measured = {"train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc}
+        return [{keys[field]: float(values[i]) for field, values in measured.items()} for i in range(self.num_copies)]
 
     @override
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:

@@ -18,6 +18,8 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics.text import Perplexity
 from typing_extensions import override
 
+from lightning_prune._checks import check_int
+from lightning_prune.contracts import VocabData
 from lightning_prune.modules.two_phase import TwoPhaseModule
 from lightning_prune.pruning.lm_loss import IGNORE_INDEX, causal_lm_loss, evaluate_causal_lm, predicted_tokens
 
@@ -110,8 +112,7 @@ class CausalLM(TwoPhaseModule):
         super().__init__()
         if dtype not in _DTYPES:
             raise ValueError(f"`dtype` must be one of {list(_DTYPES)}, got {dtype!r}.")
-        if isinstance(example_length, bool) or not isinstance(example_length, int) or example_length < 2:
-            raise ValueError(f"`example_length` must be an integer >= 2, got {example_length!r}.")
+        check_int("example_length", example_length, 2)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "retrain_optimizer", "retrain_lr_scheduler"])
         self.model = build_causal_lm(model, config, dtype, attn_implementation)
         self.loss_fn = causal_lm_loss
@@ -123,8 +124,12 @@ class CausalLM(TwoPhaseModule):
 
     @override
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        vocab = getattr(datamodule, "vocab_size", None)
+        try:
+            trainer = self.trainer
+        except RuntimeError:  # not attached to a Trainer (setup called by hand): no DataModule to check against
+            trainer = None
+        datamodule = getattr(trainer, "datamodule", None)
+        vocab = datamodule.vocab_size if isinstance(datamodule, VocabData) else None
         embeddings = self.model.get_input_embeddings().num_embeddings
         if isinstance(vocab, int) and vocab > embeddings:
             raise ValueError(f"the model's vocabulary must cover the tokenizer's {vocab} tokens, got "

@@ -27,7 +27,8 @@ def is_head_prunable(module: nn.Module) -> bool:
     """
     return (
         isinstance(module, nn.MultiheadAttention)
-        and module._qkv_same_embed_dim
+        and module.kdim == module.embed_dim
+        and module.vdim == module.embed_dim
         and module.bias_k is None
         and not module.add_zero_attn
         and module.num_heads > 1

@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import inspect
 import math
-import pickle
-import re
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
-from lightning_prune.pruning.structure import replay_pruning
+from lightning_prune._files import UnsafeOrUnreadable, load_weights_only
+from lightning_prune.pruning.build import replay_pruning
 
 RECORD_VERSION = 2
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
@@ -206,27 +205,23 @@ def _read_checkpoint(path: Path, map_location: str | torch.device | None) -> dic
     if not path.is_file():
         raise ValueError(f"`path` must be an existing checkpoint file, got '{path}'.")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
-        with open(path, "rb") as file:
-            pickled = file.read(1) == b"\x80"  # the PROTO opcode a pickle starts with
-        if found is None and not pickled:
-            raise ValueError(f"checkpoint '{path}' must be a readable torch checkpoint, got other bytes.") from None
-        if found is None:
-            reason = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(error))
+        checkpoint = load_weights_only(path, map_location)
+    except UnsafeOrUnreadable as error:
+        if error.calls is not None:
+            raise ValueError(
+                f"checkpoint '{path}' must hold plain types only (it is read with weights_only=True), got a "
+                f"{error.calls} object; save the objects among its hyperparameters with "
+                "`save_hyperparameters(ignore=[...])`, or train with the `Pruning` callback, which leaves them out."
+            ) from None
+        if error.pickled:
             raise ValueError(
                 f"checkpoint '{path}' must be a torch.save checkpoint of tensors and plain values, got a pickle "
-                f"that safe loading refuses ({reason.group(1).strip() if reason else 'not a torch checkpoint'}): "
-                "not loaded. Save the weights again with torch.save, or use a checkpoint written by Lightning."
+                f"that safe loading refuses ({error.reason}): not loaded. Save the weights again with torch.save, "
+                "or use a checkpoint written by Lightning."
             ) from None
-        raise ValueError(
-            f"checkpoint '{path}' must hold plain types only (it is read with weights_only=True), got a "
-            f"{found.group(1)} object; save the objects among its hyperparameters with "
-            "`save_hyperparameters(ignore=[...])`, or train with the `Pruning` callback, which leaves them out."
-        ) from None
-    except (RuntimeError, EOFError, OSError) as error:
-        raise ValueError(f"checkpoint '{path}' must be a readable torch checkpoint, got: {error}.") from None
+        if error.refused:  # by the unpickler, and not a pickle at all
+            raise ValueError(f"checkpoint '{path}' must be a readable torch checkpoint, got other bytes.") from None
+        raise ValueError(f"checkpoint '{path}' must be a readable torch checkpoint, got: {error.reason}.") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ValueError(f"checkpoint '{path}' must be a Lightning checkpoint with a `state_dict`, got none.")
     return checkpoint

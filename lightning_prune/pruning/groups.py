@@ -40,6 +40,16 @@ class GroupRefused(Exception):
     """A layer's pruning group cannot be built or used; the message says why."""
 
 
+def module_names(graph: tp.DependencyGraph) -> dict:
+    """`{module: name}` of the traced network, from the public `named_modules()` (not the graph's private map)."""
+    return {module: name for name, module in graph.model.named_modules()}
+
+
+def parameter_names(graph: tp.DependencyGraph) -> dict:
+    """`{parameter: name}` of the traced network, from the public `named_parameters()`."""
+    return {parameter: name for name, parameter in graph.model.named_parameters()}
+
+
 def is_depthwise(module: nn.Module) -> bool:
     """A convolution with one filter per input channel (`groups == in_channels == out_channels`)."""
     return (
@@ -234,5 +244,5 @@ def check_group(graph: tp.DependencyGraph, group, channel_groups: int, changes_o
     for item in group.items:
         groups = grouped_conv_groups(item.dep.target.module)
         if groups > 1 and (channel_groups % groups or list(item.idxs) != list(item.root_idxs)):
-            name = graph._module2name[item.dep.target.module]
+            name = module_names(graph)[item.dep.target.module]
             raise GroupRefused(f"it reaches grouped conv {name!r} with shifted channel indices")

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from lightning_prune.pruning.calibration import Batch, LossFn, require_batches
+from lightning_prune.pruning.choice import lowest_units as lowest_units  # re-exported; the choice is `choice.py`'s
 from lightning_prune.pruning.distributed import sum_across_ranks
 from lightning_prune.pruning.inputs import call_network
 from lightning_prune.pruning.modes import modes_restored
@@ -141,46 +142,6 @@ def explicit_scores(
     return scores
 
 
-def lowest_units(
-    scores: dict[str, torch.Tensor], counts: dict[str, int], global_ranking: bool = False
-) -> dict[str, list[int]]:
-    """The units to prune: per layer the `counts[layer]` lowest scores, or globally the `sum(counts)` lowest.
-
-    Ties go to the lower index (and, globally, to the earlier layer). Global ranking compares raw scores across
-    layers and never takes every unit of a layer: a layer's last unit is skipped for the next-lowest elsewhere.
-
-    Args:
-        scores: `{layer: [units] scores}`, higher = keep.
-        counts: `{layer: units to prune}`.
-        global_ranking: Rank all selected layers' units together.
-
-    Returns:
-        `{layer: sorted pruned indices}` for every layer of `counts`.
-    """
-    if not global_ranking:
-        return {
-            name: sorted(torch.sort(scores[name], stable=True).indices[:count].tolist())
-            for name, count in counts.items()
-        }
-    entries = [
-        (float(value), layer_rank, index)
-        for layer_rank, name in enumerate(counts)
-        for index, value in enumerate(scores[name].tolist())
-    ]
-    entries.sort()
-    names = list(counts)
-    chosen: dict[str, list[int]] = {name: [] for name in names}
-    budget = sum(counts.values())
-    for _, layer_rank, index in entries:
-        if budget == 0:
-            break
-        name = names[layer_rank]
-        if len(chosen[name]) < len(scores[name]) - 1:
-            chosen[name].append(index)
-            budget -= 1
-    return {name: sorted(idxs) for name, idxs in chosen.items()}
-
-
 class Criterion(ABC):
     """Scores the units of selected layers; higher = more important = kept."""
 
@@ -263,20 +224,3 @@ class ExplicitCriterion(Criterion):
 
     def scores(self, structure, layers, batches=(), loss_fn=F.cross_entropy):
         return explicit_scores(structure, layers, self.indices)
-
-
-_CRITERIA: dict[str, type[Criterion]] = {
-    cls.name: cls for cls in (L1Criterion, TaylorCriterion, OracleCriterion, RandomCriterion, ExplicitCriterion)
-}
-CRITERIA = tuple(_CRITERIA)
-
-
-def build_criterion(name: str, **options: object) -> Criterion:
-    """The criterion called `name` (one of `CRITERIA`), built with the options its class takes.
-
-    Raises:
-        ValueError: If `name` is not a known criterion (the message lists them).
-    """
-    if name not in _CRITERIA:
-        raise ValueError(f"`criterion` must be one of {list(CRITERIA)}, got {name!r}.")
-    return _CRITERIA[name](**options)

@@ -18,6 +18,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from lightning_prune.pruning.groups import module_names, parameter_names
+
 _OPTYPE = tp.ops.OPTYPE
 # Graph nodes that carry no parameters: nothing to slice.
 _PARAMETER_FREE = {
@@ -199,16 +201,17 @@ def group_slices(graph: tp.DependencyGraph, group) -> list[ParamSlice]:
         One `ParamSlice` per (parameter, dimension) the group touches; units are the root's indices.
     """
     slices: list[ParamSlice] = []
+    modules, parameters = module_names(graph), parameter_names(graph)
     for item in group.items:
         dep, idxs, units = item.dep, [int(i) for i in item.idxs], [int(u) for u in item.root_idxs]
         target = dep.target
         if target.type in _PARAMETER_FREE or not idxs:
             continue
         if target.type == _OPTYPE.PARAMETER:
-            name = graph._param_to_name[target.module]
+            name = parameters[target.module]
             slices.append(_slice(name, target.pruning_dim % target.module.dim(), idxs, units))
             continue
-        module_name = graph._module2name[target.module]
+        module_name = modules[target.module]
         if target.type == _OPTYPE.MHA:
             slices.extend(_mha_slices(module_name, target.module, idxs, units))
             continue

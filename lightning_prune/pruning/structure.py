@@ -29,6 +29,7 @@ import torch_pruning as tp
 from torch import nn
 
 from lightning_prune.pruning.attention import is_head_prunable
+from lightning_prune.pruning.choice import lowest_units
 from lightning_prune.pruning.groups import (
     INDEX_MAPPED,
     GroupRefused,
@@ -37,8 +38,8 @@ from lightning_prune.pruning.groups import (
     check_group,
     guarded_group,
     listing_refusal,
+    module_names,
     patch_merging_owners,
-    tolerant_reshapes,
 )
 from lightning_prune.pruning.patterns import matching_layers
 from lightning_prune.pruning.slices import ParamSlice, group_slices, masks_from_slices
@@ -215,6 +216,7 @@ class PruningStructure:
         merged: dict[str, float] = {}
         owner: dict[str, str] = {}
         heads = {name for name in ordered if self.layers[name].kind == "heads"}
+        names = module_names(self.graph)
         for name, ratio in ordered.items():
             if name in owner:
                 lead = owner[name]
@@ -229,7 +231,7 @@ class PruningStructure:
             if self.layers[name].kind == "heads":
                 continue
             for dep, _ in self._group(name):
-                member = self.graph._module2name.get(dep.target.module)
+                member = names.get(dep.target.module)
                 if isinstance(dep.target.module, nn.MultiheadAttention) and member in heads:
                     raise ValueError(
                         f"`layers` must not select both the heads of {member!r} and {name!r}, which prunes the "
@@ -353,6 +355,15 @@ class PruningStructure:
                 masks[param] = masks[param] * mask if param in masks else mask
         return masks
 
+    def choose_units(
+        self, scores: dict[str, torch.Tensor], counts: dict[str, int], global_ranking: bool = False
+    ) -> dict[str, list[int]]:
+        """The units to prune: the `counts[layer]` lowest scores per layer, or globally (`choice.lowest_units`).
+
+        Structures with their own rules (a transformer decoder's equal query heads per KV group) override it.
+        """
+        return lowest_units(scores, counts, global_ranking)
+
     def prune(self, indices: dict[str, list[int]]) -> dict[str, list]:
         """Remove the units physically (channels through Torch-Pruning, heads by module swap); once per structure.
 
@@ -386,27 +397,3 @@ class PruningStructure:
         sync_torchvision_attributes(self.network)
         history = [[str(n), bool(out), [int(i) for i in idxs]] for n, out, idxs in self.graph.pruning_history()]
         return {"history": history, "heads": heads}
-
-
-def build_structure(network: nn.Module, example_input: torch.Tensor) -> PruningStructure:
-    """The structure of `network`: transformer decoder units (`transformer.py`) if it has any, else channels/heads."""
-    from lightning_prune.pruning.transformer import DecoderStructure, has_decoder_units
-
-    if has_decoder_units(network):
-        return DecoderStructure(network, example_input)
-    return PruningStructure(network, example_input)
-
-
-def replay_pruning(network: nn.Module, record: dict, example_input: torch.Tensor) -> None:
-    """Redo a pruning `record` (from `PruningStructure.prune`) on a freshly built, unpruned network."""
-    if record.get("history"):
-        graph, _ = build_dependency_graph(network, example_input)
-        with tolerant_reshapes():
-            graph.load_pruning_history([list(entry) for entry in record["history"]])
-    for name, idxs in record.get("heads", {}).items():
-        prune_attention_heads(network, name, list(idxs))
-    if record.get("decoder_mlp") or record.get("decoder_heads"):
-        from lightning_prune.pruning.transformer import replay_decoder
-
-        replay_decoder(network, record)
-    sync_torchvision_attributes(network)

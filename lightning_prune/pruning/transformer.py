@@ -28,8 +28,10 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from lightning_prune.pruning.choice import lowest_units
 from lightning_prune.pruning.slices import ParamSlice, group_slices
-from lightning_prune.pruning.structure import PrunableLayer, PruningStructure, build_dependency_graph
+from lightning_prune.pruning.structure import PrunableLayer, PruningStructure
+from lightning_prune.pruning.tracing import build_dependency_graph
 
 KV_SUFFIX = ".kv_groups"
 
@@ -299,8 +301,6 @@ class DecoderStructure(PruningStructure):
 
         Global ranking spans MLP channel layers only (heads have no common scale across layers).
         """
-        from lightning_prune.pruning.importance import lowest_units
-
         channels = {name: c for name, c in counts.items() if self.layers[name].kind != "heads"}
         chosen = lowest_units(scores, channels, global_ranking)
         for name, count in counts.items():

@@ -5,12 +5,12 @@
     from lightning_prune.study import StudyConfig, run_study
     summary = run_study(StudyConfig(...))
 
-Modules: `spec` (what a study is, its fingerprint), `validation` (every config-only check, before compute), `masks`
-(enumerate / sample), `prepare` (fingerprint, pretrained weights, masks), `trial` (one mask x repeat and its
-record), `single_path` and `batched_path` (how trials run through the Lightning Trainer), `worker` (the unit every
-executor runs), `building`, `weights`, `seeding`, `process_context`, `wandb_runs` (what the fits are made of),
-`path_choice` (one at a time or batched, measured), `executors` (local processes, Ray, shards), `report`
-(results.csv, summary.json, figures, W&B), `runner` (all of it), `cli`.
+Modules, along the pipeline: `spec` (what a study is: the config dataclasses, the fingerprint, the trial and its
+record), `validation` (every config-only check, before compute), `prepare` (``study.json``, the pretrained weights,
+the masks enumerated or sampled, the trial list), `run` (what the fits are made of, the one-at-a-time and batched
+paths through the Lightning Trainer, `run_unit` that every executor calls), `executors` (this process, local
+processes, Ray, by a registry; one at a time or batched, measured), `report` (results.csv, summary.json, figures,
+W&B runs), `runner` (`run_study`, and the ``lightning-prune study`` command line).
 """
 
 from lightning_prune._lazy import lazy_getattr

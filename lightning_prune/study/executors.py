@@ -1,14 +1,22 @@
-"""Where trials run: in this process, in local worker processes, or as Ray tasks on a cluster.
+"""Where and how trials run: the executors (this process, local worker processes, Ray tasks on a cluster), a
+registry of them by name, and the choice of path (one at a time, or many masks batched into one model).
 
 Work comes as *units*: a list of trials run together (one trial, or the masks of one batched fit). Every executor
-calls `lightning_prune.study.worker.run_unit`, which writes each finished trial's record itself, so the results of a
+calls `lightning_prune.study.run.run_unit`, which writes each finished trial's record itself, so the results of a
 unit survive whatever happens to the other units. ``on_done(n)`` is called with the number of trials of each
-finished unit (the progress bar).
+finished unit (the progress bar). A new executor is one function under ``@register_executor("name")``;
+`StudyConfig.executor` accepts every registered name.
+
+With ``batching: auto`` on a CPU the path is measured on the real path, not guessed: the first pending trial runs
+one at a time and the next few (``PROBE_MASKS``, at most ``batch_masks``) of one repeat run batched, both through the
+Trainer exactly as every other trial (their records are kept: the measurement costs no extra work), and the path
+that took fewer seconds per trial retrains the rest.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import multiprocessing
 import os
 import secrets
@@ -21,9 +29,10 @@ from pathlib import Path
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from lightning_prune.study.spec import StudyConfig
-from lightning_prune.study.trial import Trial, trial_path
-from lightning_prune.study.worker import run_unit
+from lightning_prune.models import build_model
+from lightning_prune.modules.batched import supports_batching
+from lightning_prune.study.run import run_unit
+from lightning_prune.study.spec import StudyConfig, Trial, structural_kwargs, trial_path
 
 Unit = tuple[list[Trial], bool]  # (trials, batched)
 OnDone = Callable[[int], None]
@@ -120,7 +129,7 @@ def run_ray(config: StudyConfig, units: Sequence[Unit], on_done: OnDone) -> None
     records already is not run again, so no finished trial runs twice. If the retries run out the study stops with
     the error and a rerun of the same command runs only the trials without records.
     """
-    import ray
+    import ray  # optional (the `ray` extra): only the ray executor needs it
 
     with contextlib.ExitStack() as stack:
         if not ray.is_initialized():
@@ -148,7 +157,7 @@ def local_ray(study_dir: Path) -> Iterator[None]:
     Ray's gRPC servers (GCS, raylet, workers) still listen on every interface whatever the node address (Ray has no
     setting for it); the token authenticates every call to them.
     """
-    import ray
+    import ray  # optional (the `ray` extra): only the ray executor needs it
 
     temp = _ray_temp_dir(study_dir)
     saved = {name: os.environ.get(name) for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_USAGE_STATS_ENABLED")}
@@ -225,3 +234,62 @@ def execute(config: StudyConfig, units: Sequence[Unit], on_done: OnDone) -> None
         raise ValueError(f"`executor` must be one of {list(_EXECUTORS)}, got {config.executor!r}.")
     if units:
         _EXECUTORS[config.executor](config, units, on_done)
+
+
+# ------------------------------------------------------------------------------------------- choice of path
+# Masks in the batched probe. On a CPU every masked copy computes in full, so a batched unit's cost per mask hardly
+# depends on how many it holds: a few measure it, and a probe of all ``batch_masks`` (64 by default) would retrain
+# most of a small study on the slower path before the choice is made. GPUs, where batching amortises, never probe.
+PROBE_MASKS = 4
+
+
+def make_units(config: StudyConfig, pending: list[Trial], batched: bool) -> list[Unit]:
+    """One unit per trial, or chunks of ``batch_masks`` trials sharing a repeat (one data order) when batched."""
+    if not batched:
+        return [([trial], False) for trial in pending]
+    by_repeat: dict[int, list[Trial]] = {}
+    for trial in pending:
+        by_repeat.setdefault(trial.repeat, []).append(trial)
+    size = config.batch_masks
+    return [(group[i : i + size], True) for group in by_repeat.values() for i in range(0, len(group), size)]
+
+
+def use_batched_path(config: StudyConfig, pending: list[Trial]) -> bool | None:
+    """Whether to retrain batched: never with ``off`` or for a network that cannot be batched (``validate``
+    refuses ``on`` for one); always with ``on``, and with ``auto`` on a GPU; None when it is to be measured (``auto``
+    on a CPU with at least three pending trials)."""
+    if config.batching == "off" or config.module is not None:  # a configured module retrains one at a time
+        return False
+    if not supports_batching(build_model(config.model, **structural_kwargs(config.model_kwargs))):
+        return False
+    if config.batching == "on" or visible_gpus(config):
+        return True
+    return None if len(pending) >= 3 else False
+
+
+def _seconds_per_trial(config: StudyConfig, trials: list[Trial]) -> float:
+    """Mean ``seconds`` of the records just written (a batched record holds its share of the unit's time)."""
+    paths = [trial_path(Path(config.study_dir), trial.trial_id) for trial in trials]
+    return sum(json.loads(path.read_text())["seconds"] for path in paths) / len(paths)
+
+
+def run_pending(config: StudyConfig, pending: list[Trial], on_done: OnDone) -> None:
+    """Retrain every pending trial on the chosen (or measured) path; each writes its own record."""
+    batched = use_batched_path(config, pending)
+    if batched is not None:
+        execute(config, make_units(config, pending, batched), on_done)
+        return
+    single, rest = pending[:1], pending[1:]
+    repeat = rest[0].repeat
+    probe = [trial for trial in rest if trial.repeat == repeat][: min(config.batch_masks, PROBE_MASKS)]
+    execute(config, [(single, False), (probe, True)], on_done)
+    one_at_a_time, per_batched = _seconds_per_trial(config, single), _seconds_per_trial(config, probe)
+    faster = per_batched < one_at_a_time
+    rank_zero_info(
+        f"Retraining took {one_at_a_time:.2f} s per trial one at a time, {per_batched:.2f} s per trial batched "
+        f"({len(probe)} masks); the other {len(rest) - len(probe)} trials are retrained "
+        f"{'batched' if faster else 'one at a time'}."
+    )
+    remaining = [trial for trial in rest if trial not in probe]
+    if remaining:
+        execute(config, make_units(config, remaining, faster), on_done)

@@ -3,18 +3,25 @@
 - ``study.json``: the fingerprint of the results-defining config; a different config is refused before any compute;
 - ``pretrained.ckpt``: the network's pretrained state (pretrained here by the `pretrain` recipe, resumably, or copied
   from ``checkpoint`` / torchvision weights);
-- ``masks.json``: the masks (enumerated or sampled) and the criteria's masks, marked.
+- ``masks.json``: the masks (enumerated or sampled, reproducibly) and the criteria's masks, marked;
 
-Shards of one study may start together: an exclusive file lock lets one of them prepare while the others wait.
+then the trial list (each mask x each repeat). Shards of one study may start together: an exclusive file lock lets
+one of them prepare while the others wait.
+
+A *layer mask* is the sorted list of pruned filter indices of one layer; a *mask* maps each selected layer name to
+its layer mask (``{"conv1": [0, 3, 5, 7, 8]}``). Layer sizes are given as ``{name: (channels, pruned)}``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
+import math
+import random
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,30 +31,42 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_prune._files import write_atomic
+from lightning_prune._wandb import finish_wandb
 from lightning_prune.callbacks._checkpoints import set_aside_unreadable
-from lightning_prune.study.building import (
+from lightning_prune.pruning.build import build_structure
+from lightning_prune.pruning.criteria import build_criterion
+from lightning_prune.pruning.importance import lowest_units
+from lightning_prune.study.report import read_json, wandb_logger, write_json
+from lightning_prune.study.run import (
     build_datamodule,
+    first_batches,
+    load_network_state,
+    quiet_lightning,
     seed_datamodule,
+    study_module,
+    study_network,
+    study_scoring,
     trainer_kwargs,
 )
-from lightning_prune.study.masks import count_masks, enumerate_masks, mask_key, sample_masks
-from lightning_prune.study.modules import first_batches, study_module, study_network, study_scoring
-from lightning_prune.study.process_context import quiet_lightning
-from lightning_prune.study.report import read_json, write_json
 from lightning_prune.study.spec import (
     PRETRAIN_DEFINING,
     StudyConfig,
+    Trial,
     config_differences,
     defining_config,
     fingerprint,
 )
-from lightning_prune.study.trial import Trial
-from lightning_prune.study.wandb_runs import finish_logger, wandb_logger
-from lightning_prune.study.weights import load_network_state
+
+Mask = dict[str, list[int]]
+LayerSizes = Mapping[str, tuple[int, int]]
 
 STUDY_FILE = "study.json"
 PRETRAINED_FILE = "pretrained.ckpt"
 MASKS_FILE = "masks.json"
+# Below this many distinct masks, sampling draws from the full enumeration (exact, no rejection loop).
+_ENUMERATE_TO_SAMPLE_LIMIT = 200_000
+# An enumeration longer than this is refused: it is never what a user meant (use sampling).
+MAX_ENUMERATED_MASKS = 1_000_000
 
 
 @contextlib.contextmanager
@@ -128,7 +147,7 @@ def _pretrain(config: StudyConfig) -> tuple[dict[str, torch.Tensor], dict[str, f
         resume = last.is_file() and not set_aside_unreadable(last, "pretraining")
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume else None)
     finally:
-        finish_logger(logger)
+        finish_wandb(logger)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))}
     return module.model.state_dict(), metrics
 
@@ -167,9 +186,6 @@ def masks_of_criteria(
         ``{layer: (filters, pruned)}`` of the layers the study's patterns select (coupled layers merged), and
         ``{criterion: {layer: pruned indices}}`` scored on ``calibration_batches`` training batches.
     """
-    from lightning_prune.pruning.importance import build_criterion, lowest_units
-    from lightning_prune.pruning.structure import build_structure
-
     datamodule = build_datamodule(config)
     seed_datamodule(datamodule, config.seed)
     datamodule.setup("fit")
@@ -178,8 +194,8 @@ def masks_of_criteria(
     batches = first_batches(loader or datamodule.train_dataloader(), config.masks.calibration_batches)
     example, loss_fn = study_scoring(config, network, batches)
     structure = build_structure(network, example)
-    counts = structure.pruned_counts(structure.select(config.masks.layers))
-    sizes = {name: (structure.layers[name].units, count) for name, count in counts.items()}
+    sizes = selected_layer_sizes(structure, config.masks.layers)
+    counts = {name: pruned for name, (_, pruned) in sizes.items()}
     choose = getattr(structure, "choose_units", lowest_units)  # transformer heads: equal per KV group
     chosen = {}
     for criterion in config.masks.criteria:
@@ -240,3 +256,104 @@ def plan_trials(config: StudyConfig, entries: list[dict[str, Any]]) -> list[Tria
         for position, entry in enumerate(entries)
         for repeat in range(config.repeats)
     ]
+
+
+# ------------------------------------------------------------------------------------------------------ masks
+def selected_layer_sizes(structure, patterns: dict[str, float]) -> dict[str, tuple[int, int]]:
+    """``{layer: (filters, pruned)}`` of the layers ``patterns`` select (coupled layers merged)."""
+    counts = structure.pruned_counts(structure.select(patterns))
+    return {name: (structure.layers[name].units, count) for name, count in counts.items()}
+
+
+def count_masks(layer_sizes: LayerSizes) -> int:
+    """Number of distinct masks: the product over layers of C(channels, pruned).
+
+    Args:
+        layer_sizes: ``{layer: (channels, pruned)}``.
+
+    Returns:
+        The count, exact (a Python int, however large).
+    """
+    return math.prod(math.comb(channels, pruned) for channels, pruned in layer_sizes.values())
+
+
+def _validate_sizes(layer_sizes: LayerSizes) -> None:
+    if not layer_sizes:
+        raise ValueError("`layer_sizes` must name at least one layer, got {}.")
+    for name, (channels, pruned) in layer_sizes.items():
+        if not 0 <= pruned < channels:
+            raise ValueError(
+                f"`layer_sizes[{name!r}]` must prune between 0 and channels - 1 filters, got {pruned} of {channels}."
+            )
+
+
+def iter_masks(layer_sizes: LayerSizes) -> Iterator[Mask]:
+    """Every mask in a fixed order: ``itertools.combinations`` per layer, their product across layers.
+
+    Args:
+        layer_sizes: ``{layer: (channels, pruned)}``; the first layer varies slowest.
+
+    Yields:
+        ``{layer: sorted pruned indices}``.
+    """
+    _validate_sizes(layer_sizes)
+    names = list(layer_sizes)
+    per_layer = [itertools.combinations(range(channels), pruned) for channels, pruned in layer_sizes.values()]
+    for choice in itertools.product(*per_layer):
+        yield {name: list(indices) for name, indices in zip(names, choice, strict=True)}
+
+
+def enumerate_masks(layer_sizes: LayerSizes) -> list[Mask]:
+    """All masks (252 for one layer of 10 filters at ratio 0.5).
+
+    Raises:
+        ValueError: if there are more than ``MAX_ENUMERATED_MASKS`` of them.
+    """
+    total = count_masks(layer_sizes)
+    if total > MAX_ENUMERATED_MASKS:
+        raise ValueError(
+            f"`masks` enumerates at most {MAX_ENUMERATED_MASKS:,} masks, got {total:,} for {dict(layer_sizes)}. "
+            "Set `masks.sample: N` to draw N of them instead."
+        )
+    return list(iter_masks(layer_sizes))
+
+
+def sample_masks(layer_sizes: LayerSizes, num_masks: int, seed: int) -> list[Mask]:
+    """``num_masks`` distinct masks drawn uniformly with a seeded ``random.Random``.
+
+    The same arguments always give the same list in the same order.
+
+    Args:
+        layer_sizes: ``{layer: (channels, pruned)}``.
+        num_masks: how many distinct masks to draw.
+        seed: seed of the generator.
+
+    Raises:
+        ValueError: if ``num_masks`` is not positive or exceeds the number of distinct masks.
+    """
+    _validate_sizes(layer_sizes)
+    total = count_masks(layer_sizes)
+    if not 0 < num_masks <= total:
+        raise ValueError(
+            f"`masks.sample` must be between 1 and the number of distinct masks ({total:,} for "
+            f"{dict(layer_sizes)}), got {num_masks}."
+        )
+    rng = random.Random(seed)
+    if total <= _ENUMERATE_TO_SAMPLE_LIMIT:
+        everything = list(iter_masks(layer_sizes))
+        return [everything[i] for i in rng.sample(range(total), num_masks)]
+    # Too many to list: draw layer by layer and drop repeats (rare when num_masks << total).
+    seen: set[tuple] = set()
+    masks: list[Mask] = []
+    while len(masks) < num_masks:
+        mask = {name: sorted(rng.sample(range(channels), pruned)) for name, (channels, pruned) in layer_sizes.items()}
+        key = mask_key(mask)
+        if key not in seen:
+            seen.add(key)
+            masks.append(mask)
+    return masks
+
+
+def mask_key(mask: Mapping[str, list[int]]) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """A hashable, order-free form of a mask, for de-duplication."""
+    return tuple((name, tuple(sorted(indices))) for name, indices in sorted(mask.items()))

@@ -1,12 +1,16 @@
-"""The study's outputs: ``results.csv``, ``summary.json``, the two scatter plots and the W&B summary run.
+"""The study's outputs: ``results.csv``, ``summary.json``, the two scatter plots, and its W&B runs (one per trial,
+in the study's group, and a summary run).
 
 Every file is written atomically (a temporary file in the same folder, then ``os.replace``), so a reader, or a
-study killed mid-write, never sees half a file. Correlations come from ``scipy.stats``.
+study killed mid-write, never sees half a file. Correlations come from ``scipy.stats``. W&B runs are offline
+unless ``WANDB_MODE=online``; never ``wandb.init``: Lightning's WandbLogger, closed by
+`lightning_prune._wandb.finish_wandb`.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -17,10 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from scipy import stats
 
 from lightning_prune._files import write_atomic
-from lightning_prune.outcome import finite_or_none
+from lightning_prune._wandb import finish_wandb
+from lightning_prune.outcome import MetricNames, finite_or_none, post_metrics
+from lightning_prune.study.spec import DEFAULT_POST_METRIC, PRE_KEYS, StudyConfig, Trial, post_column, trial_path
 
 RESULT_COLUMNS = (
     "trial_id",
@@ -53,6 +61,9 @@ SUMMARY_KEYS = (
     "anomaly_ratio_loss",
     "kendall_tau_short_vs_full",
 )
+_WANDB_MARKER = ".wandb_summary"  # the digest of the results.csv the W&B summary run was logged for
+# Record entries of a trial's `LmEvaluation` (`final` stage), kept as extra results.csv columns.
+_EVALUATION_PREFIXES = ("lm_eval/", "ppl/")
 _INT_COLUMNS = ("mask_id", "repeat", "params", "macs")
 _TEXT_COLUMNS = ("trial_id", "layer_masks", "criterion")
 
@@ -98,17 +109,20 @@ TRIAL_KEYS: dict[str, type] = {column: object for column in RESULT_COLUMNS} | {
 
 # ----------------------------------------------------------------------------------------------- results.csv
 def result_row(record: dict[str, Any]) -> dict[str, Any]:
-    """The ``results.csv`` row of one trial record (``trials/<trial_id>.json``)."""
+    """The ``results.csv`` row of one trial record (``trials/<trial_id>.json``): ``RESULT_COLUMNS``, then the
+    record's `LmEvaluation` results (``lm_eval/<task>/<metric>``, ``ppl/<name>``) when the study sets `lm_eval`."""
     row = {column: record[column] for column in RESULT_COLUMNS if column != "layer_masks"}
     row["layer_masks"] = json.dumps(record["layer_masks"], separators=(",", ":"))
+    row.update({key: record[key] for key in record if key.startswith(_EVALUATION_PREFIXES)})
     return row
 
 
 def write_results_csv(path: Path, records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """Write one row per trial, ordered by ``(mask_id, repeat)``; returns the rows."""
     rows = sorted((result_row(r) for r in records), key=lambda row: (row["mask_id"], row["repeat"]))
+    evaluated = sorted({key for row in rows for key in row if key not in RESULT_COLUMNS})
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=RESULT_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=[*RESULT_COLUMNS, *evaluated], lineterminator="\n")
     writer.writeheader()
     for row in rows:
         # repr keeps every float digit: the CSV round-trips exactly.
@@ -122,7 +136,7 @@ def read_results_csv(path: Path) -> list[dict[str, Any]]:
     with open(path, newline="") as file:
         rows = list(csv.DictReader(file))
     for row in rows:
-        for column in RESULT_COLUMNS:
+        for column in row:
             if column in _INT_COLUMNS:
                 row[column] = int(row[column])
             elif column not in _TEXT_COLUMNS:
@@ -145,13 +159,17 @@ def per_mask_means(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> di
     }
 
 
-def summarize(rows: Sequence[dict[str, Any]], short_test_acc: dict[str, float] | None = None) -> dict[str, Any]:
+def summarize(
+    rows: Sequence[dict[str, Any]], short_test_acc: dict[str, float] | None = None, post: str = "final_test_acc"
+) -> dict[str, Any]:
     """The study's summary from its result rows (per-mask means over repeats, over every mask of the rows: the
     criteria's masks count like the random ones).
 
     Args:
         rows: ``results.csv`` rows (parsed or as built).
         short_test_acc: ``{trial_id: test accuracy after 10% of retraining}``; the short-vs-full τ is null without.
+        post: The column the ``*_acc`` entries correlate with (`spec.post_column` of the study's `post_metric`):
+            the final test accuracy, or an lm-eval metric; higher is better.
 
     Returns:
         A dict with exactly ``SUMMARY_KEYS``: Kendall τ-b (and p) of pruned train loss vs final test accuracy and
@@ -164,12 +182,10 @@ def summarize(rows: Sequence[dict[str, Any]], short_test_acc: dict[str, float] |
     """
     if not rows:
         raise ValueError("`rows` must hold at least one finished trial, got none.")
-    means = per_mask_means(rows, ["pruned_train_loss", "final_test_acc", "final_test_loss"])
+    columns = ("pruned_train_loss", post, "final_test_loss", "final_test_acc")
+    means = per_mask_means(rows, list(dict.fromkeys(columns)))
     mask_ids = list(means)
-    loss, acc, test_loss = (
-        np.array([means[m][column] for m in mask_ids])
-        for column in ("pruned_train_loss", "final_test_acc", "final_test_loss")
-    )
+    loss, acc, test_loss, full_acc = (np.array([means[m][column] for m in mask_ids]) for column in columns)
     short = None
     if short_test_acc is not None and all(row["trial_id"] in short_test_acc for row in rows):
         short_means = per_mask_means([{**row, "short": short_test_acc[row["trial_id"]]} for row in rows], ["short"])
@@ -190,7 +206,7 @@ def summarize(rows: Sequence[dict[str, Any]], short_test_acc: dict[str, float] |
         summary["anomaly_ratio_acc"] = np.mean(acc[others] >= acc[oracle]) if enough else np.nan
         summary["anomaly_ratio_loss"] = np.mean(test_loss[others] <= test_loss[oracle]) if enough else np.nan
         has_short = short is not None and enough
-        summary["kendall_tau_short_vs_full"] = stats.kendalltau(short, acc)[0] if has_short else np.nan
+        summary["kendall_tau_short_vs_full"] = stats.kendalltau(short, full_acc)[0] if has_short else np.nan
     return {key: value if isinstance(value, int) else finite_or_none(float(value)) for key, value in summary.items()}
 
 
@@ -205,15 +221,15 @@ def scatter_plot(
         path: the PNG to write.
         rows: ``results.csv`` rows.
         summary: the output of :func:`summarize` on ``rows``.
-        metric: ``"final_test_acc"`` or ``"final_test_loss"``.
+        metric: ``"final_test_loss"``, or the post column (``"final_test_acc"``, an lm-eval metric).
         title: figure title (the study name).
     """
-    import matplotlib
+    import matplotlib  # heavy (a second of import): only a finished study draws
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    by_accuracy = metric == "final_test_acc"
+    by_accuracy = metric != "final_test_loss"
     means = per_mask_means(rows, ["pruned_train_loss", metric])
     mask_ids = list(means)
     x = np.array([means[m]["pruned_train_loss"] for m in mask_ids])
@@ -236,7 +252,7 @@ def scatter_plot(
     text = "Kendall τ = n/a" if tau is None else f"Kendall τ = {tau:.3f} (p = {p:.2g})"
     axes.text(0.02, 0.02, text, transform=axes.transAxes, fontsize=9, bbox={"facecolor": "white", "alpha": 0.8})
     axes.set_xlabel("pruned train loss (before retraining)")
-    axes.set_ylabel("final test accuracy" if by_accuracy else "final test loss")
+    axes.set_ylabel({"final_test_acc": "final test accuracy", "final_test_loss": "final test loss"}.get(metric, metric))
     axes.set_title(f"{title}: {len(mask_ids)} masks" if title else f"{len(mask_ids)} masks")
     axes.legend(fontsize=7, loc="best")
     figure.tight_layout()
@@ -248,11 +264,11 @@ def scatter_plot(
 
 # ---------------------------------------------------------------------------------------------- W&B summary run
 def log_summary_run(
-    study_dir: Path, name: str, project: str, rows: Sequence[dict[str, Any]], summary: dict[str, Any]
+    study_dir: Path, name: str, project: str, rows: Sequence[dict[str, Any]], summary: dict[str, Any],
+    post: str = "final_test_acc",
 ) -> None:
     """One W&B run (group = the study name) with the results table, a scatter plot, the PNGs and the summary."""
-    import wandb
-    from lightning.pytorch.loggers import WandbLogger
+    import wandb  # heavy (seconds of import): only a finished study with W&B on logs its tables and plots
 
     offline = os.environ.get("WANDB_MODE", "offline") != "online"
     logger = WandbLogger(
@@ -262,16 +278,16 @@ def log_summary_run(
     try:
         columns = list(RESULT_COLUMNS)
         logger.log_table("results", columns=columns, data=[[row[c] for c in columns] for row in rows])
-        means = per_mask_means(rows, ["pruned_train_loss", "final_test_acc"])
+        means = per_mask_means(rows, ["pruned_train_loss", post])
         table = wandb.Table(
-            columns=["mask_id", "pruned_train_loss", "final_test_acc", "criterion"],
-            data=[[m, v["pruned_train_loss"], v["final_test_acc"], v["criterion"]] for m, v in means.items()],
+            columns=["mask_id", "pruned_train_loss", post, "criterion"],
+            data=[[m, v["pruned_train_loss"], v[post], v["criterion"]] for m, v in means.items()],
         )
         experiment = logger.experiment
         experiment.log(
             {
-                "scatter/pruned_train_loss_vs_final_test_acc": wandb.plot.scatter(
-                    table, "pruned_train_loss", "final_test_acc", title=f"{name}: pruned train loss vs final test acc"
+                f"scatter/pruned_train_loss_vs_{post}": wandb.plot.scatter(
+                    table, "pruned_train_loss", post, title=f"{name}: pruned train loss vs {post}"
                 ),
                 **{
                     f"figures/{png}": wandb.Image(str(study_dir / f"{png}.png"))
@@ -282,4 +298,93 @@ def log_summary_run(
         )
         experiment.summary.update({f"summary/{k}": v for k, v in summary.items() if v is not None})
     finally:
-        logger.experiment.finish()
+        finish_wandb(logger)
+
+
+# -------------------------------------------------------------------------------------------- W&B trial runs
+def wandb_logger(config: StudyConfig, name: str, job_type: str, extra: dict[str, Any] | None = None):
+    """A W&B run in the study's group (offline unless WANDB_MODE=online), or False when W&B is off."""
+    if not config.wandb:
+        return False
+    return WandbLogger(
+        project=config.wandb_project,
+        name=name,
+        group=config.name,
+        job_type=job_type,
+        save_dir=str(config.study_dir),
+        offline=os.environ.get("WANDB_MODE", "offline") != "online",
+        config=extra or {},
+    )
+
+
+def trial_identity(fields: dict[str, Any]) -> dict[str, Any]:
+    """What a trial's W&B run is filtered by: mask, repeat, seed, criterion and the pruned filters."""
+    keys = ("mask_id", "repeat", "seed", "criterion", "layer_masks")
+    return {key: json.dumps(fields[key]) if key == "layer_masks" else fields[key] for key in keys}
+
+
+def log_trial_run(config: StudyConfig, record: dict[str, Any]) -> None:
+    """The W&B run of a batched trial, written after the fact: its history, then ``pre/*`` and ``post/*``."""
+    logger = wandb_logger(config, record["trial_id"], "trial", trial_identity(record))
+    if not logger:
+        return
+    try:
+        for entry in record["history"]:
+            logger.log_metrics(MetricNames(split="test").logged(entry), step=int(entry["epoch"]))
+        pre = {key.replace("pruned_", "pre/"): record[key] for key in PRE_KEYS}
+        logger.log_metrics({**pre, **post_metrics(record)})
+    finally:
+        finish_wandb(logger)
+
+
+# ------------------------------------------------------------------------------------------- the whole report
+def write_report(config: StudyConfig, trials: list[Trial]) -> dict[str, Any] | None:
+    """``results.csv`` from the finished trials; summary, figures and W&B summary once all are finished."""
+    study_dir = Path(config.study_dir)
+    records = []
+    for trial in trials:
+        path = trial_path(study_dir, trial.trial_id)
+        if path.is_file():
+            records.append(read_json(path, "Delete it and rerun: that trial is retrained.", TRIAL_KEYS))
+    if not records:
+        return None
+    rows = write_results_csv(study_dir / "results.csv", records)
+    if len(records) < len(trials):
+        rank_zero_info(f"{len(records)} of {len(trials)} trials done; summary.json is written when all are.")
+        return None
+    short = {record["trial_id"]: record["short_retrain_test_acc"] for record in records}
+    summary = summarize(rows, short, post_column(config.post_metric))
+    write_json(study_dir / "summary.json", summary)
+    _draw_figures(config, rows, summary)
+    if config.wandb:
+        _log_summary_once(config, rows, summary)
+    rank_zero_info(f"Study {config.name!r} done: {json.dumps(summary)}")
+    return summary
+
+
+def _draw_figures(config: StudyConfig, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    """The two scatter plots; a failed write (a full disk) costs only the figures, said in one line."""
+    study_dir = Path(config.study_dir)
+    post = post_column(config.post_metric)
+    for name, metric in (("scatter_acc.png", post), ("scatter_loss.png", "final_test_loss")):
+        try:
+            scatter_plot(study_dir / name, rows, summary, metric, config.name)
+        except OSError as error:
+            rank_zero_warn(
+                f"results.csv and summary.json are complete in {study_dir}, but {name} was not written "
+                f"({error.strerror or error}). Free space and rerun the same command to draw the figures."
+            )
+
+
+def _log_summary_once(config: StudyConfig, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    """A rerun of a finished study does not add another W&B summary run for the same results."""
+    study_dir = Path(config.study_dir)
+    content = (study_dir / "results.csv").read_bytes()
+    if config.post_metric != DEFAULT_POST_METRIC:  # another post metric is another summary of the same results
+        content += config.post_metric.encode()
+    digest = hashlib.sha256(content).hexdigest()
+    marker = study_dir / _WANDB_MARKER
+    if marker.is_file() and marker.read_text().strip() == digest:
+        return
+    log_summary_run(study_dir, config.name, config.wandb_project, rows, summary, post_column(config.post_metric))
+    write_atomic(marker, digest + "\n")

@@ -1,28 +1,37 @@
-"""Run a study end to end: check ``study_dir``, prepare, run the pending trials of this shard on the chosen path
-(`path_choice`) with a progress bar, and report (``results.csv`` always; ``summary.json``, figures and the W&B
-summary run once every trial of the study is done)."""
+"""Run a study end to end, from Python (`run_study`) or the command line (`study_main`): check ``study_dir``,
+prepare, run the pending trials of this shard on the chosen path with a progress bar, and report (``results.csv``
+always; ``summary.json``, figures and the W&B summary run once every trial of the study is done).
+
+`lightning-prune study --config configs/study/<name>.yaml [--shard i/n] [--workers N] [--executor ray ...]`: every
+field of `StudyConfig` is a flag (nested ones dotted: ``--masks.sample 100``, ``--retrain.epochs 3``); the field
+docstrings are the ``--help``. Flags given after ``--config`` override the file.
+
+The ``{class_path, init_args}`` slots (``--data``, ``--pretrain.optimizer``, ``--retrain.lr_scheduler``, ...) are
+applied here, after the rest is parsed: jsonargparse treats a plain dict holding ``class_path`` as a subclass spec
+and fails on it (``'dict' object has no attribute 'init_args'``), and puts ``--data.init_args.x`` beside
+``init_args`` instead of inside it. A whole value replaces the slot (``--data '{class_path: ..., init_args: ...}'``);
+a dotted one sets one key (``--retrain.optimizer.init_args.lr 0.02``).
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+import yaml
+from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
+from lightning.pytorch.utilities import rank_zero_info
 from tqdm.auto import tqdm
 
-from lightning_prune._files import write_atomic
-from lightning_prune.study import report
-from lightning_prune.study.path_choice import run_pending
+from lightning_prune._config_guard import ConfigWalker, Group, Slot, check_argv, parser_hints
+from lightning_prune.study.executors import run_pending
 from lightning_prune.study.prepare import check_study_dir, ensure_masks, ensure_pretrained, exclusive, plan_trials
-from lightning_prune.study.process_context import cpu_threads
-from lightning_prune.study.spec import StudyConfig, parse_shard
-from lightning_prune.study.trial import Trial, trial_path
-from lightning_prune.study.validation import validate
-
-_WANDB_MARKER = ".wandb_summary"
+from lightning_prune.study.report import write_report
+from lightning_prune.study.run import cpu_threads
+from lightning_prune.study.spec import StudyConfig, parse_shard, resolve_class, trial_path
+from lightning_prune.study.validation import SLOT_BASES, validate
 
 
 def run_study(config: StudyConfig) -> dict[str, Any] | None:
@@ -93,50 +102,135 @@ def _run_study(config: StudyConfig) -> dict[str, Any] | None:
     return write_report(config, trials)
 
 
-# ------------------------------------------------------------------------------------------------------ report
-def write_report(config: StudyConfig, trials: list[Trial]) -> dict[str, Any] | None:
-    """``results.csv`` from the finished trials; summary, figures and W&B summary once all are finished."""
-    study_dir = Path(config.study_dir)
-    records = []
-    for trial in trials:
-        path = trial_path(study_dir, trial.trial_id)
-        if path.is_file():
-            records.append(report.read_json(path, "Delete it and rerun: that trial is retrained.", report.TRIAL_KEYS))
-    if not records:
-        return None
-    rows = report.write_results_csv(study_dir / "results.csv", records)
-    if len(records) < len(trials):
-        rank_zero_info(f"{len(records)} of {len(trials)} trials done; summary.json is written when all are.")
-        return None
-    short = {record["trial_id"]: record["short_retrain_test_acc"] for record in records}
-    summary = report.summarize(rows, short)
-    report.write_json(study_dir / "summary.json", summary)
-    _draw_figures(config, rows, summary)
-    if config.wandb:
-        _log_summary_once(config, rows, summary)
-    rank_zero_info(f"Study {config.name!r} done: {json.dumps(summary)}")
-    return summary
+# ---------------------------------------------------------------------------------------------- command line
+_CLASS_SLOTS = ("data", "pretrain.optimizer", "pretrain.lr_scheduler", "retrain.optimizer", "retrain.lr_scheduler")
 
 
-def _draw_figures(config: StudyConfig, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
-    """The two scatter plots; a failed write (a full disk) costs only the figures, said in one line."""
-    study_dir = Path(config.study_dir)
-    for name, metric in (("scatter_acc.png", "final_test_acc"), ("scatter_loss.png", "final_test_loss")):
-        try:
-            report.scatter_plot(study_dir / name, rows, summary, metric, config.name)
-        except OSError as error:
-            rank_zero_warn(
-                f"results.csv and summary.json are complete in {study_dir}, but {name} was not written "
-                f"({error.strerror or error}). Free space and rerun the same command to draw the figures."
-            )
+def build_parser() -> ArgumentParser:
+    """The study's argument parser (also used to check the shipped YAML files)."""
+    # A class spec inside a free-form value (model_kwargs, a recipe's trainer) stays a dict: nothing is built.
+    set_parsing_settings(docstring_parse_attribute_docstrings=True, instantiate_subclass_spec_in_any=False)
+    parser = ArgumentParser(
+        prog="lightning-prune study",
+        description="Oracle-pruning correlation study: prune one pretrained model with many masks, retrain each, "
+        "and correlate the pruned train loss with the final test accuracy and loss.",
+    )
+    parser.add_argument("--config", action=ActionConfigFile, help="A study YAML (configs/study/*.yaml).")
+    parser.add_class_arguments(StudyConfig, fail_untyped=True)
+    return parser
 
 
-def _log_summary_once(config: StudyConfig, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
-    """A rerun of a finished study does not add another W&B summary run for the same results."""
-    study_dir = Path(config.study_dir)
-    digest = hashlib.sha256((study_dir / "results.csv").read_bytes()).hexdigest()
-    marker = study_dir / _WANDB_MARKER
-    if marker.is_file() and marker.read_text().strip() == digest:
-        return
-    report.log_summary_run(study_dir, config.name, config.wandb_project, rows, summary)
-    write_atomic(marker, digest + "\n")
+def _slot_of(flag: str) -> tuple[str, str] | None:
+    """``--retrain.optimizer.init_args.lr`` -> ``("retrain.optimizer", "init_args.lr")``; None for other flags."""
+    name = flag.removeprefix("--")
+    for slot in _CLASS_SLOTS:
+        if name == slot or name.startswith(f"{slot}."):
+            return slot, name[len(slot) + 1 :]
+    return None
+
+
+def split_class_slot_flags(argv: list[str]) -> tuple[list[str], list[tuple[str, str, str]]]:
+    """Take the class-slot flags out of ``argv``.
+
+    Returns:
+        The remaining arguments, and ``(slot, key within the slot or "", raw value)`` in the order given.
+
+    Raises:
+        ValueError: for a class-slot flag without a value.
+    """
+    rest: list[str] = []
+    overrides: list[tuple[str, str, str]] = []
+    position = 0
+    while position < len(argv):
+        argument = argv[position]
+        flag, has_value, value = argument.partition("=")
+        found = _slot_of(flag) if flag.startswith("--") else None
+        if found is None:
+            rest.append(argument)
+            position += 1
+            continue
+        if not has_value:
+            if position + 1 >= len(argv):
+                raise ValueError(f"`{flag}` must be followed by a value, got nothing.")
+            value = argv[position + 1]
+            position += 1
+        position += 1
+        overrides.append((*found, value))
+    return rest, overrides
+
+
+def _apply(spec: dict[str, Any] | None, slot: str, key: str, raw: str) -> dict[str, Any] | None:
+    flag = f"--{slot}{'.' + key if key else ''}"
+    value = yaml.safe_load(raw)
+    if not key:
+        if value is not None and not isinstance(value, dict):
+            raise ValueError(f"`{flag}` must be a mapping with `class_path` and `init_args`, got {raw!r}.")
+        return value
+    spec = {"init_args": {}, **(spec or {})}
+    if key == "class_path":
+        if value != spec.get("class_path"):
+            spec["init_args"] = {}  # another class: the old arguments belong to the old one
+        spec["class_path"] = value
+        return spec
+    head, _, name = key.partition(".")
+    if head != "init_args" or not name or "." in name:
+        raise ValueError(f"`{flag}` must be `--{slot}.class_path` or `--{slot}.init_args.<name>`, got {flag!r}.")
+    spec["init_args"] = {**(spec.get("init_args") or {}), name: value}
+    return spec
+
+
+def apply_class_slot_flags(config: StudyConfig, overrides: list[tuple[str, str, str]]) -> StudyConfig:
+    """``config`` with the class-slot flags applied in order.
+
+    Raises:
+        ValueError: for a malformed value, or a recipe flag when that recipe is null.
+    """
+    for slot, key, raw in overrides:
+        if slot == "data":
+            config = dataclasses.replace(config, data=_apply(config.data, slot, key, raw))
+            continue
+        recipe_name, field_name = slot.split(".")
+        recipe = getattr(config, recipe_name)
+        if recipe is None:
+            raise ValueError(f"`--{slot}` needs a `--{recipe_name}` recipe, got `{recipe_name}: null`.")
+        updated = _apply(getattr(recipe, field_name), slot, key, raw)
+        config = dataclasses.replace(config, **{recipe_name: dataclasses.replace(recipe, **{field_name: updated})})
+    return config
+
+
+def _class_slots() -> dict[tuple[str, ...], Slot]:
+    """The places of a study config that take a class; the study builds each with its init_args as data."""
+    slots = {(name,): Slot((SLOT_BASES[name],), init_args_are_data=True) for name in ("data", "module")}
+    for recipe in ("pretrain", "retrain"):
+        for name in ("optimizer", "lr_scheduler"):
+            slots[(recipe, name)] = Slot((SLOT_BASES[name],), init_args_are_data=True)
+    return slots
+
+
+def _resolve(class_path: str, bases: tuple[type, ...]) -> type:
+    return resolve_class(class_path, bases[0])
+
+
+def check_no_code(parser: ArgumentParser, argv: list[str]) -> None:
+    """Refuse any ``class_path`` outside the study's class slots, in the files and flags, before parsing.
+
+    Raises:
+        ValueError: naming the place in the config.
+    """
+    expected = "data, module, pretrain/retrain optimizer and lr_scheduler"
+    check_argv(ConfigWalker(Group(parser_hints(parser)), _resolve, _class_slots(), expected), argv)
+
+
+def parse_config(argv: list[str]) -> StudyConfig:
+    """Parse command-line arguments (and the ``--config`` file) into a `StudyConfig`."""
+    parser = build_parser()
+    check_no_code(parser, argv)
+    rest, overrides = split_class_slot_flags(argv)
+    namespace = parser.instantiate(parser.parse_args(rest))
+    config = StudyConfig(**{field.name: namespace[field.name] for field in dataclasses.fields(StudyConfig)})
+    return apply_class_slot_flags(config, overrides)
+
+
+def study_main(argv: list[str]) -> None:
+    """Entry point of ``lightning-prune study`` (``argv`` without the word ``study``)."""
+    run_study(parse_config(argv))

@@ -1,5 +1,6 @@
-"""What a study is: dataclasses read from YAML (field docstrings become ``--help``), their validation, and the
-fingerprint that ties a ``study_dir`` to the config that produced its results.
+"""What a study is: the dataclasses read from YAML (field docstrings become ``--help``), the fingerprint that ties a
+``study_dir`` to the config that produced its results, and its unit of work, the trial (one mask x one repeat) with
+the record it writes.
 
 Only the parts that define results enter the fingerprint (model, data, pretrained source, masks, recipes, repeats,
 seed, prune mode); how the study is executed (executor, workers, shards, W&B, batching) does not.
@@ -13,6 +14,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from lightning_prune.outcome import pre_retrain_keys
 
 DEFAULT_CRITERIA = ("l1", "taylor", "oracle")
 # Data arguments that move or feed the data without changing it: a study copied to a cluster keeps its fingerprint.
@@ -92,8 +95,8 @@ class StudyConfig:
     """Base seed: pretraining uses it, repeat r retrains with `seed + r` (data order included)."""
     prune_mode: Literal["physical", "mask"] = "physical"
     """How the one-at-a-time path prunes: filters removed (`physical`) or zeroed and kept at zero (`mask`)."""
-    executor: Literal["local", "ray"] = "local"
-    """Where trials run: `local` processes or `ray` tasks."""
+    executor: str = "local"
+    """Where trials run: a name registered in `study.executors` (`local` processes, `ray` tasks)."""
     workers: int = 1
     """Local worker processes (1 runs trials in this process); each is pinned to a GPU round-robin when present."""
     address: str | None = None
@@ -115,6 +118,13 @@ class StudyConfig:
     cpu_threads: int | None = 1
     """PyTorch CPU threads per trial process; small models run fastest on one (and workers then fill the cores);
     null keeps PyTorch's default."""
+    lm_eval: dict[str, Any] | None = None
+    """With `module` (a causal LM): arguments of `lightning_prune.evaluation.callback.LmEvaluation` added to every
+    trial's fit, e.g. `{tasks: [lightning_prune_tiny_lm], stages: [final]}`; its `final` results enter each trial's
+    record and `results.csv` as `lm_eval/<task>/<metric>` columns."""
+    post_metric: str = "final/test_acc"
+    """What the pruned train loss is correlated with (the `*_acc` entries of the summary and the scatter plot):
+    `final/test_acc` (the retrained test accuracy), or `lm_eval/<task>/<metric>` of the `lm_eval` tasks."""
     wandb: bool = True
     """Log each trial as a W&B run in the study's group, and a summary run (offline unless WANDB_MODE=online)."""
     wandb_project: str = "lightning-prune"
@@ -152,6 +162,11 @@ def resolve_class(class_path: str, base: type | None = None) -> type:
     raise ValueError(f"`class_path` must name an importable class, got {class_path!r}.")
 
 
+def structural_kwargs(model_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The network builder's arguments without ``weights``: the structure only (nothing downloaded)."""
+    return {key: value for key, value in model_kwargs.items() if key != "weights"}
+
+
 def parse_shard(shard: str | None) -> tuple[int, int]:
     """``"i/n"`` -> ``(i, n)``; None -> ``(0, 1)``.
 
@@ -181,6 +196,8 @@ def defining_config(config: StudyConfig) -> dict[str, Any]:
     parts = {name: _jsonable(asdict(config)[name]) for name in _FINGERPRINTED}
     if config.module is not None:  # only then: fingerprints of registry-network studies stay as they were
         parts["module"] = _jsonable(config.module)
+    if config.lm_eval is not None:  # its results are columns of every trial record
+        parts["lm_eval"] = _jsonable(config.lm_eval)
     data = dict(parts["data"])
     data["class_path"] = _qualified_name(data["class_path"])
     data["init_args"] = {
@@ -225,3 +242,62 @@ def config_differences(stored: dict[str, Any], given: dict[str, Any], prefix: st
         elif old != new:
             differences.append(f"{name} (stored {json.dumps(old)}, given {json.dumps(new)})")
     return differences
+
+
+# ------------------------------------------------------------------------------------------------------ trials
+DEFAULT_POST_METRIC = "final/test_acc"
+
+
+def post_column(post_metric: str) -> str:
+    """The ``results.csv`` column of a post metric: ``final_test_acc`` for the default, else the logged name."""
+    return "final_test_acc" if post_metric == DEFAULT_POST_METRIC else post_metric
+
+
+PRE_KEYS = tuple(pre_retrain_keys("test").values())  # the names `outcome` gives the pruned measurement
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One retraining of one mask.
+
+    Attributes:
+        index: Position in the study's trial list (shards take ``index % n == i``).
+        mask_id: Position of the mask in ``masks.json``.
+        repeat: Repeat number; the retrain seed is ``study seed + repeat``.
+        seed: Retrain seed.
+        layer_masks: ``{layer: pruned filter indices}``.
+        criterion: Criteria that chose this mask (``"l1;oracle"``), empty for random masks.
+    """
+
+    index: int
+    mask_id: int
+    repeat: int
+    seed: int
+    layer_masks: dict[str, list[int]] = field(hash=False)
+    criterion: str = ""
+
+    @property
+    def trial_id(self) -> str:
+        return f"m{self.mask_id:05d}-r{self.repeat}"
+
+
+def trial_path(study_dir: Path, trial_id: str) -> Path:
+    """Where a finished trial's record lives."""
+    return Path(study_dir) / "trials" / f"{trial_id}.json"
+
+
+def trial_record(
+    trial: Trial, pre: dict[str, float], outcome: dict[str, float], extra: dict[str, Any]
+) -> dict[str, Any]:
+    """What ``trials/<trial_id>.json`` holds: the trial, its pruned metrics (``PRE_KEYS``), outcome and extras."""
+    return {
+        "trial_id": trial.trial_id,
+        "mask_id": trial.mask_id,
+        "repeat": trial.repeat,
+        "seed": trial.seed,
+        "layer_masks": trial.layer_masks,
+        "criterion": trial.criterion,
+        **{key: float(pre[key]) for key in PRE_KEYS},
+        **outcome,
+        **extra,
+    }

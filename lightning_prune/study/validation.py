@@ -1,8 +1,8 @@
 """Every check a study config can get without data or compute, run before anything is trained or written.
 
 Each rule is asked of the code that owns it (ratio range: `pruning.structure.check_ratios`; criteria:
-`pruning.importance.CRITERIA`; which filters a ratio prunes: `PruningStructure`; how many masks exist:
-`study.masks`; batching: `modules.batched.supports_batching`), so the study cannot drift from what runs later.
+`pruning.criteria.CRITERIA`; which filters a ratio prunes: `PruningStructure`; how many masks exist:
+`study.prepare`; batching: `modules.batched.supports_batching`), so the study cannot drift from what runs later.
 Every problem is collected and reported at once, each naming its flag.
 """
 
@@ -12,8 +12,25 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-from lightning_prune.study.masks import MAX_ENUMERATED_MASKS, count_masks
-from lightning_prune.study.spec import RecipeConfig, StudyConfig, parse_shard, resolve_class
+import torch
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+
+from lightning_prune._files import read_checkpoint
+from lightning_prune.models import available_models, build_model
+from lightning_prune.modules.batched import supports_batching
+from lightning_prune.pruning.criteria import CRITERIA
+from lightning_prune.pruning.structure import PruningStructure, check_ratios
+from lightning_prune.study.executors import executor_names
+from lightning_prune.study.prepare import MAX_ENUMERATED_MASKS, count_masks, selected_layer_sizes
+from lightning_prune.study.run import network_state
+from lightning_prune.study.spec import (
+    DEFAULT_POST_METRIC,
+    RecipeConfig,
+    StudyConfig,
+    parse_shard,
+    resolve_class,
+    structural_kwargs,
+)
 
 # A criterion the study can score on the pretrained model by name alone (``explicit`` needs indices).
 _NOT_SCORED = frozenset({"explicit"})
@@ -21,22 +38,16 @@ _NOT_SCORED = frozenset({"explicit"})
 
 def study_criteria() -> tuple[str, ...]:
     """Criteria a study may mark masks with: the pruning package's, less those that need extra input."""
-    from lightning_prune.pruning.importance import CRITERIA
-
     return tuple(name for name in CRITERIA if name not in _NOT_SCORED)
 
 
-def _slot_bases() -> dict[str, type]:
-    """What each ``class_path`` slot must name (nothing else in a config may be called)."""
-    import torch
-    from lightning.pytorch import LightningDataModule, LightningModule
-
-    return {
-        "module": LightningModule,
-        "data": LightningDataModule,
-        "optimizer": torch.optim.Optimizer,
-        "lr_scheduler": torch.optim.lr_scheduler.LRScheduler,
-    }
+# What each ``class_path`` slot must name (nothing else in a config may be called).
+SLOT_BASES: dict[str, type] = {
+    "module": LightningModule,
+    "data": LightningDataModule,
+    "optimizer": torch.optim.Optimizer,
+    "lr_scheduler": torch.optim.lr_scheduler.LRScheduler,
+}
 
 
 def _accepted_arguments(cls: type, skip: int) -> tuple[list[str], bool]:
@@ -48,8 +59,6 @@ def _accepted_arguments(cls: type, skip: int) -> tuple[list[str], bool]:
 
 def _try_build(cls: type, slot: str, init_args: dict[str, Any]) -> None:
     """Build the object once on a dummy parameter, so that a wrong value fails here and not after pretraining."""
-    import torch
-
     if slot == "module":  # built at preparation: a module may load its weights (no download here)
         return
     if slot == "data":
@@ -76,7 +85,7 @@ def check_class_spec(spec: Any, flag: str, slot: str) -> list[str]:
     init_args = spec.get("init_args", {}) if spec.get("init_args") is not None else {}
     if not isinstance(init_args, dict):
         return [f"`--{flag}.init_args` must be a mapping, got {init_args!r}."]
-    base = _slot_bases()[slot]
+    base = SLOT_BASES[slot]
     try:
         cls = resolve_class(str(spec["class_path"]), base)
     except ValueError as error:
@@ -101,8 +110,6 @@ def _check_recipe(recipe: RecipeConfig | None, flag: str) -> list[str]:
         problems += check_class_spec(recipe.lr_scheduler, f"{flag}.lr_scheduler", "lr_scheduler")
     if not isinstance(recipe.trainer, dict):
         return [*problems, f"`--{flag}.trainer` must be a mapping of Trainer arguments, got {recipe.trainer!r}."]
-    from lightning.pytorch import Trainer
-
     names, _ = _accepted_arguments(Trainer, skip=0)
     typos = sorted(set(recipe.trainer) - set(names))
     if typos:
@@ -112,25 +119,11 @@ def _check_recipe(recipe: RecipeConfig | None, flag: str) -> list[str]:
 
 def _structure(config: StudyConfig):
     """The network's pruning structure, built without weights (no download): only its shape matters here."""
-    import torch
-
-    from lightning_prune.models import build_model
-    from lightning_prune.pruning.structure import PruningStructure
-
-    kwargs = {k: v for k, v in config.model_kwargs.items() if k != "weights"}
-    network = build_model(config.model, **kwargs)
+    network = build_model(config.model, **structural_kwargs(config.model_kwargs))
     return network, PruningStructure(network, torch.zeros(1, *network.input_shape))
 
 
-def selected_layer_sizes(structure, patterns: dict[str, float]) -> dict[str, tuple[int, int]]:
-    """``{layer: (filters, pruned)}`` of the layers ``patterns`` select (coupled layers merged)."""
-    counts = structure.pruned_counts(structure.select(patterns))
-    return {name: (structure.layers[name].units, count) for name, count in counts.items()}
-
-
 def _check_ratios(layers: dict[str, float]) -> list[str]:
-    from lightning_prune.pruning.structure import check_ratios
-
     problems = []
     for pattern, ratio in layers.items():
         try:
@@ -171,8 +164,6 @@ def _check_mask_plan(config: StudyConfig, structure) -> list[str]:
 
 def batching_problem(config: StudyConfig, network) -> str | None:
     """Why ``batching: on`` cannot be honoured for ``network`` (None when it can, or when batching is not forced)."""
-    from lightning_prune.modules.batched import supports_batching
-
     if config.batching == "on" and not supports_batching(network):
         return (
             f"`--batching on` needs a network without BatchNorm, Dropout or buffers, got {config.model!r}. "
@@ -195,8 +186,6 @@ def _check_module(config: StudyConfig) -> list[str]:
 
 
 def _check_model(config: StudyConfig) -> list[str]:
-    from lightning_prune.models import available_models
-
     if config.module is not None:
         return _check_module(config)
     if config.model not in available_models():
@@ -238,10 +227,6 @@ def _check_sources(config: StudyConfig) -> list[str]:
 
 def _check_checkpoint(config: StudyConfig) -> list[str]:
     """The checkpoint must be readable, safe, and hold this network's weights (not another model's)."""
-    from lightning_prune._files import read_checkpoint
-    from lightning_prune.models import available_models, build_model
-    from lightning_prune.study.weights import network_state
-
     try:
         payload = read_checkpoint(Path(config.checkpoint), "--checkpoint")
     except ValueError as error:
@@ -251,8 +236,8 @@ def _check_checkpoint(config: StudyConfig) -> list[str]:
         return []
     trained = (payload.get("hyper_parameters") or {}) if isinstance(payload, dict) else {}
     if "model" in trained:  # a Lightning checkpoint of our modules records its network (same shapes are not enough)
-        wanted = (config.model, {k: v for k, v in config.model_kwargs.items() if k != "weights"})
-        given = (trained["model"], {k: v for k, v in (trained.get("model_kwargs") or {}).items() if k != "weights"})
+        wanted = (config.model, structural_kwargs(config.model_kwargs))
+        given = (trained["model"], structural_kwargs(trained.get("model_kwargs") or {}))
         if given != wanted:
             return [
                 f"`--checkpoint` must hold weights of the model {_named(*wanted)}, got {str(config.checkpoint)!r}, "
@@ -307,14 +292,60 @@ def _check_execution(config: StudyConfig) -> list[str]:
             f"`--accelerator` must find a CUDA GPU for {config.accelerator!r}, got none visible here. "
             "Use --accelerator cpu (or auto), or run where a GPU is visible."
         )
+    if config.executor not in executor_names():
+        problems.append(f"`--executor` must be one of {list(executor_names())}, got {config.executor!r}.")
     if config.executor == "local" and config.address is not None:
         problems.append(f"`--address` must be null with --executor local, got {config.address!r}. Use --executor ray.")
     return problems
 
 
-def _cuda_visible() -> bool:
-    import torch
+# lm-eval metrics where lower is better (wikitext's): the anomaly ratio and the figure read the post metric as an
+# accuracy.
+_LOWER_IS_BETTER = ("perplexity", "bits_per_byte")
 
+
+def _check_post_metric(config: StudyConfig) -> list[str]:
+    """`lm_eval` needs a causal-LM `module`; `post_metric` must be the default or a metric its tasks produce."""
+    problems = []
+    if config.lm_eval is not None:
+        if config.module is None:
+            problems.append("`--lm_eval` must be used with `--module` (a causal LM), got a registry network "
+                            f"{config.model!r}.")
+        problems += _check_lm_evaluation(config.lm_eval)
+    if config.post_metric == DEFAULT_POST_METRIC:
+        return problems
+    if not isinstance(config.lm_eval, dict) or not isinstance(config.lm_eval.get("tasks"), list):
+        return [*problems, f"`--post_metric` must be {DEFAULT_POST_METRIC!r}, or `lm_eval/<task>/<metric>` of the "
+                           f"`--lm_eval` tasks, got {config.post_metric!r} with no --lm_eval tasks."]
+    # Imported here: `evaluation/` is a leaf nothing imports at module level (it brings lm-eval, optional and heavy).
+    from lightning_prune.evaluation.lm_harness import metric_problem
+
+    problem = metric_problem(config.post_metric, config.lm_eval["tasks"], config.lm_eval.get("include_path"))
+    if problem is None and config.post_metric.endswith(_LOWER_IS_BETTER):
+        problem = f"{config.post_metric!r}, where lower is better (the summary reads the post metric as an accuracy)"
+    if problem is not None:
+        problems.append(f"`--post_metric` must be {DEFAULT_POST_METRIC!r} or a metric the `--lm_eval` tasks "
+                        f"produce, got {problem}.")
+    return problems
+
+
+def _check_lm_evaluation(init_args: Any) -> list[str]:
+    """The `LmEvaluation` arguments build (its own checks), and its `final` stage runs (the one a record keeps)."""
+    # Imported here: `evaluation/` is a leaf nothing imports at module level (it brings lm-eval, optional and heavy).
+    from lightning_prune.evaluation.callback import LmEvaluation
+
+    if not isinstance(init_args, dict):
+        return [f"`--lm_eval` must be a mapping of LmEvaluation arguments, got {init_args!r}."]
+    try:
+        evaluation = LmEvaluation(**init_args)
+    except (TypeError, ValueError) as error:
+        return [f"`--lm_eval` must be accepted by LmEvaluation, got {init_args}: {error}"]
+    if "final" not in evaluation.stages:
+        return [f"`--lm_eval.stages` must include 'final' (the results a trial records), got {evaluation.stages}."]
+    return []
+
+
+def _cuda_visible() -> bool:
     return torch.cuda.is_available()
 
 
@@ -330,6 +361,7 @@ def validate(config: StudyConfig) -> None:
     problems += _check_recipe(config.pretrain, "pretrain")
     problems += _check_recipe(config.retrain, "retrain")
     problems += _check_execution(config)
+    problems += _check_post_metric(config)
     if len(problems) == 1:
         raise ValueError(problems[0])
     if problems:

@@ -6,64 +6,13 @@ from types import SimpleNamespace
 import lightning as L
 import pytest
 import torch
-import torch.nn.functional as F
+from _support.toys import UserModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_prune.callbacks import Pruning
-from lightning_prune.pruning import evaluate_classifier, restore_pruning
-
-
-class Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 6, 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(6)
-        self.conv2 = nn.Conv2d(6, 4, 3, padding=1)
-        self.fc = nn.Linear(4, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)
-        return self.fc(F.adaptive_avg_pool2d(F.relu(self.conv2(x)), 1).flatten(1))
-
-
-class UserModule(L.LightningModule):
-    """What a user writes: a network attribute, steps that log val/acc, val/loss, train/loss, a retrain switch."""
-
-    def __init__(self, pretrain_lr: float = 0.1, retrain_lr: float = 0.02) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        torch.manual_seed(0)
-        self.model = Net()
-        self.phase = "pretrain"
-
-    def forward(self, x):
-        return self.model(x)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        loss = F.cross_entropy(self(x), y)
-        self.log("train/loss", loss, on_step=False, on_epoch=True)
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        logits = self(x)
-        self.log("val/loss", F.cross_entropy(logits, y))
-        self.log("val/acc", (logits.argmax(1) == y).float().mean())
-
-    def start_retrain(self):
-        self.phase = "retrain"
-
-    def configure_optimizers(self):
-        lr = self.hparams.pretrain_lr if self.phase == "pretrain" else self.hparams.retrain_lr
-        optimizer = torch.optim.SGD(self.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
-        return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.StepLR(optimizer, 1, gamma=0.5)}
-
-    def on_load_checkpoint(self, checkpoint):
-        restore_pruning(self, checkpoint)
+from lightning_prune.pruning import evaluate_classifier
 
 
 def _dataset(seed: int, size: int = 48) -> TensorDataset:
@@ -216,7 +165,8 @@ def test_pruning_resumes_mid_retrain_and_loads_from_checkpoint(tmp_path, mode):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"criterion": "magnitude"}, r"`criterion` must be one of \['l1', 'taylor', 'oracle', 'random', 'explicit'\]"),
+        ({"criterion": "magnitude"},
+         r"`criterion` must be one of \['l1', 'taylor', 'oracle', 'random', 'explicit', 'bn_scale'\]"),
         ({"mode": "soft"}, r"`mode` must be one of \['physical', 'mask'\], got 'soft'"),
         ({"prune_at": "start"}, "Can't provide both `prune_at` and `prune_at_epoch`. Choose one."),
         ({"prune_at_epoch": None}, "`prune_at: start` or `prune_at_epoch: N` must be given, got neither"),

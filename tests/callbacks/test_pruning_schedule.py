@@ -7,8 +7,9 @@ from fractions import Fraction
 import lightning as L
 import pytest
 import torch
+from _support.toys import UserModule
 from lightning.pytorch.callbacks import ModelCheckpoint
-from test_pruning import DataModule, Probe, UserModule, _setup_and_start, _stub_trainer, _trainer
+from test_pruning import DataModule, Probe, _setup_and_start, _stub_trainer, _trainer
 
 import lightning_prune
 from lightning_prune.callbacks import Pruning
@@ -175,8 +176,8 @@ def test_pruning_schedule_refuses_steps_past_max_epochs():
 def test_pruning_schedule_refuses_transformer_decoder_units():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from lightning_prune.callbacks._schedule import check_structure
-    from lightning_prune.pruning.structure import build_structure
+    from lightning_prune.pruning.build import build_structure
+    from lightning_prune.pruning.schedule import check_structure
 
     config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                          num_attention_heads=2, num_key_value_heads=1)
@@ -190,8 +191,8 @@ def test_pruning_schedule_refuses_transformer_decoder_units():
 def test_pruning_schedule_refuses_physical_head_pruning_and_accepts_it_masked():
     from torchvision.models import VisionTransformer
 
-    from lightning_prune.callbacks._schedule import check_structure
-    from lightning_prune.pruning.structure import build_structure
+    from lightning_prune.pruning.build import build_structure
+    from lightning_prune.pruning.schedule import check_structure
 
     vit = VisionTransformer(image_size=32, patch_size=16, num_layers=1, num_heads=4, hidden_dim=16, mlp_dim=16)
     structure = build_structure(vit, torch.zeros(1, 3, 32, 32))

@@ -2,9 +2,6 @@
 
 import torch
 
-FRAMES = 8
-QUESTIONS = ["What moves?", "Which shape crosses the frame first, and where to?"]
-
 
 def generate(model, inputs: dict, new_tokens: int = 4, **kwargs):
     with torch.inference_mode():
@@ -26,8 +23,18 @@ def first_sample(inputs: dict) -> dict:
             single[name] = value[:1, keep]
         elif name == "pixel_values_videos" and "video_grid_thw" in inputs:
             single[name] = value[: int(inputs["video_grid_thw"][0].prod())]
+        elif name == "pixel_values":  # InternVL: every sample's frames as images, one sample after another
+            single[name] = value[: value.shape[0] // inputs["input_ids"].shape[0]]
         elif name in ("video_grid_thw", "second_per_grid_ts", "pixel_values_videos"):
             single[name] = value[:1]
         else:
             single[name] = value
     return single
+
+
+def video_token_id(model) -> int:
+    """The placeholder id of the model's video tokens, as its family adapter names it (InternVL: `<IMG_CONTEXT>`)."""
+    from lightning_prune.dycoke.families import family_of
+
+    adapter, base = family_of(model)
+    return adapter.video_token_id(base)

@@ -4,7 +4,7 @@ family's tiny model in a left-padded batch of two, under eager attention and und
 
 import pytest
 import torch
-from compression_fakes import generate
+from compression_fakes import generate, video_token_id
 from reference_llm import capture_text_inputs, reference_generate
 
 from lightning_prune.compression.fastv import FastVMethod, fastv_keep_positions
@@ -72,7 +72,7 @@ def test_fastv_generates_as_the_published_kv_cache_code(family_model, implementa
     _, model, inputs = family_model
     steps = 3
     calls = capture_text_inputs(model, inputs, steps)
-    tokens, logits, keep = reference_generate(model, calls, inputs["input_ids"] == model.config.video_token_id,
+    tokens, logits, keep = reference_generate(model, calls, inputs["input_ids"] == video_token_id(model),
                                               _published_batch_rule(ratio), K, steps)
     text_config = model.config.text_config
     model.model.language_model.set_attn_implementation(implementation)

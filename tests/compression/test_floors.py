@@ -3,6 +3,7 @@ exactly the kept tokens' features, with their original multimodal RoPE ids, in a
 
 import pytest
 import torch
+from compression_fakes import video_token_id
 from reference_llm import capture_text_inputs
 
 from lightning_prune.compression.base import VisualContext
@@ -68,7 +69,7 @@ def test_the_llm_receives_exactly_the_kept_tokens_with_their_positions(family_mo
     plain = capture_text_inputs(model, inputs, 1)[0]
     with CompressionHooks(model, method):
         hooked = capture_text_inputs(model, inputs, 1)[0]
-    video_id = model.config.video_token_id
+    video_id = video_token_id(model)
     is_video = inputs["input_ids"] == video_id
     video_length = int(is_video[0].sum())
     trailing = getattr(adapter, "trailing", 0)

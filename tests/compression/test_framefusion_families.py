@@ -5,7 +5,7 @@ weights), a cost of 1 equal to the model without it, and the refusals."""
 
 import pytest
 import torch
-from compression_fakes import first_sample, generate, same_generation
+from compression_fakes import first_sample, generate, same_generation, video_token_id
 from reference_llm import _additive, _gather, _rope_ids, capture_text_inputs
 from test_framefusion import PublishedFrameFusion, published_ratio
 from transformers import DynamicCache
@@ -54,7 +54,7 @@ def reference_framefusion(model, inputs, calls, layout, method, first, steps):
         position_ids = torch.arange(length)[None]
     rope = text.rotary_emb(hidden, _rope_ids(position_ids))
     deepstack = prefill.get("deepstack_visual_embeds") or []
-    visual = (inputs["input_ids"][0] == model.config.video_token_id).nonzero()[:, 0]
+    visual = (inputs["input_ids"][0] == video_token_id(model)).nonzero()[:, 0]
     frames, per_frame = layout
     types = torch.full((length,), TEXT_TOKEN)
     types[visual[: frames * per_frame]] = torch.arange(per_frame).repeat(frames)

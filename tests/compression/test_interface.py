@@ -3,7 +3,7 @@ budgets keep the counts they promise in padded batches, and the registry / hooks
 
 import pytest
 import torch
-from compression_fakes import generate, same_generation
+from compression_fakes import generate, same_generation, video_token_id
 
 from lightning_prune.compression import METHOD_NAMES, get_method
 from lightning_prune.compression.fastv import FastVMethod
@@ -136,7 +136,7 @@ def test_a_cut_with_earlier_cache_hides_the_dropped_tokens_from_every_layer(fami
 
     _, model, inputs = family_model
     calls = capture_text_inputs(model, inputs, 3)
-    tokens, logits, _ = reference_generate(model, calls, inputs["input_ids"] == model.config.video_token_id,
+    tokens, logits, _ = reference_generate(model, calls, inputs["input_ids"] == video_token_id(model),
                                            lambda attention, visual_mask: keep_first_half(visual_mask), 2, 3,
                                            earlier_cache=True)
     with CompressionHooks(model, HalfCut()):

@@ -9,7 +9,7 @@ keeps the prefix, the kept video tokens and the suffix, and the cache of layers 
 
 import pytest
 import torch
-from compression_fakes import first_sample, generate, same_generation
+from compression_fakes import first_sample, generate, same_generation, video_token_id
 from reference_llm import _additive, _gather, _rope_ids, capture_text_inputs
 from test_prunevid import published_merge_frames_dynamic, published_process_attention
 from transformers import DynamicCache
@@ -62,7 +62,7 @@ def test_prunevid_stage_one_feeds_the_llm_the_published_merged_tokens(family_mod
     plain_calls = capture_text_inputs(model, single, 1)
     expected, _, sources, trailing = _published_stage_one(adapter, model, single, method)
     _, input_ids, text_calls, _ = _run(model, single, method, 1)
-    video_id = model.config.video_token_id
+    video_id = video_token_id(model)
     visual = (input_ids[0] == video_id).nonzero()[:, 0]
     assert len(visual) == len(expected) < int((single["input_ids"][0] == video_id).sum())
     torch.testing.assert_close(text_calls[0]["inputs_embeds"][0, visual], expected, rtol=0, atol=0)
@@ -91,7 +91,7 @@ def reference_prunevid(model, input_ids, calls, sizes, trailing, method, steps):
         position_ids = torch.arange(length)[None]
     rope = text.rotary_emb(hidden, _rope_ids(position_ids))
     deepstack = prefill.get("deepstack_visual_embeds") or []
-    visual = (input_ids[0] == model.config.video_token_id).nonzero()[:, 0]
+    visual = (input_ids[0] == video_token_id(model)).nonzero()[:, 0]
     image = visual[: len(visual) - trailing]  # the merged tokens; a newline after them is not scored
     img_end = int(visual[-1])
     cache = DynamicCache(config=text.config)

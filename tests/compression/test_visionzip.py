@@ -7,11 +7,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from compression_fakes import generate
+from compression_fakes import generate, video_token_id
 from reference_llm import capture_text_inputs
 
 from lightning_prune.compression.hooks import CompressionHooks
 from lightning_prune.compression.visionzip import VisionZipMethod, split_budget, visionzip_merge
+from lightning_prune.dycoke.families import get_family
 
 
 def published_merge(hidden, scores, metric, dominant_num, contextual_num):
@@ -55,8 +56,8 @@ def test_split_budget_follows_holitoms_split():
     assert split_budget(16, 0.01, 0.5) == (0, 1)
 
 
-def _feature_layer(base):
-    layers = base.vision_tower.encoder.layers
+def _feature_layer(base, layers=None):
+    layers = base.vision_tower.encoder.layers if layers is None else layers
     feature = base.config.vision_feature_layer
     return feature - 1 if feature > 0 else len(layers) + feature
 
@@ -96,6 +97,41 @@ def _clip_like_reference(model, inputs, family):
             return F.interpolate(spatial, size=size, mode="bilinear").permute(0, 2, 3, 1).flatten(1, 2)
     scores, keys = pool(scores[..., None])[..., 0], pool(keys.float())
     return scores.view(batch, frames, -1), keys.view(batch, frames, scores.shape[1], -1)
+
+
+def _internvl_reference(model, inputs):
+    """The published CLS rule on InternViT's feature layer, written out head by head: per frame the CLS query's
+    softmax row over all keys, summed over the heads, CLS dropped; keys the head mean; then each LLM token takes the
+    mean over its 2 x 2 block of patches (the pixel shuffle puts patches (2r..2r+1, 2c..2c+1) into token (r, c))."""
+    base = model.model
+    pixels = inputs["pixel_values"]  # [B * F, 3, H, W]: the frames as images
+    tower = base.vision_tower
+    index = _feature_layer(base, tower.encoder.layer)
+    layer = tower.encoder.layer[index]
+    attention = layer.attention
+    with torch.inference_mode():
+        hidden = layer.layernorm_before(tower(pixels, output_hidden_states=True).hidden_states[index])
+        query = attention.q_norm(attention.q_proj(hidden)).float()
+        key = attention.k_norm(attention.k_proj(hidden)).float()
+    frames, length, _ = query.shape
+    heads = attention.num_heads
+    dim = query.shape[-1] // heads
+    scores = torch.zeros(frames, length)
+    for head in range(heads):
+        q, k = query[..., head * dim:(head + 1) * dim], key[..., head * dim:(head + 1) * dim]
+        scores += torch.softmax(torch.einsum("fd,fsd->fs", q[:, 0], k) / math.sqrt(dim), dim=-1)
+    scores = scores[:, 1:]
+    keys = key.view(frames, length, heads, dim).mean(dim=2)[:, 1:]
+    grid = math.isqrt(scores.shape[1])
+    pooled_scores, pooled_keys = [], []
+    for row in range(grid // 2):
+        for col in range(grid // 2):
+            block = [(2 * row + i) * grid + 2 * col + j for i in range(2) for j in range(2)]
+            pooled_scores.append(scores[:, block].mean(dim=1))
+            pooled_keys.append(keys[:, block].mean(dim=1))
+    batch = inputs["input_ids"].shape[0]
+    scores, keys = torch.stack(pooled_scores, dim=1), torch.stack(pooled_keys, dim=1)
+    return scores.view(batch, frames // batch, -1), keys.view(batch, frames // batch, scores.shape[1], -1)
 
 
 def _qwen_reference(model, inputs):
@@ -142,14 +178,20 @@ def test_the_llm_receives_the_published_visionzip_tokens(family_model, keep_rati
     adapter, model, inputs = family_model
     method = VisionZipMethod(keep_ratio=keep_ratio)
     plain = capture_text_inputs(model, inputs, 1)[0]
+    prompts = []  # the input_ids the base model's forward got after the hook shortened them
     with CompressionHooks(model, method) as hooks:
-        hooked = capture_text_inputs(model, inputs, 1)[0]
-    is_video = inputs["input_ids"] == model.config.video_token_id
+        handle = hooks.base.register_forward_pre_hook(lambda m, a, k: prompts.append(k.get("input_ids")),
+                                                      with_kwargs=True)
+        try:
+            hooked = capture_text_inputs(model, inputs, 1)[0]
+        finally:
+            handle.remove()
+    is_video = inputs["input_ids"] == video_token_id(model)
     trailing = getattr(adapter, "trailing", 0)
     hooked_video = hooked["inputs_embeds"]
     hooked_is_video = hooked.get("visual_pos_masks")  # Qwen3-VL's text model gets the video positions
     if hooked_is_video is None:
-        hooked_is_video = torch.stack([row == model.config.video_token_id for row in _hooked_ids(hooks, inputs)])
+        hooked_is_video = prompts[0] == video_token_id(model)  # InternVL: one run per frame, each one shortened
     for sample in range(2):
         video = plain["inputs_embeds"][sample][is_video[sample]]  # [F * N + trailing, D]
         frames = video[: len(video) - trailing].view(8 // adapter.frames_per_step, -1, video.shape[-1])
@@ -166,7 +208,8 @@ def test_the_llm_receives_the_published_visionzip_tokens(family_model, keep_rati
             index = torch.cat([top, targets])
             expected = expected_tokens[index.argsort()]  # LightCompress keeps every token in position order
         else:
-            scores, keys = _clip_like_reference(model, inputs, adapter.name)
+            scores, keys = (_internvl_reference(model, inputs) if adapter.name == "internvl"
+                            else _clip_like_reference(model, inputs, adapter.name))
             expected = torch.cat([published_merge(frames[f][None], scores[sample, f][None], keys[sample, f][None],
                                                   dominant, contextual)[0] for f in range(count)])
             if trailing:
@@ -175,24 +218,10 @@ def test_the_llm_receives_the_published_visionzip_tokens(family_model, keep_rati
         torch.testing.assert_close(received, expected, atol=1e-5, rtol=1e-4)
 
 
-def _hooked_ids(hooks, inputs):
-    # the prompt the LLM received when the video is one run of tokens: the text, and the first `kept` video slots
-    stats = hooks.pop_stats()
-    kept = stats[0].visual_tokens_after
-    rows = []
-    for ids in inputs["input_ids"]:
-        video = ids == hooks.video_token_id
-        drop = int(video.sum()) - kept
-        keep = torch.ones_like(video)
-        keep[video.nonzero()[:, 0][kept:]] = False if drop else True
-        rows.append(ids[keep])
-    return rows
-
-
 def test_scoring_cls_on_a_tower_without_cls_names_the_substitute(family_model):
     adapter, model, _ = family_model
-    if adapter.name == "llava_next_video":
-        CompressionHooks(model, VisionZipMethod(scoring="cls"))  # CLIP has its CLS: the published rule
+    if adapter.name in ("llava_next_video", "internvl"):
+        CompressionHooks(model, VisionZipMethod(scoring="cls"))  # CLIP / InternViT have their CLS: the published rule
         return
     substitute = {"llava_onevision": "mean_query", "qwen2_5_vl": "merge_group", "qwen3_vl": "merge_group"}
     with pytest.raises(ValueError, match=rf"{adapter.name}'s tower has no CLS token; use "
@@ -215,3 +244,23 @@ def test_keeping_everything_is_the_plain_model(family_model):
         hooked = generate(model, inputs)
     assert torch.equal(plain.sequences, hooked.sequences)
     assert all(torch.equal(a, b) for a, b in zip(plain.logits, hooked.logits, strict=True))
+
+
+def test_internvl_groups_each_token_with_its_two_by_two_block_of_patches():
+    adapter = get_family("internvl")
+    model, _ = adapter.tiny_model({}, seed=0)
+    values = torch.randn(3, 64, 5)  # 3 frames of an 8 x 8 patch grid
+    groups = adapter.patch_groups(model.model, values)
+    blocks = [[(2 * row + i) * 8 + 2 * col + j for i in range(2) for j in range(2)]
+              for row in range(4) for col in range(4)]  # token (row, col) in raster order: patches 2row.., 2col..
+    expected = torch.stack([values[:, block] for block in blocks], dim=1)
+    assert torch.equal(groups, expected)
+    with pytest.raises(ValueError, match=r"Expected a square patch grid and `downsample_ratio` 1 / integer, got 63"):
+        adapter.patch_groups(model.model, values[:, :63])
+
+
+def test_internvl_cls_scoring_needs_the_cls_dropped_from_the_features():
+    model, _ = get_family("internvl").tiny_model({}, seed=0)
+    model.config.vision_feature_select_strategy = "full"
+    with pytest.raises(ValueError, match=r"`vision_feature_select_strategy` must be 'default', got 'full'"):
+        CompressionHooks(model, VisionZipMethod()).install()

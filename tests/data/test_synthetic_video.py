@@ -110,7 +110,7 @@ def test_cli_writes_the_same_split_as_python(tmp_path, capsys):
     assert "annotations.jsonl" in capsys.readouterr().out
     python = write_split(tmp_path / "py", seed=4, samples=3, frames=16, size=32)
     assert (tmp_path / "cli" / "annotations.jsonl").read_text() == python.read_text()
-    assert json.loads(python.read_text().splitlines()[0])["video"] == "video_00000.mp4"
+    assert json.loads(python.read_text().splitlines()[0])["video"] == "video_0.mp4"
 
 
 def test_generator_refuses_bad_arguments_before_writing(tmp_path):

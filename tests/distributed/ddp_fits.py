@@ -13,56 +13,19 @@ from pathlib import Path
 
 import lightning as L
 import torch
-import torch.nn.functional as F
+from _support.toys import UserModule
 from lightning.pytorch.callbacks import ModelCheckpoint
-from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from lightning_prune.callbacks import Pruning
-from lightning_prune.pruning import restore_pruning
 
 
-class Net(nn.Module):
+class Module(UserModule):
+    """The shared user module without BatchNorm, weight decay or LR steps, its metrics reduced over the ranks."""
+
     def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 6, 3, padding=1)
-        self.conv2 = nn.Conv2d(6, 4, 3, padding=1)
-        self.fc = nn.Linear(4, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        return self.fc(F.adaptive_avg_pool2d(F.relu(self.conv2(x)), 1).flatten(1))
-
-
-class Module(L.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.model = Net()
-        self.phase = "pretrain"
-
-    def forward(self, x):
-        return self.model(x)
-
-    def training_step(self, batch, batch_idx):
-        loss = F.cross_entropy(self(batch[0]), batch[1])
-        self.log("train/loss", loss, on_step=False, on_epoch=True, sync_dist=True)
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        logits = self(batch[0])
-        self.log("val/loss", F.cross_entropy(logits, batch[1]), sync_dist=True)
-        self.log("val/acc", (logits.argmax(1) == batch[1]).float().mean(), sync_dist=True)
-
-    def start_retrain(self):
-        self.phase = "retrain"
-
-    def configure_optimizers(self):
-        lr = 0.2 if self.phase == "pretrain" else 0.05
-        return torch.optim.SGD(self.parameters(), lr=lr, momentum=0.9)
-
-    def on_load_checkpoint(self, checkpoint):
-        restore_pruning(self, checkpoint)
+        super().__init__(pretrain_lr=0.2, retrain_lr=0.05, batch_norm=False, weight_decay=0.0, step_lr=False,
+                         sync_dist=True)
 
 
 class Data(L.LightningDataModule):
@@ -146,7 +109,8 @@ def fit_in_subprocesses(fits: list[dict]) -> None:
     import lightning_prune
 
     root = str(Path(lightning_prune.__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    tests = str(Path(__file__).resolve().parents[1])  # for `_support`
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, tests, os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, __file__, json.dumps(fits)], env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]

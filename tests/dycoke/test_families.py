@@ -1,36 +1,21 @@
 """Every registered family on its tiny random model: DyCoke off is the plain model, the kept counts follow the rule,
 and at a decode step the pruned layers attend to exactly the selected entries; batches of two with left padding."""
 
-import numpy as np
 import pytest
 import torch
+from _support.dycoke_spies import spy_decode_attention
+from _support.video_families import FRAMES, padded_family_batch
 from dycoke_fakes import generate
 
-import lightning_prune.dycoke.attention as dycoke_attention
 from lightning_prune.dycoke import merged_token_count
-from lightning_prune.dycoke.families import FAMILY_NAMES, family_of, get_family
+from lightning_prune.dycoke.families import FAMILY_NAMES, family_of
 from lightning_prune.dycoke.hooks import DyCokeHooks, DyCokeSettings
-from lightning_prune.dycoke.kv_pruning import DecodePruning
-
-FRAMES = 8
-QUESTIONS = ["What moves?", "Which shape crosses the frame first, and where to?"]
 
 
 @pytest.fixture(scope="module", params=FAMILY_NAMES)
 def family_model(request):
     """`(adapter, model, padded inputs of two videos)` for each family."""
-    adapter = get_family(request.param)
-    model, processor = adapter.tiny_model({}, seed=0)
-    rng = np.random.default_rng(0)
-    videos = [rng.integers(0, 256, (FRAMES, 32, 32, 3), dtype=np.uint8) for _ in QUESTIONS]
-    prompts = [processor.apply_chat_template(
-        [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}],
-        add_generation_prompt=True) for question in QUESTIONS]
-    processor.tokenizer.padding_side = "left"
-    inputs = dict(processor(text=prompts, videos=videos, return_tensors="pt", padding=True,
-                            **adapter.processor_kwargs(videos)))
-    assert bool((inputs["attention_mask"][0] == 0).any()), "the first prompt must be padded"
-    return adapter, model, inputs
+    return padded_family_batch(request.param)
 
 
 def _same_generation(first, second) -> bool:
@@ -78,20 +63,7 @@ def _reference_selection(query, key, mask, candidates, keep):
 @pytest.mark.parametrize("variant", ["official", "refined"])
 def test_family_decode_layers_from_l_see_exactly_the_selected_entries(family_model, monkeypatch, variant):
     adapter, model, inputs = family_model
-    calls, full_keys = [], {}
-    real_sdpa, real_prune = dycoke_attention.sdpa_attention_forward, DecodePruning.prune
-
-    def spy(module, query, key, value, mask, **kwargs):
-        if query.shape[2] == 1:
-            calls.append((module.layer_idx, query, key.clone(), mask))
-        return real_sdpa(module, query, key, value, mask, **kwargs)
-
-    def recording_prune(self, layer, key, value, mask):
-        full_keys[(layer, key.shape[2])] = key
-        return real_prune(self, layer, key, value, mask)
-
-    monkeypatch.setattr(dycoke_attention, "sdpa_attention_forward", spy)
-    monkeypatch.setattr(DecodePruning, "prune", recording_prune)
+    calls, full_keys = spy_decode_attention(monkeypatch)
     settings = DyCokeSettings(merging_ratio=0.5, prune_layer=2, decode_prune_ratio=0.75, reuse_threshold=None,
                               variant=variant)
     with DyCokeHooks(model, settings) as hooks:

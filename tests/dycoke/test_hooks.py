@@ -2,13 +2,12 @@
 
 import pytest
 import torch
+from _support.dycoke_spies import spy_decode_attention
 from dycoke_fakes import generate, make_inputs
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-import lightning_prune.dycoke.attention as dycoke_attention
 from lightning_prune.dycoke import ttm_keep_positions
 from lightning_prune.dycoke.hooks import DyCokeHooks, DyCokeSettings
-from lightning_prune.dycoke.kv_pruning import DecodePruning
 
 TOKENS_PER_FRAME = 16
 
@@ -81,20 +80,7 @@ def _reference_selection(query, key, mask, visual, keep):
 def test_decode_step_layers_from_l_see_exactly_the_selected_entries(tiny_llava, monkeypatch, questions):
     model, processor = tiny_llava
     inputs = make_inputs(processor, questions)
-    calls, full_keys = [], {}
-    real_sdpa, real_prune = dycoke_attention.sdpa_attention_forward, DecodePruning.prune
-
-    def spy(module, query, key, value, mask, **kwargs):
-        if query.shape[2] == 1:
-            calls.append((module.layer_idx, query, key.clone(), mask))  # pruned keys are views of a buffer
-        return real_sdpa(module, query, key, value, mask, **kwargs)
-
-    def recording_prune(self, layer, key, value, mask):
-        full_keys[(layer, key.shape[2])] = key
-        return real_prune(self, layer, key, value, mask)
-
-    monkeypatch.setattr(dycoke_attention, "sdpa_attention_forward", spy)
-    monkeypatch.setattr(DecodePruning, "prune", recording_prune)
+    calls, full_keys = spy_decode_attention(monkeypatch)
     settings = DyCokeSettings(merging_ratio=0.5, prune_layer=2, decode_prune_ratio=0.75, reuse_threshold=None,
                               variant="refined")
     with DyCokeHooks(model, settings) as hooks:

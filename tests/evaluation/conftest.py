@@ -10,12 +10,12 @@ from lightning_prune.evaluation.tiny_task import write_tiny_task_data
 
 @pytest.fixture(scope="session")
 def task_folder(tmp_path_factory):
-    """A working folder holding `data/lightning_prune_tiny/` (10 videos of 16 frames, 32x32) as the task expects."""
+    """A working folder holding `data/lightning_prune_tiny/` (4 videos of 16 frames, 32x32) as the task expects."""
     folder = tmp_path_factory.mktemp("lmms_run")
     previous = Path.cwd()
     os.chdir(folder)  # the writer's paths are relative to where lmms-eval will run, as a user runs it
     try:
-        write_tiny_task_data("data", samples=10, frames=16, size=32)
+        write_tiny_task_data("data", samples=4, frames=16, size=32)
     finally:
         os.chdir(previous)
     return folder

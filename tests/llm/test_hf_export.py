@@ -5,9 +5,9 @@ from llm_fakes import tiny_llama, tiny_qwen2, token_batch
 from torch import nn
 from transformers import AutoModelForCausalLM
 
+from lightning_prune.pruning.build import build_structure
 from lightning_prune.pruning.hf_export import save_pruned_pretrained
 from lightning_prune.pruning.metrics import count_params_and_macs
-from lightning_prune.pruning.structure import build_structure
 
 EXAMPLE = torch.zeros(1, 8, dtype=torch.long)
 

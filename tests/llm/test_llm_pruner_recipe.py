@@ -4,10 +4,10 @@ import pytest
 import torch
 from llm_fakes import tiny_llama, token_batch
 
-from lightning_prune.pruning.importance import build_criterion
+from lightning_prune.pruning.build import build_structure
+from lightning_prune.pruning.criteria import build_criterion
 from lightning_prune.pruning.lm_loss import causal_lm_loss
 from lightning_prune.pruning.patterns import matching_layers
-from lightning_prune.pruning.structure import build_structure
 
 
 def _statistics(model, batches):

@@ -1,29 +1,34 @@
 """`lightning-prune study` over LM units: a tiny CausalLM study through to results.csv and summary.json."""
 
 import csv
+import dataclasses
 import json
 
 import pytest
 import torch
 from llm_fakes import save_tiny_tokenizer, write_text_files
+from scipy import stats
 
 from lightning_prune.data import TextDataModule
+from lightning_prune.evaluation.lm_harness import TINY_LM_TASK
 from lightning_prune.modules import CausalLM
+from lightning_prune.pruning.build import build_structure
 from lightning_prune.pruning.lm_loss import causal_lm_loss
-from lightning_prune.pruning.structure import build_structure
+from lightning_prune.study.report import read_results_csv
+from lightning_prune.study.run import load_network_state
 from lightning_prune.study.runner import run_study
 from lightning_prune.study.spec import MaskConfig, RecipeConfig, StudyConfig
-from lightning_prune.study.weights import load_network_state
+from lightning_prune.study.validation import validate
 
 _ADAMW = {"class_path": "torch.optim.AdamW", "init_args": {"lr": 3.0e-3}}
 _LLAMA = {"model_type": "llama", "vocab_size": 64, "hidden_size": 32, "intermediate_size": 16, "num_hidden_layers": 1,
           "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "max_position_embeddings": 32}
 
 
-def test_lm_study_samples_kv_group_and_mlp_masks_and_records_the_pruned_train_loss(tmp_path):
+def _lm_study(tmp_path) -> StudyConfig:
     train, val = write_text_files(tmp_path / "text")
     tokenizer = save_tiny_tokenizer(tmp_path / "tok")
-    config = StudyConfig(
+    return StudyConfig(
         name="lm", study_dir=tmp_path / "study",
         module={"class_path": "lightning_prune.modules.CausalLM", "init_args": {"config": _LLAMA, "example_length": 8}},
         data={"class_path": "lightning_prune.data.TextDataModule",
@@ -35,6 +40,11 @@ def test_lm_study_samples_kv_group_and_mlp_masks_and_records_the_pruned_train_lo
         retrain=RecipeConfig(epochs=1, optimizer=_ADAMW, lr_scheduler=None),
         repeats=1, accelerator="cpu", wandb=False,
     )
+
+
+def test_lm_study_samples_kv_group_and_mlp_masks_and_records_the_pruned_train_loss(tmp_path):
+    config = _lm_study(tmp_path)
+    train, val, tokenizer = tmp_path / "text" / "train.jsonl", tmp_path / "text" / "val.txt", tmp_path / "tok"
     summary = run_study(config)
     rows = list(csv.DictReader((tmp_path / "study" / "results.csv").open()))
     assert 3 <= len(rows) <= 4 and json.loads((tmp_path / "study" / "summary.json").read_text()) == summary
@@ -65,10 +75,77 @@ def test_lm_study_samples_kv_group_and_mlp_masks_and_records_the_pruned_train_lo
     ],
 )
 def test_lm_study_bad_module_spec_is_one_clear_message(overrides, message):
-    from lightning_prune.study.validation import validate
-
     fields = {"module": {"class_path": "lightning_prune.modules.CausalLM", "init_args": {"config": _LLAMA}},
               "data": {"class_path": "lightning_prune.data.TextDataModule", "init_args": {}},
               "masks": MaskConfig(layers={"model.layers.0.mlp": 0.5}), **overrides}
     with pytest.raises(ValueError, match=message):
         validate(StudyConfig(**fields))
+
+
+# ------------------------------------------------------------------------------------- an lm-eval post metric
+_POST = f"lm_eval/{TINY_LM_TASK}/acc"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"post_metric": _POST}, r"^`--post_metric` must be 'final/test_acc', or `lm_eval/<task>/<metric>` of the "
+                                 r"`--lm_eval` tasks, got 'lm_eval/lightning_prune_tiny_lm/acc' with no "
+                                 r"--lm_eval tasks\.$"),
+        ({"post_metric": f"lm_eval/{TINY_LM_TASK}/f1", "lm_eval": {"tasks": [TINY_LM_TASK]}},
+         r"^`--post_metric` must be 'final/test_acc' or a metric the `--lm_eval` tasks produce, got "
+         r"'lm_eval/lightning_prune_tiny_lm/f1' names metric 'f1', which task 'lightning_prune_tiny_lm' does not "
+         r"produce \(it reports \['acc', 'acc_norm'\]\)\.$"),
+        ({"post_metric": "lm_eval/boolq/acc", "lm_eval": {"tasks": [TINY_LM_TASK]}}, r"not among the evaluated"),
+        ({"post_metric": "lm_eval/wikitext/word_perplexity", "lm_eval": {"tasks": ["wikitext"]}},
+         r"got 'lm_eval/wikitext/word_perplexity', where lower is better \(the summary reads the post metric as an "
+         r"accuracy\)\.$"),
+        ({"post_metric": "final/test_loss", "lm_eval": {"tasks": [TINY_LM_TASK]}},
+         r"must be named `lm_eval/<task>/<metric>`, got 'final/test_loss'"),
+        ({"lm_eval": {"tasks": [TINY_LM_TASK], "stages": ["before"]}},
+         r"^`--lm_eval.stages` must include 'final' \(the results a trial records\), got \['before'\]\.$"),
+        ({"lm_eval": {"task": [TINY_LM_TASK]}}, r"^`--lm_eval` must be accepted by LmEvaluation, got .*'task'"),
+    ],
+)
+def test_lm_study_bad_post_metric_is_one_message_before_compute(tmp_path, overrides, message):
+    config = dataclasses.replace(_lm_study(tmp_path), **overrides)
+    with pytest.raises(ValueError, match=message):
+        validate(config)
+    with pytest.raises(ValueError, match=message):
+        run_study(config)
+    assert not (tmp_path / "study").exists()  # refused before anything was written or computed
+
+
+def test_lm_eval_needs_a_module():
+    config = StudyConfig(lm_eval={"tasks": [TINY_LM_TASK]}, pretrain=RecipeConfig(epochs=1))
+    with pytest.raises(ValueError, match=r"^`--lm_eval` must be used with `--module` \(a causal LM\), got a registry "
+                                         r"network 'lenet5_mini'\.$"):
+        validate(config)
+
+
+@pytest.mark.slow  # an lm-eval harness run in every trial (about 35 s on a 2-core CPU)
+def test_lm_study_correlates_the_pruned_train_loss_with_an_lm_eval_post_metric(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    config = _lm_study(tmp_path)
+    # Three pretraining epochs and six masks: the retrained models' lm-eval accuracies differ (not a constant column).
+    config = dataclasses.replace(config, lm_eval={"tasks": [TINY_LM_TASK], "stages": ["final"]}, post_metric=_POST,
+                                 pretrain=dataclasses.replace(config.pretrain, epochs=3),
+                                 masks=dataclasses.replace(config.masks, sample=4))
+    summary = run_study(config)
+    rows = read_results_csv(tmp_path / "study" / "results.csv")
+    trials = {path.stem: json.loads(path.read_text()) for path in (tmp_path / "study" / "trials").glob("*.json")}
+    # Every trial's record and row hold the lm-eval results of its retrained model (acc and acc_norm of 40 docs).
+    assert all(row[_POST] == trials[row["trial_id"]][_POST] for row in rows)
+    assert all(row[_POST] * 40 == pytest.approx(round(row[_POST] * 40)) for row in rows)
+    assert len({row[_POST] for row in rows}) > 1 and f"lm_eval/{TINY_LM_TASK}/acc_norm" in rows[0]
+    # The correlations are of the pruned train loss with that column (one repeat: a row is a mask), by scipy here.
+    loss = [row["pruned_train_loss"] for row in rows]
+    post = [row[_POST] for row in rows]
+    expected = stats.kendalltau(loss, post)
+    assert summary["kendall_tau_acc"] == pytest.approx(expected[0]) and summary["kendall_p_acc"] == pytest.approx(
+        expected[1])
+    assert summary["spearman_acc"] == pytest.approx(stats.spearmanr(loss, post)[0])
+    oracle = rows[int(min(range(len(rows)), key=lambda i: loss[i]))]
+    others = [row for row in rows if row is not oracle]
+    assert summary["anomaly_ratio_acc"] == pytest.approx(sum(r[_POST] >= oracle[_POST] for r in others) / len(others))

@@ -4,9 +4,9 @@ import pytest
 import torch
 from llm_fakes import tiny_llama, tiny_qwen2, token_batch
 
-from lightning_prune.pruning.importance import build_criterion
+from lightning_prune.pruning.build import build_structure, replay_pruning
+from lightning_prune.pruning.criteria import build_criterion
 from lightning_prune.pruning.lm_loss import causal_lm_loss
-from lightning_prune.pruning.structure import build_structure, replay_pruning
 from lightning_prune.pruning.transformer import DecoderStructure, head_counts
 
 EXAMPLE = torch.zeros(1, 8, dtype=torch.long)

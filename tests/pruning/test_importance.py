@@ -176,7 +176,7 @@ def test_build_criterion_by_name():
     assert build_criterion("oracle").needs_data and build_criterion("taylor").needs_data
     assert not build_criterion("l1", reduction="mean").needs_data
     with pytest.raises(ValueError, match=r"`criterion` must be one of \['l1', 'taylor', 'oracle', 'random', "
-                                         r"'explicit'\], got 'magnitude'"):
+                                         r"'explicit', 'bn_scale'\], got 'magnitude'"):
         build_criterion("magnitude")
 
 

@@ -238,7 +238,7 @@ def test_head_pruned_window_attention_matches_torchvision_and_its_masks(shift, s
 
 @pytest.mark.parametrize("name", ["grouped_toy", "swin_t"])
 def test_pruning_record_replays_on_a_fresh_network(name):
-    from lightning_prune.pruning.structure import replay_pruning
+    from lightning_prune.pruning.build import replay_pruning
 
     def build():
         if name == "grouped_toy":

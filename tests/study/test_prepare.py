@@ -14,11 +14,9 @@ from study_fakes import copy_study, tiny_study
 
 from lightning_prune.study import prepare as prepare_module
 from lightning_prune.study.prepare import ensure_masks, ensure_pretrained, plan_trials
-from lightning_prune.study.process_context import cpu_threads
+from lightning_prune.study.run import cpu_threads, load_network_state, run_unit
 from lightning_prune.study.spec import RecipeConfig
 from lightning_prune.study.validation import validate
-from lightning_prune.study.weights import load_network_state
-from lightning_prune.study.worker import run_unit
 
 
 def test_pretraining_resumes_from_its_last_checkpoint(tiny_mnist_root, tmp_path):

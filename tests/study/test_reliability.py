@@ -14,7 +14,7 @@ from lightning.pytorch import Callback
 from study_fakes import copy_study, tiny_study
 
 from lightning_prune.cli import main
-from lightning_prune.study import prepare, report, runner, single_path
+from lightning_prune.study import prepare, report, run, runner
 from lightning_prune.study.runner import run_study
 
 
@@ -91,9 +91,9 @@ def test_ctrl_c_during_a_study_says_how_many_trials_finished_and_how_to_resume(f
     config, _ = finished
     total = len(list(Path(config.study_dir, "trials").glob("*.json")))
     copy = copy_study(config, tmp_path / "copy", keep=total - 2)
-    real_trainer = single_path.Trainer
+    real_trainer = run.Trainer
     # Ctrl-C inside a real fit: Lightning catches it and exits with code 1, after ignoring further SIGINTs.
-    monkeypatch.setattr(single_path, "Trainer", lambda **kw: real_trainer(**{**kw, "callbacks": [_CtrlCAtEpoch()]}))
+    monkeypatch.setattr(run, "Trainer", lambda **kw: real_trainer(**{**kw, "callbacks": [_CtrlCAtEpoch()]}))
     handler = signal.getsignal(signal.SIGINT)
     try:
         with pytest.raises(SystemExit) as exit_info:

@@ -183,3 +183,30 @@ def test_retrain_outcome_against_a_brute_force_loop():
 def test_retrain_outcome_empty_raises():
     with pytest.raises(ValueError, match="`history` must hold at least one epoch"):
         retrain_outcome([])
+
+
+def test_summary_correlates_with_the_post_column_and_the_csv_keeps_lm_eval_columns(tmp_path):
+    post = "lm_eval/boolq/acc"
+    rng = random.Random(5)
+    records = [{**record, post: rng.random(), "ppl/wiki": rng.uniform(10, 20)} for record in _records()]
+    rows = write_results_csv(tmp_path / "results.csv", records)
+    with open(tmp_path / "results.csv", newline="") as file:
+        assert tuple(next(csv.reader(file))) == (*RESULT_COLUMNS, post, "ppl/wiki")
+    parsed = read_results_csv(tmp_path / "results.csv")
+    assert [row[post] for row in parsed] == [row[post] for row in rows] and isinstance(parsed[0]["ppl/wiki"], float)
+    summary = summarize(parsed, post=post)
+    # By hand: per-mask means over repeats, then scipy on the pruned train loss vs the post column.
+    masks = sorted({r["mask_id"] for r in records})
+    loss = [np.mean([r["pruned_train_loss"] for r in records if r["mask_id"] == m]) for m in masks]
+    value = [np.mean([r[post] for r in records if r["mask_id"] == m]) for m in masks]
+    accuracy = [np.mean([r["final_test_acc"] for r in records if r["mask_id"] == m]) for m in masks]
+    assert summary["kendall_tau_acc"] == pytest.approx(stats.kendalltau(loss, value)[0])
+    assert summary["pearson_acc"] == pytest.approx(stats.pearsonr(loss, value)[0])
+    assert summary["kendall_tau_acc"] != pytest.approx(stats.kendalltau(loss, accuracy)[0])
+    oracle = int(np.argmin(loss))
+    others = [v for i, v in enumerate(value) if i != oracle]
+    assert summary["anomaly_ratio_acc"] == pytest.approx(np.mean([v >= value[oracle] for v in others]))
+    # The loss side and everything else stay as they are with the default post column.
+    default = summarize(parsed)
+    unchanged = [key for key in SUMMARY_KEYS if "_acc" not in key]
+    assert [summary[key] for key in unchanged] == [default[key] for key in unchanged]

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_prune.study.cli import build_parser, parse_config
+from lightning_prune.study.runner import build_parser, parse_config
 from lightning_prune.study.spec import (
     MaskConfig,
     RecipeConfig,
@@ -93,7 +93,7 @@ def test_validate_collects_every_problem_naming_flags(tmp_path):
         "`--retrain.epochs` must be at least 1, got 0",
         "`--retrain.optimizer` must hold only `class_path` and `init_args`, got extra keys ['extra']",
         "`--masks.sample` must be at least 1",
-        "`--masks.criteria` must be among ['l1', 'taylor', 'oracle', 'random'], got ['magic']",
+        "`--masks.criteria` must be among ['l1', 'taylor', 'oracle', 'random', 'bn_scale'], got ['magic']",
         "`--masks.calibration_batches` must be at least 1",
         "`--repeats` must be at least 1",
         "`--workers` must be at least 1",

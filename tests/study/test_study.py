@@ -16,15 +16,12 @@ from study_fakes import copy_study
 
 from lightning_prune.models import build_model
 from lightning_prune.pruning import PruningStructure
-from lightning_prune.study import building, executors, path_choice, runner, worker
-from lightning_prune.study.batched_path import run_batched_trials
-from lightning_prune.study.building import build_datamodule
+from lightning_prune.study import executors, run, runner
 from lightning_prune.study.prepare import plan_trials
-from lightning_prune.study.process_context import cpu_threads
 from lightning_prune.study.report import RESULT_COLUMNS, SUMMARY_KEYS, read_results_csv
+from lightning_prune.study.run import build_datamodule, cpu_threads, load_network_state, run_batched_trials
 from lightning_prune.study.runner import run_study
 from lightning_prune.study.spec import RecipeConfig
-from lightning_prune.study.weights import load_network_state
 
 
 def _without_seconds(path: Path) -> list[dict]:
@@ -86,7 +83,7 @@ def test_rerun_retrains_nothing(finished, monkeypatch):
         raise AssertionError("a finished trial was run again")
 
     monkeypatch.setattr(executors, "run_unit", must_not_run)
-    monkeypatch.setattr(path_choice, "use_batched_path", must_not_run)
+    monkeypatch.setattr(executors, "use_batched_path", must_not_run)
     assert run_study(config) == summary
     assert len(list((Path(config.study_dir) / "wandb").glob("offline-run-*"))) == runs_before  # no new summary run
 
@@ -95,7 +92,7 @@ def test_interrupted_study_resumes_to_the_same_results(finished, tmp_path, monke
     config, _ = finished
     total = len(list(Path(config.study_dir, "trials").glob("*.json")))
     copy = copy_study(config, tmp_path / "copy", keep=total - 4)
-    real = worker.run_single_trial
+    real = run.run_single_trial
     calls = []
 
     def killed_in_second_trial(*args, **kwargs):
@@ -104,11 +101,11 @@ def test_interrupted_study_resumes_to_the_same_results(finished, tmp_path, monke
             raise KeyboardInterrupt  # the process dies in the middle of a trial
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(worker, "run_single_trial", killed_in_second_trial)
+    monkeypatch.setattr(run, "run_single_trial", killed_in_second_trial)
     with pytest.raises(KeyboardInterrupt):
         run_study(copy)
     assert len(list((tmp_path / "copy" / "trials").glob("*.json"))) == total - 3  # one more trial was saved
-    monkeypatch.setattr(worker, "run_single_trial", real)
+    monkeypatch.setattr(run, "run_single_trial", real)
     run_study(copy)
     resumed = _without_seconds(tmp_path / "copy" / "results.csv")
     assert resumed == _without_seconds(Path(config.study_dir) / "results.csv")
@@ -140,7 +137,7 @@ def test_shards_partition_the_trials_and_the_last_one_reports(finished, tmp_path
         return [t.trial_id for t in trials]
 
     monkeypatch.setattr(executors, "run_unit", replay)
-    monkeypatch.setattr(path_choice, "use_batched_path", lambda *a: False)
+    monkeypatch.setattr(executors, "use_batched_path", lambda *a: False)
     for index in range(3):
         result = run_study(dataclasses.replace(copy, shard=f"{index}/3"))
         assert all(t.index % 3 == index for t in seen[f"{index}/3"])
@@ -172,14 +169,14 @@ def test_batched_path_reproduces_one_at_a_time(finished):
 def test_batched_path_choice(finished):
     config, _ = finished
     trials = plan_trials(config, json.loads((Path(config.study_dir) / "masks.json").read_text())["masks"])
-    assert path_choice.use_batched_path(dataclasses.replace(config, batching="off"), trials) is False
-    assert path_choice.use_batched_path(dataclasses.replace(config, batching="on"), trials) is True
-    assert path_choice.use_batched_path(dataclasses.replace(config, batching="auto"), trials) is None  # measured
-    assert path_choice.use_batched_path(dataclasses.replace(config, batching="auto"), trials[:2]) is False
-    units = path_choice.make_units(dataclasses.replace(config, batch_masks=4), trials, batched=True)
+    assert executors.use_batched_path(dataclasses.replace(config, batching="off"), trials) is False
+    assert executors.use_batched_path(dataclasses.replace(config, batching="on"), trials) is True
+    assert executors.use_batched_path(dataclasses.replace(config, batching="auto"), trials) is None  # measured
+    assert executors.use_batched_path(dataclasses.replace(config, batching="auto"), trials[:2]) is False
+    units = executors.make_units(dataclasses.replace(config, batch_masks=4), trials, batched=True)
     assert [len(u) for u, _ in units] == [4, 2, 4, 2] and all({t.repeat for t in u} == {u[0].repeat} for u, _ in units)
     resnet = dataclasses.replace(config, model="cifar_resnet20", batching="auto")
-    assert path_choice.use_batched_path(resnet, trials) is False
+    assert executors.use_batched_path(resnet, trials) is False
 
 
 @pytest.mark.parametrize(("single_seconds", "batched_seconds", "batch_masks"), [(2.0, 1.0, 3), (1.0, 2.0, 64)])
@@ -201,7 +198,7 @@ def test_auto_batching_measures_the_real_paths_and_takes_the_faster(finished, tm
     run_study(copy)
     total = len(list(Path(config.study_dir, "trials").glob("*.json")))
     # one trial alone, then one small batched unit (at most PROBE_MASKS = 4 masks): real work, kept
-    assert units[:2] == [(1, False), (min(batch_masks, path_choice.PROBE_MASKS), True)]
+    assert units[:2] == [(1, False), (min(batch_masks, executors.PROBE_MASKS), True)]
     rest = units[2:]
     assert all(batched == (batched_seconds < single_seconds) for _, batched in rest)
     assert sum(n for n, _ in units) == total
@@ -223,6 +220,6 @@ def test_cli_runs_a_study_from_yaml(finished, tmp_path):
 
 def test_unit_helpers():
     recipe = RecipeConfig()
-    assert building.scheduler_factory(None) is None
-    optimizer = building.optimizer_factory(recipe.optimizer)([torch.nn.Parameter(torch.zeros(1))])
+    assert run.scheduler_factory(None) is None
+    optimizer = run.optimizer_factory(recipe.optimizer)([torch.nn.Parameter(torch.zeros(1))])
     assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["lr"] == 1e-3

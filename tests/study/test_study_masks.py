@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from lightning_prune.study.masks import (
+from lightning_prune.study.prepare import (
     MAX_ENUMERATED_MASKS,
     count_masks,
     enumerate_masks,

@@ -100,6 +100,12 @@ class FamilyAdapter:
         """The encoder output holding only the kept video tokens (per sample `[M]` indices into its video run)."""
         raise NotImplementedError
 
+    def patch_groups(self, base: nn.Module, values: torch.Tensor) -> torch.Tensor:
+        """Per-patch values of the vision tower `[frames, patches, C]` (raster order, no CLS) grouped as the LLM's
+        frame tokens take them: `[frames, N, G, C]`, the G patches that make each of the N tokens (the tower's
+        downsampling). Families whose tokens are not fixed groups of patches do not offer it."""
+        raise NotImplementedError(f"{self.name} does not group vision patches into its frame tokens.")
+
     def published_prompt(self, text: str, video_token: str) -> str:
         """The prompt of the published DyCoke evaluation for one video and `text` (the question as the harness gives
         it), with `video_token` where the published wrapper puts its image token."""

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -64,6 +65,20 @@ class InternVLAdapter(FamilyAdapter):
         vision = base.config.vision_config
         grid = _side(vision.image_size) // _side(vision.patch_size)
         return int(grid * grid * base.config.downsample_ratio**2)
+
+    def patch_groups(self, base: nn.Module, values: torch.Tensor) -> torch.Tensor:
+        """`[F, P, C]` per-patch values (CLS dropped) -> `[F, N, G, C]`: the model's own pixel shuffle, so that token
+        n's G = `1 / downsample_ratio ** 2` patches (a 2 x 2 block of the patch grid at 0.5) are exactly the ones
+        whose channels it concatenates."""
+        frames, patches, channels = values.shape
+        side = math.isqrt(patches)
+        ratio = base.config.downsample_ratio
+        group = round(1 / ratio**2)
+        if side * side != patches or abs(group * ratio**2 - 1) > 1e-6:
+            raise ValueError(f"Expected a square patch grid and `downsample_ratio` 1 / integer, got {patches} "
+                             f"patches and ratio {ratio}.")
+        shuffled = base.pixel_shuffle(values.reshape(frames, side, side, channels), scale_factor=ratio)
+        return shuffled.reshape(frames, -1, group, channels)
 
     def encode_video(self, base: nn.Module, kwargs: dict) -> VideoTokens | None:
         encoded = encoder_output(kwargs, lambda: base.get_image_features(
