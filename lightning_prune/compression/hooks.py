@@ -38,7 +38,7 @@ from lightning_prune.compression.base import (
     LayerCut,
     VisualContext,
 )
-from lightning_prune.dycoke.families import FAMILY_NAMES, family_of, get_family
+from lightning_prune.dycoke.families import family_of, get_family
 from lightning_prune.dycoke.hooks import GenerationStats
 from lightning_prune.dycoke.kv_pruning import gather_positions, last_query_attention
 
@@ -67,11 +67,6 @@ class _Prefill:
     sliced: dict[tuple[int, int], object] = field(default_factory=dict)
 
 
-# The families whose video comes as one video input (`pixel_values_videos`, `mm_encoder_outputs["video"]`): every
-# method runs on them. InternVL (frames as images) is refused before any compute rather than left uncompressed.
-COMPRESSION_FAMILIES = tuple(name for name in FAMILY_NAMES if get_family(name).pixel_key == "pixel_values_videos")
-
-
 def decoder_layers(base: nn.Module) -> nn.ModuleList:
     """The LLM decoder layers of a family's base model (every served family names them `language_model.layers`)."""
     return base.language_model.layers
@@ -98,10 +93,6 @@ class CompressionHooks:
             if self.base is None:
                 raise TypeError(f"`family` {family!r} does not match the model: no "
                                 f"{self.family.base_class.partition(':')[2]} inside {type(model).__name__}.")
-        if self.family.name not in COMPRESSION_FAMILIES:
-            raise ValueError(f"{method.name} runs on the families {list(COMPRESSION_FAMILIES)}, got "
-                             f"{self.family.name!r} (its video frames come as images, which these hooks do not read "
-                             "yet; DyCoke serves it).")
         self.num_layers = self.base.config.text_config.num_hidden_layers
         method.check_model(self.base, self.family, self.num_layers)
         self.attention_layers = tuple(method.attention_layers(self.num_layers))

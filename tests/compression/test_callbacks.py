@@ -54,21 +54,8 @@ def test_fastv_runs_from_the_cli_with_the_tiny_qwen2_5_vl_config(capsys):
           "--trainer.callbacks+=lightning_prune.callbacks.FastV", "--trainer.callbacks.init_args.ratio=0.25"])
 
 
-@pytest.mark.parametrize("config", sorted(set(CONFIGS.glob("tiny*.yaml")) - {CONFIGS / "tiny_internvl.yaml"}),
-                         ids=lambda path: path.stem)
+@pytest.mark.parametrize("config", sorted(CONFIGS.glob("tiny*.yaml")), ids=lambda path: path.stem)
 def test_visionzip_runs_from_the_cli_on_every_tiny_config(config):
     main(["predict", "--config", str(config), "--trainer.logger=false",
           "--trainer.callbacks+=lightning_prune.callbacks.VisionZip", "--trainer.callbacks.init_args.keep_ratio=0.25",
           "--data.init_args.synthetic_samples=2"])
-
-
-def test_internvl_is_refused_before_any_compute_rather_than_left_uncompressed():
-    from lightning_prune.compression import get_method
-    from lightning_prune.dycoke.families import get_family
-
-    model, _ = get_family("internvl").tiny_model({}, seed=0)
-    for name in ("fastv", "random", "framefusion", "prunevid", "visionzip"):
-        with pytest.raises(ValueError, match=rf"{name} runs on the families \['llava_onevision', 'llava_next_video', "
-                                             r"'qwen2_5_vl', 'qwen3_vl'\], got 'internvl' \(its video frames come as "
-                                             r"images.*DyCoke serves it\)"):
-            get_method(name).make_hooks(model)
