@@ -26,18 +26,13 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
 from lightning_prune.compression.attention import TAP_ATTRIBUTE, WRAPPED_IMPLEMENTATIONS, register_attention_functions
-from lightning_prune.compression.base import (
-    ONE_SAMPLE_ATTRIBUTE,
-    CompressionMethod,
-    LayerContext,
-    LayerCut,
-    VisualContext,
-)
+from lightning_prune.compression.contexts import ONE_SAMPLE_ATTRIBUTE, LayerContext, LayerCut, VisualContext
 from lightning_prune.dycoke.families import family_of, get_family
 from lightning_prune.dycoke.hooks import GenerationStats
 from lightning_prune.dycoke.kv_pruning import gather_positions, last_query_attention
@@ -82,7 +77,8 @@ class CompressionHooks:
         profile: accepted for symmetry with `DyCokeHooks` (the decode-pruning state then times its own work).
     """
 
-    def __init__(self, model: nn.Module, method: CompressionMethod, family: str | None = None, profile: bool = False):
+    # `method` is a `compression.base.CompressionMethod`; typed loosely because that module imports this one.
+    def __init__(self, model: nn.Module, method: Any, family: str | None = None, profile: bool = False):
         method.validate()
         self.method = method
         if family is None:
