@@ -20,20 +20,16 @@ from lightning_prune.compression.base import CompressionMethod
 from lightning_prune.compression.fastv import FastVMethod
 from lightning_prune.compression.floors import RandomTokensMethod, UniformSpatialMethod, UniformTemporalMethod
 from lightning_prune.compression.visionzip import VisionZipMethod
+from lightning_prune.dycoke.hooks import GenerationStats
 from lightning_prune.dycoke.probe import GenerationTimer, peak_memory_bytes, reset_peak_memory
 
 _STAGES = ("predict", "test")
 
 
-def _is_compression(callback: Callback) -> bool:
-    from lightning_prune.callbacks.dycoke import DyCoke
-
-    return isinstance(callback, CompressionCallback | DyCoke)
-
-
 def check_single_compression(trainer: Trainer) -> None:
     """Raise when the trainer holds more than one token-compression callback."""
-    found = [type(callback).__name__ for callback in trainer.callbacks if _is_compression(callback)]
+    callbacks = getattr(trainer, "callbacks", [])  # a bare stand-in trainer (tests, scripts) holds none
+    found = [type(callback).__name__ for callback in callbacks if isinstance(callback, CompressionCallback)]
     if len(found) > 1:
         raise ValueError(f"One token-compression callback per run, got {len(found)}: {found}. Keep one of them.")
 
@@ -62,8 +58,6 @@ class CompressionCallback(Callback):
             check_single_compression(trainer)
             carrying = getattr(self.method, "carry_state_across_samples", False)  # DyCoke's published-run option
             if carrying:
-                from lightning_prune.callbacks.dycoke import _check_batch_of_one
-
                 _check_batch_of_one(trainer)
             # Checks the module (a supported family inside, layers in range, attention) before any batch runs.
             hooks = self.method.make_hooks(pl_module)
@@ -131,8 +125,6 @@ class CompressionCallback(Callback):
             self._timer.start()
 
     def _end_batch(self, trainer: Trainer) -> None:
-        from lightning_prune.callbacks.dycoke import _generation_metrics
-
         if self._timer is None:
             return
         timing = self._timer.stop()
@@ -164,6 +156,37 @@ class CompressionCallback(Callback):
             self._timer = None
         if self._hooks is not None:
             self._hooks.remove()
+
+
+def _check_batch_of_one(trainer: Trainer) -> None:
+    datamodule = trainer.datamodule
+    batch_size = getattr(datamodule, "batch_size", None)
+    if batch_size is None and datamodule is not None:
+        batch_size = dict(getattr(datamodule, "hparams", {})).get("batch_size")
+    if isinstance(batch_size, int) and batch_size != 1:
+        raise ValueError("`carry_state_across_samples` needs batches of 1 sample (the published runs, in dataset "
+                         f"order), got data batch_size {batch_size}; set it to 1 or turn carrying off.")
+
+
+def _generation_metrics(stats: list[GenerationStats]) -> dict[str, float]:
+    """Per-sample token counts and per-step KV lengths averaged over the batch's generations."""
+    if not stats:
+        return {}
+    steps_full = [length for item in stats for length in item.full_kv_lengths]
+    steps_attended = [length for item in stats for length in item.attended_kv_lengths]
+    before = sum(item.visual_tokens_before for item in stats) / len(stats)
+    after = sum(item.visual_tokens_after for item in stats) / len(stats)
+    metrics = {
+        "visual_tokens_before": before,
+        "visual_tokens_after": after,
+        "visual_tokens_kept_fraction": after / before,
+        "decode_steps": len(steps_full),
+    }
+    if steps_full:
+        metrics["full_kv_length_mean"] = sum(steps_full) / len(steps_full)
+        metrics["attended_kv_length_mean"] = sum(steps_attended) / len(steps_attended)
+        metrics["reused_selection_fraction"] = sum(item.reused_steps for item in stats) / len(steps_full)
+    return metrics
 
 
 class FastV(CompressionCallback):
