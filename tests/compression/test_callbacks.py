@@ -1,5 +1,6 @@
 """The compression callbacks in real Trainer runs and through the CLI with the shipped tiny configs."""
 
+import logging
 from pathlib import Path
 
 import lightning as L
@@ -49,13 +50,26 @@ def test_two_compression_callbacks_are_refused_before_any_batch(video_llm, data)
     assert video_llm.model.config.text_config._attn_implementation == "sdpa"
 
 
-def test_fastv_runs_from_the_cli_with_the_tiny_qwen2_5_vl_config(capsys):
+def _kept_fraction(caplog, prefix: str) -> float:
+    """The kept share of visual tokens from the callback's end-of-run summary line (means over the batches)."""
+    lines = [record.getMessage() for record in caplog.records if " batches (means): " in record.getMessage()]
+    assert len(lines) == 1, lines
+    means = dict(item.split("=") for item in lines[0].split(" batches (means): ")[1].split(", "))
+    return float(means[f"{prefix}/visual_tokens_after"]) / float(means[f"{prefix}/visual_tokens_before"])
+
+
+def test_fastv_runs_from_the_cli_with_the_tiny_qwen2_5_vl_config(caplog):
+    caplog.set_level(logging.INFO)
     main(["predict", "--config", str(CONFIGS / "tiny_qwen2_5_vl.yaml"), "--trainer.logger=false",
           "--trainer.callbacks+=lightning_prune.callbacks.FastV", "--trainer.callbacks.init_args.ratio=0.25"])
+    assert _kept_fraction(caplog, "fastv") == pytest.approx(0.25, abs=0.01)  # int(N * 0.25) of N visual tokens
 
 
 @pytest.mark.parametrize("config", sorted(CONFIGS.glob("tiny*.yaml")), ids=lambda path: path.stem)
-def test_visionzip_runs_from_the_cli_on_every_tiny_config(config):
+def test_visionzip_runs_from_the_cli_on_every_tiny_config(config, caplog):
+    caplog.set_level(logging.INFO)
     main(["predict", "--config", str(config), "--trainer.logger=false",
           "--trainer.callbacks+=lightning_prune.callbacks.VisionZip", "--trainer.callbacks.init_args.keep_ratio=0.25",
           "--data.init_args.synthetic_samples=2"])
+    # A quarter of each frame's tokens (LLaVA-OneVision also keeps its one newline token).
+    assert 0.2 <= _kept_fraction(caplog, "visionzip") <= 0.3
