@@ -29,7 +29,7 @@ dycoke-quickstart: $(STAMP)
 test: $(STAMP)
 	WANDB_MODE=offline $(BIN)/python -m pytest tests -n 2
 
-# Everything but the tests marked slow (gloo ranks, spawned workers, the Ray cluster, harness command lines).
+# Everything but the tests marked slow (gloo ranks, spawned workers, the Ray cluster, lmms-eval / lm-eval harness runs).
 test-fast: $(STAMP)
 	WANDB_MODE=offline $(BIN)/python -m pytest tests -n 2 -m "not slow"
 

@@ -55,6 +55,7 @@ def test_method_args_are_refused_before_any_model(args, match):
         parse_model_args({"config": str(TINY), **args})
 
 
+@pytest.mark.slow  # an lmms-eval harness run (simple_evaluate)
 def test_fastv_runs_the_tiny_task_and_the_report_names_it(in_task_folder):
     lm = LightningPruneVideoLLM(config=str(TINY), method="fastv", ratio=0.25, device="cpu", batch_size=2,
                                 report="report_fastv")

@@ -37,6 +37,7 @@ def test_registry_finds_the_class_by_name():
     assert get_model("lightning_prune") is LightningPruneVideoLLM
 
 
+@pytest.mark.slow  # an lmms-eval harness run (simple_evaluate)
 @pytest.mark.parametrize("dycoke", [False, True], ids=["dycoke_off", "dycoke_on"])
 @pytest.mark.parametrize("config", TINY_CONFIGS, ids=lambda path: path.stem)
 def test_simple_evaluate_runs_the_tiny_task_and_restores_the_model(config, dycoke, in_task_folder):

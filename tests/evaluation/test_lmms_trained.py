@@ -44,6 +44,7 @@ def in_answered_folder(answered_task_folder, monkeypatch):
     return answered_task_folder
 
 
+@pytest.mark.slow  # an lmms-eval harness run (simple_evaluate)
 @pytest.mark.parametrize("dycoke", [False, True], ids=["dycoke_off", "dycoke_on"])
 @pytest.mark.parametrize("config", TRAINED_CONFIGS, ids=lambda path: path.stem)
 def test_trained_model_answers_the_tiny_task(config, dycoke, in_answered_folder):

@@ -16,6 +16,7 @@ from lightning_prune.evaluation.model_args import parse_model_args
                                          "alpha": 0.4, "selected_layer": 1, "k": 7, "seed": 0,
                                          "temporal_merging": True}),
 ])
+@pytest.mark.slow  # an lmms-eval harness run (simple_evaluate)
 def test_merging_methods_run_the_tiny_task_and_the_report_names_them(in_task_folder, method, settings, expected):
     lm = LightningPruneVideoLLM(config=str(TINY), method=method, device="cpu", batch_size=1,
                                 report=f"report_{method}", **settings)
@@ -34,6 +35,7 @@ def test_merging_methods_check_their_values_before_any_model():
         parse_model_args({"config": str(TINY), "method": "prunevid", "tau": 2})
 
 
+@pytest.mark.slow  # an lmms-eval harness run (simple_evaluate)
 @pytest.mark.parametrize("method", ["framefusion", "prunevid"])
 def test_merging_methods_answer_a_batch_of_two_as_two_batch_1_runs(in_task_folder, method):
     """lmms-eval batches of 2 (left-padded prompts) run sample by sample: the same answers as batch 1, PruneVid on

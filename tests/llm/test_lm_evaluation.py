@@ -40,6 +40,7 @@ def _measure(module, tokenizer):
             f"lm_eval/{TINY_LM_TASK}/acc_norm": results[TINY_LM_TASK]["acc_norm"], "ppl/val": ppl}
 
 
+@pytest.mark.slow  # an lm-eval harness run
 def test_lm_evaluation_measures_before_after_pruning_and_after_lora(tmp_path):
     torch.manual_seed(0)
     module = CausalLM(config=TINY)

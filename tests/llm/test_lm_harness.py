@@ -55,6 +55,7 @@ def hand_accuracy(model, tokenizer) -> dict[str, float]:
     return {metric: count / len(docs) for metric, count in hits.items()}
 
 
+@pytest.mark.slow  # an lm-eval harness run
 def test_evaluate_lm_in_process_on_a_per_layer_size_model_equals_hand_computation():
     model = tiny_llama(seed=3)
     prune_mlp_channels(model.model.layers[0].mlp, list(range(0, 48, 3)))  # layer 0: 32 channels, layer 1: 48
