@@ -23,7 +23,7 @@ from lightning.pytorch import LightningDataModule
 
 from lightning_prune._paths import resolve_path
 from lightning_prune.data._common import SplitLoaders, check_at_least
-from lightning_prune.data.text import check_tokenizer_folder, load_tokenizer
+from lightning_prune.data.text import LazyTokenizer, check_tokenizer_folder
 
 IGNORE_INDEX = -100
 PROMPT_INPUT = (
@@ -98,7 +98,7 @@ def pad_batch(examples: list[tuple[list[int], list[int]]], pad_id: int) -> tuple
     return ids, labels
 
 
-class AlpacaDataModule(SplitLoaders, LightningDataModule):
+class AlpacaDataModule(LazyTokenizer, SplitLoaders, LightningDataModule):
     """Alpaca-format instruction tuning data (e.g. yahma/alpaca-cleaned as a local JSON file).
 
     Paths naming shipped files (`lightning_prune/data/assets/...`, `pkg://...`) resolve from any folder
@@ -147,21 +147,13 @@ class AlpacaDataModule(SplitLoaders, LightningDataModule):
         self.tokenizer = None
         self._examples: dict[str, list[tuple[list[int], list[int]]]] = {}
 
-    @property
-    def vocab_size(self) -> int:
-        """Size of the tokenizer's vocabulary (with added tokens)."""
-        if self.tokenizer is None:
-            self.tokenizer = load_tokenizer(self.tokenizer_name)
-        return len(self.tokenizer)
-
     def setup(self, stage: str | None = None) -> None:
         if self._examples:
             return
         for name, path in (("train_file", self.train_file), ("val_file", self.val_file)):
             if path is not None and not Path(path).is_file():  # checked here, so a config parses on another machine
                 raise FileNotFoundError(f"`{name}` must be an existing Alpaca JSON/JSONL file, got {path!r}.")
-        if self.tokenizer is None:
-            self.tokenizer = load_tokenizer(self.tokenizer_name)
+        self._load_tokenizer()
         train = read_records(self.train_file)
         if self.val_file is not None:
             val = read_records(self.val_file)

@@ -107,7 +107,24 @@ def token_blocks(documents: list[str], tokenizer, block_size: int) -> torch.Tens
     return torch.tensor(stream[: count * block_size], dtype=torch.long).view(count, block_size)
 
 
-class TextDataModule(SplitLoaders, LightningDataModule):
+class LazyTokenizer:
+    """`tokenizer` loaded from `tokenizer_name` on first use (a config parses without it), and `vocab_size`."""
+
+    tokenizer_name: str
+    tokenizer = None
+
+    def _load_tokenizer(self):
+        if self.tokenizer is None:
+            self.tokenizer = load_tokenizer(self.tokenizer_name)
+        return self.tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        """Size of the tokenizer's vocabulary (with added tokens); the model's embedding must be at least this."""
+        return len(self._load_tokenizer())
+
+
+class TextDataModule(LazyTokenizer, SplitLoaders, LightningDataModule):
     """Causal-LM token blocks from JSONL / plain-text files.
 
     Validation and test serve `val_files` (the study's held-out split); `train_eval_dataloader()` serves the
@@ -157,18 +174,10 @@ class TextDataModule(SplitLoaders, LightningDataModule):
         self.tokenizer = None
         self._blocks: dict[str, torch.Tensor] = {}
 
-    @property
-    def vocab_size(self) -> int:
-        """Size of the tokenizer's vocabulary (with added tokens); the model's embedding must be at least this."""
-        if self.tokenizer is None:
-            self.tokenizer = load_tokenizer(self.tokenizer_name)
-        return len(self.tokenizer)
-
     def setup(self, stage: str | None = None) -> None:
         if self._blocks:
             return
-        if self.tokenizer is None:
-            self.tokenizer = load_tokenizer(self.tokenizer_name)
+        self._load_tokenizer()
 
         def blocks(files: list[str]) -> torch.Tensor:
             documents = [doc for file in files for doc in read_documents(file, self.text_field)]
