@@ -74,7 +74,9 @@ class VideoLLM(LightningModule):
         answer_prefix: text the model writes before the option letter (`test` generates it greedily and scores the
             letter after it, so decode-time compression acts on the answer); None: the checkpoint's, else "".
         optimizer: `fit`'s optimizer over all parameters (default AdamW, lr 1e-3).
-        lr_scheduler: its schedule, stepped per epoch, or None.
+        lr_scheduler: its schedule, or None.
+        lr_scheduler_interval: step `lr_scheduler` once per `epoch` (default) or once per optimizer `step` (for a
+            warm-up then cosine schedule such as `OneCycleLR`, whose `total_steps` counts optimizer steps).
     """
 
     def __init__(
@@ -93,6 +95,7 @@ class VideoLLM(LightningModule):
         answer_prefix: str | None = None,
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
+        lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
     ) -> None:
         super().__init__()
         problems = []
@@ -114,6 +117,8 @@ class VideoLLM(LightningModule):
             problems.append(f"`prompt_template` must contain '{{question}}', got {prompt_template!r}.")
         if family is not None and family not in FAMILY_NAMES:
             problems.append(f"`family` must be one of {list(FAMILY_NAMES)}, got {family!r}.")
+        if lr_scheduler_interval not in ("epoch", "step"):
+            problems.append(f"`lr_scheduler_interval` must be 'epoch' or 'step', got {lr_scheduler_interval!r}.")
         if prompt not in PROMPTS:
             problems.append(f"`prompt` must be one of {list(PROMPTS)}, got {prompt!r}.")
         elif prompt == "published" and family in FAMILY_NAMES and get_family(family).published_conversation is None:
@@ -276,7 +281,8 @@ class VideoLLM(LightningModule):
         optimizer = (self._optimizer or _adamw)(self.parameters())
         if self._lr_scheduler is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": self._lr_scheduler(optimizer)}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self._lr_scheduler(optimizer),
+                                                         "interval": self.hparams.lr_scheduler_interval}}
 
     def option_token_ids(self, count: int) -> list[int]:
         """Token id of each option letter "A", "B", ... as the answer's first token."""

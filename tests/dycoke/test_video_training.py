@@ -102,3 +102,25 @@ def test_checkpoint_refuses_a_second_model_source_or_another_family(module, tmp_
         VideoLLM(checkpoint=str(path), family="llava_onevision")
     with pytest.raises(ValueError, match=r"`tiny_config.tokenizer` must be 'bytes' or 'words', got 'bpe'"):
         VideoLLM(tiny_config={"tokenizer": "bpe"})
+
+
+def test_a_step_interval_schedule_moves_the_learning_rate_every_optimizer_step(tmp_path):
+    from functools import partial
+
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    batches = [_batch(count=1) for _ in range(3)]
+    module = VideoLLM(tiny_config=TINY_WORDS, family="qwen2_5_vl", answer_prefix="Answer: ",
+                      optimizer=partial(torch.optim.SGD, lr=0.1),
+                      lr_scheduler=partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5),
+                      lr_scheduler_interval="step")
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(module, DataLoader(batches, batch_size=None))
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.1 * 0.5 ** 3)  # 3 steps, 3 halvings
+
+
+def test_lr_scheduler_interval_must_be_epoch_or_step():
+    with pytest.raises(ValueError, match=r"`lr_scheduler_interval` must be 'epoch' or 'step', got 'batch'"):
+        VideoLLM(tiny_config=TINY_WORDS, family="qwen2_5_vl", lr_scheduler_interval="batch")
