@@ -27,10 +27,14 @@ METHODS = ("full", "lora")
 ADAPTER = "default"
 
 
-def retrain_problems(retrain: dict[str, Any] | None) -> list[str]:
-    """Every problem with a `retrain` argument, each as "`arg` must be <rule>, got <value>."."""
+def retrain_problems(retrain: dict[str, Any] | None, schedule: Any = None) -> list[str]:
+    """Every problem with a `retrain` argument (and LoRA with a pruning `schedule`), each as "`arg` must be <rule>,
+    got <value>."."""
     if retrain is None:
         return []
+    if lora_settings(retrain) and schedule:
+        return [*retrain_problems(retrain), "`retrain.method` 'lora' must be used with one pruning step, got a "
+                "`schedule`."]
     if not isinstance(retrain, dict):
         return [f"`retrain` must be a dict such as {{method: lora, r: 8}}, got {retrain!r}."]
     problems = []

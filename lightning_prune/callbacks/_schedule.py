@@ -11,6 +11,11 @@ from lightning.pytorch import Trainer
 RECIPES = ("restart", "continue")
 
 
+def recipe_problems(recipe: Any) -> list[str]:
+    """The problem with a `retrain_recipe` argument, if any."""
+    return [] if recipe in RECIPES else [f"`retrain_recipe` must be one of {list(RECIPES)}, got {recipe!r}."]
+
+
 def continue_recipe(trainer: Trainer, mode: str) -> None:
     """`retrain_recipe: continue` after a later step: keep the running recipe.
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lightning_prune.pruning.budget import BUDGET_METRICS, budget_problems
-from lightning_prune.pruning.criteria import CRITERIA, option_problems
+from lightning_prune.pruning.criteria import CRITERIA, build_criterion, option_problems
 from lightning_prune.pruning.importance import TAYLOR_VARIANTS
 from lightning_prune.pruning.schedule import ScheduleStep, schedule_problems, schedule_steps
 from lightning_prune.pruning.structure import PruningStructure, check_ratios
@@ -95,6 +95,11 @@ class PrunePlan:
     @property
     def prune_epoch(self) -> int:
         return 0 if self.prune_at == "start" else int(self.prune_at_epoch)
+
+    @property
+    def needs_data(self) -> bool:
+        """Whether the criterion reads training batches (`taylor`, `oracle`)."""
+        return build_criterion(self.criterion.name, **self.criterion.options).needs_data
 
     def schedule_dict(self) -> Any:
         return self.schedule.as_dict() if isinstance(self.schedule, Schedule) else self.schedule
