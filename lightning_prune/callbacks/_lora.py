@@ -60,6 +60,14 @@ def retrain_problems(retrain: dict[str, Any] | None, schedule: Any = None) -> li
     return problems
 
 
+def resume_problem(mode: str) -> str | None:
+    """Why a retrain with LoRA cannot resume in `mode` (mask mode: the adapters' masks start at the pruning step)."""
+    if mode != "mask":
+        return None
+    return ("`retrain.method` 'lora' must start from the pruning step in mask mode, got a resumed retrain: resume in "
+            "physical mode, or retrain from the pruned checkpoint.")
+
+
 def lora_settings(retrain: dict[str, Any] | None) -> dict[str, Any] | None:
     """The LoRA settings (defaults filled in), or None for full retraining."""
     if not isinstance(retrain, dict) or retrain.get("method", "full") != "lora":

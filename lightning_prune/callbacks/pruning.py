@@ -267,9 +267,7 @@ class Pruning(Callback):
         if record and record.get("phase") == "retrain":
             start_retrain(pl_module)  # before the optimizers are built and their state is loaded
         if record and record.get("phase") == "retrain" and self.lora_settings and trainer.state.fn == "fit":
-            if self.mode == "mask":
-                raise ValueError("`retrain.method` 'lora' must start from the pruning step in mask mode, got a "
-                                 "resumed retrain: resume in physical mode, or retrain from the pruned checkpoint.")
+            _raise_if(_lora.resume_problem(self.mode))
             self._start_lora(trainer, resolve_target(pl_module, self.target))  # the weights (merged) are in
 
     @override
@@ -333,11 +331,7 @@ class Pruning(Callback):
         self.step_records.append({"epoch": trainer.current_epoch, "fraction": step.fraction, "indices": result.new})
         self.steps_done += 1
 
-        if first or self.retrain_recipe == "restart":
-            start_retrain(pl_module)
-            trainer.strategy.setup_optimizers(trainer)  # fresh optimizer + schedule over the current parameters
-        else:
-            _schedule.continue_recipe(trainer, self.mode)
+        _schedule.next_recipe(trainer, pl_module, first or self.retrain_recipe == "restart", self.mode)
         if self.restart_best:
             restart_best(trainer)
 
