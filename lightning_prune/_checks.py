@@ -11,7 +11,14 @@ def is_int(value: object, minimum: int | None = None) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and (minimum is None or value >= minimum)
 
 
+def int_problems(arg: str, value: object, minimum: int) -> list[str]:
+    """``[]`` if ``value`` is an ``int`` (not a ``bool``) of at least ``minimum``, else the one problem, worded as
+    :func:`check_int` words it (for checks that collect every problem)."""
+    return [] if is_int(value, minimum) else [f"`{arg}` must be an integer >= {minimum}, got {value!r}."]
+
+
 def check_int(arg: str, value: object, minimum: int) -> None:
     """Raise ``ValueError`` unless ``value`` is an ``int`` (not a ``bool``) of at least ``minimum``."""
-    if not is_int(value, minimum):
-        raise ValueError(f"`{arg}` must be an integer >= {minimum}, got {value!r}.")
+    problems = int_problems(arg, value, minimum)
+    if problems:
+        raise ValueError(problems[0])

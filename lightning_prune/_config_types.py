@@ -14,6 +14,8 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, Union
 
+from lightning_prune._checks import is_int
+
 _MAPPINGS = (dict, collections.abc.Mapping, collections.abc.MutableMapping)
 _SEQUENCES = (list, tuple, collections.abc.Sequence, collections.abc.Iterable)
 
@@ -49,7 +51,7 @@ def _kind(member: Any) -> tuple[str, typing.Callable[[Any], bool]] | None:
     if member is bool:
         return "true or false", lambda v: isinstance(v, bool) or (isinstance(v, str) and isinstance(_loaded(v), bool))
     if member is int:
-        return "an integer", lambda v: _is_int(v) or (isinstance(v, str) and _is_int(_loaded(v)))
+        return "an integer", lambda v: is_int(v) or (isinstance(v, str) and is_int(_loaded(v)))
     if member is float:
         return "a number", lambda v: _is_number(v) or (isinstance(v, str) and _is_number(_loaded(v)))
     if member is str:
@@ -63,10 +65,6 @@ def _kind(member: Any) -> tuple[str, typing.Callable[[Any], bool]] | None:
     if origin in _SEQUENCES and origin is not str:
         return "a list", lambda v: isinstance(v, (list, tuple))
     return None
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_number(value: Any) -> bool:

@@ -27,10 +27,14 @@ METHODS = ("full", "lora")
 ADAPTER = "default"
 
 
-def retrain_problems(retrain: dict[str, Any] | None) -> list[str]:
-    """Every problem with a `retrain` argument, each as "`arg` must be <rule>, got <value>."."""
+def retrain_problems(retrain: dict[str, Any] | None, schedule: Any = None) -> list[str]:
+    """Every problem with a `retrain` argument (and LoRA with a pruning `schedule`), each as "`arg` must be <rule>,
+    got <value>."."""
     if retrain is None:
         return []
+    if lora_settings(retrain) and schedule:
+        return [*retrain_problems(retrain), "`retrain.method` 'lora' must be used with one pruning step, got a "
+                "`schedule`."]
     if not isinstance(retrain, dict):
         return [f"`retrain` must be a dict such as {{method: lora, r: 8}}, got {retrain!r}."]
     problems = []
@@ -54,6 +58,14 @@ def retrain_problems(retrain: dict[str, Any] | None) -> list[str]:
     if not isinstance(targets, list) or not targets or not all(isinstance(t, str) and t for t in targets):
         problems.append(f"`retrain.target_modules` must be a non-empty list of module names, got {targets!r}.")
     return problems
+
+
+def resume_problem(mode: str) -> str | None:
+    """Why a retrain with LoRA cannot resume in `mode` (mask mode: the adapters' masks start at the pruning step)."""
+    if mode != "mask":
+        return None
+    return ("`retrain.method` 'lora' must start from the pruning step in mask mode, got a resumed retrain: resume in "
+            "physical mode, or retrain from the pruned checkpoint.")
 
 
 def lora_settings(retrain: dict[str, Any] | None) -> dict[str, Any] | None:

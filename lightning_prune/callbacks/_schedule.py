@@ -6,9 +6,26 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from lightning.pytorch import Trainer
+from lightning.pytorch import LightningModule, Trainer
+
+from lightning_prune.callbacks._measure import start_retrain
 
 RECIPES = ("restart", "continue")
+
+
+def recipe_problems(recipe: Any) -> list[str]:
+    """The problem with a `retrain_recipe` argument, if any."""
+    return [] if recipe in RECIPES else [f"`retrain_recipe` must be one of {list(RECIPES)}, got {recipe!r}."]
+
+
+def next_recipe(trainer: Trainer, module: LightningModule, restart: bool, mode: str) -> None:
+    """After a pruning step: `restart` (the module's `start_retrain` and a fresh optimizer and LR schedule over the
+    current parameters; always at the first step), else `continue_recipe`."""
+    if restart:
+        start_retrain(module)
+        trainer.strategy.setup_optimizers(trainer)
+    else:
+        continue_recipe(trainer, mode)
 
 
 def continue_recipe(trainer: Trainer, mode: str) -> None:

@@ -17,6 +17,7 @@ from typing import Literal
 from lightning_prune.callbacks.compression import CompressionCallback
 from lightning_prune.compression.dycoke import DyCokeMethod
 from lightning_prune.dycoke.hooks import DyCokeSettings
+from lightning_prune.dycoke.variant import VARIANTS
 
 
 class DyCoke(CompressionCallback):
@@ -49,7 +50,7 @@ class DyCoke(CompressionCallback):
         window: int = 4,
         reuse_threshold: float | None = 0.9,
         log_prefix: str = "dycoke",
-        variant: Literal["official", "refined"] = "official",
+        variant: Literal[VARIANTS] = "official",  # the choices of `dycoke.variant.Variant`
         score_dtype: Literal["model", "float32"] | None = None,
         carry_state_across_samples: bool = False,
     ) -> None:

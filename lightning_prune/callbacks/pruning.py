@@ -1,7 +1,7 @@
-"""`Pruning`: one `fit` runs pretrain -> prune -> retrain. The plan, the scoring, the choice and the pruning itself
-live in `lightning_prune.pruning` (`plan.py`, `engine.py`); this callback keeps the hooks and the Trainer-side
-effects: checks against the Trainer, optimizers and retrain recipes, LoRA, best-tracking restarts, measuring on the
-data loaders (`_measure.py`), logging and checkpoints."""
+"""`Pruning`: one `fit` runs pretrain -> prune -> retrain. The plan, its arguments' checks, the scoring, the choice
+and the pruning itself live in `lightning_prune.pruning` (`arguments.py`, `plan.py`, `engine.py`); this callback
+keeps the hooks and the Trainer-side effects: checks against the Trainer, optimizers and retrain recipes, LoRA,
+best-tracking restarts, measuring on the data loaders (`_measure.py`), logging and checkpoints."""
 
 from __future__ import annotations
 
@@ -32,108 +32,72 @@ from lightning_prune.callbacks._measure import (
     warn_unlogged,
 )
 from lightning_prune.outcome import MetricNames, final_metrics
+from lightning_prune.pruning.arguments import plan_from_arguments
 from lightning_prune.pruning.build import build_structure
 from lightning_prune.pruning.checkpoint import read_record, resolve_target
-from lightning_prune.pruning.criteria import CRITERIA, build_criterion
+from lightning_prune.pruning.criteria import CRITERIA
 from lightning_prune.pruning.engine import PruneState, check_plan, prune_step
-from lightning_prune.pruning.importance import TAYLOR_VARIANTS
 from lightning_prune.pruning.inputs import to_device
 from lightning_prune.pruning.masks import MaskGuard
-from lightning_prune.pruning.plan import PrunePlan
 
 CriterionName = Literal[CRITERIA]  # the registry's names (`pruning/criteria.py`), for the config's type check
-# The flat arguments that are a criterion's options (kept for the shipped configs): criterion -> (option, argument).
-_FLAT_OPTIONS = {"l1": ("reduction", "l1_reduction"), "random": ("seed", "seed"), "explicit": ("indices", "indices"),
-                 "taylor": ("variant", "taylor_variant")}
 
 
 class Pruning(Callback):
     """Prune the network at the phase boundary, measure it, and switch the module to its retrain recipe.
 
-    Add it to the callbacks of a Trainer; the LightningModule needs nothing of this package:
-      - the network to prune is its attribute `target` (default `model`; `""` = the module itself; a
-        `torch.compile`d network is pruned through the module it wraps), called on a batch's inputs `x` where
-        training batches are `(x, y)`; the first training batch's `x[:1]` traces the graph unless the module has an
-        `example_input_array` tensor; `loss_fn(outputs, y)` if it has one (else cross-entropy) for `taylor`/
-        `oracle`, and `evaluate_network(network, loader, device) -> (loss, acc)` for `pruned/*` (else a classifier's);
-      - at the boundary `configure_optimizers` is called again (through `trainer.strategy.setup_optimizers`) and
-        builds a fresh optimizer and schedule over the current parameters; a module may also define
-        `start_retrain()` to switch to a retrain recipe first;
-      - it logs an accuracy, a loss (of its validation loader) and an epoch-mean train loss: `acc_key`, `loss_key`,
-        `train_loss_key` name them (default `val/acc`, `val/loss`, `train/loss`; a `_epoch` suffix is accepted). If
-        one is never logged, one warning after the first validation epoch lists the names that were.
+    The LightningModule needs nothing of this package: the network is its attribute `target`, called on a batch's
+    inputs `x` (batches `(x, y)`; `x[:1]` of the first batch traces the graph unless `example_input_array` is a
+    tensor); it may define `loss_fn(outputs, y)` (`taylor`/`oracle`; else cross-entropy), `evaluate_network(network,
+    loader, device) -> (loss, acc)` (`pruned/*`; else a classifier's) and `start_retrain()`. At the boundary
+    `configure_optimizers` runs again (`trainer.strategy.setup_optimizers`) over the current parameters.
 
-    Checkpoints: those saved after pruning carry the pruning record, and any checkpoint this Trainer loads
-    (`fit` resume, `validate`/`test`/`predict` with a path, `"best"`, `"last"`) gets the recorded structure before
-    its weights load; without a Trainer, `lightning_prune.load_pruned(ModuleClass, path, **init_kwargs)`. With
-    `restart_best` (default), every monitoring `ModelCheckpoint` and every `EarlyStopping` starts afresh at the
-    boundary, so `ckpt_path="best"` names the best *pruned* model. nn.Module hyperparameters are left out of
-    checkpoints (they could not be loaded with `weights_only=True`).
+    Pruning happens at the start of epoch `prune_at_epoch` (0 for `prune_at="start"`), after the previous epoch's
+    LR-scheduler step. It logs `prune/params|macs_before|after`, `pruned/train_loss|train_acc` (the data's
+    `train_eval_dataloader()` if any, else the train loader) and `pruned/<split>_loss|_acc` (first validation
+    loader), `prune/indices` as a hyperparameter, `retrain/epoch` each retrain epoch and at the end `final/*`
+    (best-accuracy retrain epoch), `last/*` and `last5/*_mean|_std`, read from `acc_key`, `loss_key` and
+    `train_loss_key` (one warning lists the logged names if one never is). Also kept on the callback:
+    `pruned_indices`, `pruned_metrics`, `retrain_history`, `final_metrics`. A `schedule` prunes in steps (each logs
+    `prune/step`, `prune/fraction`, ...; later steps rank only the remaining units; `final/*` counts from the last).
 
-    Pruning happens at the start of a training epoch (epoch `prune_at_epoch`, or 0 for `prune_at="start"`), after
-    the previous epoch's LR-scheduler step, so the fresh retrain schedule starts at its epoch 0. Then:
-    `prune/params_before|after`, `prune/macs_before|after` and (with `measure`) `pruned/train_loss|train_acc`
-    (the training split via the data's `train_eval_dataloader()` if any, else the train loader; eval mode) and
-    `pruned/val_loss|val_acc` (the first validation loader, the split `val/*` is logged from) go to every logger;
-    `prune/indices` as a JSON hyperparameter. During retraining `retrain/epoch` is logged each epoch, and at the end
-    `final/val_acc|val_loss|train_loss` (best-accuracy retrain epoch, `final/epoch`), `last/...` (last epoch) and
-    `last5/..._mean|_std` (last 5 epochs); `val` is `split`. Everything is also kept on the callback:
-    `pruned_indices`, `pruned_metrics`, `retrain_history`, `final_metrics`.
-
-    Iterative schedules (`schedule`, see `lightning_prune.pruning.schedule`): step k (from 1) prunes at the start of
-    its epoch until `floor(ratio * fraction_k * units_original)` units of each layer are gone in total; later steps
-    rank only the remaining units. Each step logs `prune/step`, `prune/fraction`, `prune/*_before|after`,
-    `pruned/*` and `prune/indices` (cumulative, original numbering; also `pruned_indices`); `retrain/epoch`,
-    `retrain_history` and `final/|last/|last5/` count from the LAST step. Checkpoints record every step, so a fit
-    resumed between steps restores the structure so far and carries on with the schedule.
+    Checkpoints saved after pruning carry the pruning record: any checkpoint this Trainer loads gets the recorded
+    structure before its weights (without a Trainer: `lightning_prune.load_pruned`); a fit resumed between steps
+    carries on. With `restart_best`, monitoring `ModelCheckpoint`s and `EarlyStopping`s start afresh at the boundary.
 
     Args:
-        criterion: A name of `lightning_prune.pruning.criteria.CRITERIA`: `l1`, `taylor`, `oracle`, `random`,
-            `explicit` or `bn_scale` (|BatchNorm gamma| over the unit's group).
-        layers: `{glob pattern over module names: ratio in [0, 1)}`; `floor(ratio * units)` units are pruned.
-            A segment `a-b` is an inclusive range of layer numbers (`model.layers.4-29.mlp`).
+        criterion: A name of `pruning.criteria.CRITERIA` (`l1`, `taylor`, `oracle`, `random`, `explicit`, `bn_scale`).
+        layers: `{glob pattern over module names: ratio in [0, 1)}`, `floor(ratio * units)` pruned; a segment `a-b`
+            is an inclusive range of layer numbers (`model.layers.4-29.mlp`).
         indices: For `explicit`: `{layer name: pruned unit indices}`.
         mode: `physical` (units removed) or `mask` (their dependency groups zeroed and kept at zero).
-        prune_at: `"start"`: prune before the first epoch (pretrained weights).
-        prune_at_epoch: Prune after this many (pretrain) epochs. Exactly one of `prune_at`/`prune_at_epoch`.
-        global_pruning: Rank units across all selected layers (the issue's `global: true`) instead of per layer.
-        calibration_batches: Training batches read by `taylor` and `oracle` (per rank under `ddp`, where the
-            statistics are summed over all ranks; see `lightning_prune.pruning.distributed`).
-        seed: Seed of the `random` criterion.
-        l1_reduction: `sum` or `mean` of the absolute weights within a filter.
-        target: Attribute of the LightningModule holding the network; patterns are relative to it.
-        measure: Compute `pruned/*` loss and accuracy (two full passes over the data).
-        budget: `{"macs": f}` or `{"params": f}`: instead of pruning each layer's ratio, prune globally over the
-            selected layers (lowest scores first, each layer at most its ratio) until the measured MACs or
-            parameters are at most `f` of the unpruned network's, within one unit; `budget/*` is logged.
-        acc_key: Logged accuracy of the validation loader.
-        loss_key: Logged loss of the validation loader.
-        train_loss_key: Logged epoch-mean training loss.
-        split: `val`, or `test` when the validation loader is the test split (as in the oracle-pruning study):
-            names `pruned/<split>_*`, `final/<split>_*` and the history fields.
+        prune_at: `"start"`: prune before the first epoch. Exactly one of `prune_at`/`prune_at_epoch`.
+        prune_at_epoch: Prune after this many (pretrain) epochs.
+        global_pruning: Rank units across all selected layers instead of per layer.
+        calibration_batches: Training batches read by `taylor` and `oracle` (per rank under `ddp`, summed).
+        seed: Seed of `random`.
+        l1_reduction: `sum` or `mean` of the absolute weights within a filter (`l1`).
+        target: Attribute of the LightningModule holding the network (`""`: the module); patterns are relative to it.
+        measure: Compute `pruned/*` (two full passes over the data).
+        acc_key, loss_key, train_loss_key: Logged validation accuracy, validation loss, epoch-mean train loss.
+        split: `val`, or `test` when the validation loader is the test split: names `pruned/<split>_*`, `final/...`.
         restart_best: Restart `ModelCheckpoint`/`EarlyStopping` best tracking at the boundary.
-        save_pretrained: Write `<log dir>/pruned_hf/` at the end for a transformers model (`from_pretrained`).
-        schedule: Iterative pruning, one of two forms: `{steps: n, every_n_epochs: e}` (fractions k/n, every e
-            epochs from the prune epoch) or `{at: [[epoch, fraction], ...]}` (the first epoch = the prune epoch,
-            fractions increasing in (0, 1]). None: one step. Not with `explicit` or `budget`.
-        retrain_recipe: After each later step, `restart` (start_retrain + a fresh optimizer and LR schedule, as
-            at the first step) or `continue`: the recipe begun at the first step goes on. Mask mode keeps the
-            optimizer (momentum) and schedulers; physical mode builds the optimizer anew over the smaller
-            parameters (zero moments) and gives each LR scheduler back its state (epoch, last LR).
-        retrain: `{method: full}` (default: every weight retrains) or `{method: lora, r, alpha, dropout,
-            target_modules}`: LoRA adapters (peft) on the pruned network, defaults r 8, alpha 16, dropout 0.05 on
-            q/k/v/o/gate/down/up (LLM-Pruner's `post_training.py`); checkpoints hold merged weights, and the
-            adapters are merged before `pruned_hf/` is written (see `callbacks/_lora.py`). One pruning step only.
-        taylor_variant: For `taylor`: `group` (default: `(sum over the unit's group of g * w)^2` per batch) or
-            LLM-Pruner's `vectorize`, `param_first`, `param_second`, `param_mix` (`pruning.importance`).
-        pad_export: When layer sizes differ (layer ranges, global ranking), write `pruned_hf/` zero-padded to the
-            largest layer (same logits, loads with `from_pretrained`, e.g. for `lm_eval --model hf`) instead of
-            nothing (`pruning/hf_padding.py`).
-        criterion_options: Options of the criterion, by its class's keywords (`bn_scale`: `{reduction: mean}`;
-            `oracle`: `{chunk_size: 8}`); they override the flat `l1_reduction`, `seed`, `indices`, `taylor_variant`.
-        allow_plan_change: Resume from a checkpoint made under another prune plan (target, criterion, mode,
-            layers, indices, prune epoch, schedule, global pruning, budget) and prune by this one; by default
-            such a resume is refused, naming both plans.
+        save_pretrained: Write `<log dir>/pruned_hf/` at the end for a transformers model.
+        budget: `{"macs": f}` or `{"params": f}`: prune globally (each layer at most its ratio) until the MACs or
+            parameters are at most `f` of the unpruned network's; logs `budget/*`.
+        schedule: `{steps: n, every_n_epochs: e}` or `{at: [[epoch, fraction], ...]}` (`pruning.schedule`); None:
+            one step. Not with `explicit` or `budget`.
+        retrain_recipe: After each later step, `restart` (start_retrain + fresh optimizer and LR schedule) or
+            `continue` the running recipe (`_schedule.continue_recipe`).
+        retrain: `{method: full}` (default) or `{method: lora, r, alpha, dropout, target_modules}` (`_lora.py`;
+            checkpoints and `pruned_hf/` hold merged weights). One pruning step only.
+        taylor_variant: For `taylor`: `group` (default) or LLM-Pruner's `vectorize`, `param_first`,
+            `param_second`, `param_mix`.
+        pad_export: When layer sizes differ, write `pruned_hf/` zero-padded to the largest layer (same logits).
+        allow_plan_change: Resume from a checkpoint made under another prune plan and prune by this one (by
+            default such a resume is refused, naming both plans).
+        criterion_options: The criterion class's keywords (`bn_scale`: `{reduction: mean}`; `oracle`:
+            `{chunk_size: 8}`); they override `l1_reduction`, `seed`, `indices`, `taylor_variant`.
     """
 
     def __init__(
@@ -167,47 +131,29 @@ class Pruning(Callback):
     ) -> None:
         super().__init__()
         self.names = MetricNames(acc=acc_key, loss=loss_key, train_loss=train_loss_key, split=split)
-        flat = {"l1_reduction": l1_reduction, "seed": seed, "indices": indices, "taylor_variant": taylor_variant}
-        option, argument = _FLAT_OPTIONS.get(criterion, (None, None))
-        options = {option: flat[argument]} if option else {}
-        if criterion == "explicit" and isinstance(indices, dict):
-            options["indices"] = {name: list(idxs) for name, idxs in indices.items()}
-        self.prune_plan = PrunePlan.from_arguments(
-            criterion, {**options, **(criterion_options or {})}, schedule, budget, layers=dict(layers or {}),
-            mode=mode, prune_at=prune_at, prune_at_epoch=prune_at_epoch, target=target, global_pruning=global_pruning,
-            calibration_batches=calibration_batches, given_options=bool(criterion_options))
-        problems = self.prune_plan.problems() + self.names.problems()
-        if indices and criterion != "explicit":
-            problems.append(f"`indices` must be None unless criterion is 'explicit', got criterion {criterion!r}.")
-        if criterion != "l1" and l1_reduction not in ("sum", "mean"):
-            problems.append(f"`l1_reduction` must be one of ['sum', 'mean'], got {l1_reduction!r}.")
-        if retrain_recipe not in _schedule.RECIPES:
-            problems.append(f"`retrain_recipe` must be one of {list(_schedule.RECIPES)}, got {retrain_recipe!r}.")
-        problems += _lora.retrain_problems(retrain)
-        if _lora.lora_settings(retrain) and schedule:
-            problems.append("`retrain.method` 'lora' must be used with one pruning step, got a `schedule`.")
-        if criterion != "taylor" and taylor_variant not in TAYLOR_VARIANTS:
-            problems.append(f"`taylor_variant` must be one of {list(TAYLOR_VARIANTS)}, got {taylor_variant!r}.")
+        plan, problems = plan_from_arguments(
+            criterion, indices=indices, seed=seed, l1_reduction=l1_reduction, taylor_variant=taylor_variant,
+            criterion_options=criterion_options, schedule=schedule, budget=budget, layers=layers, mode=mode,
+            prune_at=prune_at, prune_at_epoch=prune_at_epoch, target=target, global_pruning=global_pruning,
+            calibration_batches=calibration_batches)
+        problems += self.names.problems() + _schedule.recipe_problems(retrain_recipe)
+        problems += _lora.retrain_problems(retrain, schedule)
         if problems:
             raise ValueError(" ".join(problems))
-        plan = self.prune_plan
+        self.prune_plan, self.plan = plan, plan.record()  # the record goes into checkpoints, compared on resume
         self.criterion, self.mode, self.target, self.measure = criterion, mode, target, measure
         self.layers, self.indices, self.budget = plan.layers, plan.indices, plan.budget_dict()
         self.prune_epoch, self.schedule, self.retrain_recipe = plan.prune_epoch, plan.schedule_dict(), retrain_recipe
-        self.steps = plan.steps()
-        self.steps_done = 0
+        self.steps, self.steps_done = plan.steps(), 0
         self.step_records: list[dict[str, Any]] = []  # per step: epoch, fraction, its indices (original numbering)
         self.restart_best, self.save_pretrained, self.pad_export = restart_best, save_pretrained, pad_export
+        self.allow_plan_change, self.lora_settings = allow_plan_change, _lora.lora_settings(retrain)
         self.pruned_metrics: dict[str, float] = {}
         self.final_metrics: dict[str, float] = {}
-        self._recorder = RetrainRecorder(self.names)
-        self._state = PruneState()
+        self._recorder, self._state = RetrainRecorder(self.names), PruneState()
         self._example: dict[str, Any] | None = None  # {"shape", "dtype"} of the tracing input
         self._checked_plan = self._checked_names = self._validated = self._said_hparams = False
-        self.lora_settings = _lora.lora_settings(retrain)
         self._lora: _lora.LoraAdapters | None = None
-        self.allow_plan_change = allow_plan_change
-        self.plan = plan.record()  # recorded in checkpoints, compared when a fit resumes
 
     @property
     def pruned(self) -> bool:
@@ -321,9 +267,7 @@ class Pruning(Callback):
         if record and record.get("phase") == "retrain":
             start_retrain(pl_module)  # before the optimizers are built and their state is loaded
         if record and record.get("phase") == "retrain" and self.lora_settings and trainer.state.fn == "fit":
-            if self.mode == "mask":
-                raise ValueError("`retrain.method` 'lora' must start from the pruning step in mask mode, got a "
-                                 "resumed retrain: resume in physical mode, or retrain from the pruned checkpoint.")
+            _raise_if(_lora.resume_problem(self.mode))
             self._start_lora(trainer, resolve_target(pl_module, self.target))  # the weights (merged) are in
 
     @override
@@ -350,13 +294,12 @@ class Pruning(Callback):
         """Before any training step: the criterion has its data, and the layers/ratios/indices fit the network."""
         if self._checked_plan:
             return
-        if build_criterion(self.criterion, **self.prune_plan.criterion.options).needs_data:
+        if self.prune_plan.needs_data:
             _distributed.check_train_data(self.criterion, _loaders.has_train_data(trainer))  # raises on every rank
         network = resolve_target(pl_module, self.target)
         if self.lora_settings:
             _lora.check_targets(network, self.lora_settings)
-        check_plan(network, self._example_input(trainer, pl_module), self.prune_plan,
-                   self.steps)
+        check_plan(network, self._example_input(trainer, pl_module), self.prune_plan, self.steps)
         self._checked_plan = True
 
     def _check_names_logged(self, trainer: Trainer) -> None:
@@ -378,11 +321,8 @@ class Pruning(Callback):
         result = prune_step(network, example, self.prune_plan, self.steps, self.steps_done, self._state, batches,
                             loss_function(pl_module))
         self._state, metrics, indices = result.state, result.metrics, result.state.indices
-        if result.inexact:
-            rank_zero_warn(
-                f"Pruning: masking {result.inexact} is not exactly removal (a LayerNorm/GroupNorm spans them, as for "
-                "a ViT's embedding dimension and every ConvNeXt channel layer)."
-            )
+        if result.inexact_warning():
+            rank_zero_warn(result.inexact_warning())
         if self.mode == "physical":
             _distributed.rebuild_wrapper(trainer)  # DDP's buckets hold the replaced parameters
         if first and self.lora_settings:
@@ -391,11 +331,7 @@ class Pruning(Callback):
         self.step_records.append({"epoch": trainer.current_epoch, "fraction": step.fraction, "indices": result.new})
         self.steps_done += 1
 
-        if first or self.retrain_recipe == "restart":
-            start_retrain(pl_module)
-            trainer.strategy.setup_optimizers(trainer)  # fresh optimizer + schedule over the current parameters
-        else:
-            _schedule.continue_recipe(trainer, self.mode)
+        _schedule.next_recipe(trainer, pl_module, first or self.retrain_recipe == "restart", self.mode)
         if self.restart_best:
             restart_best(trainer)
 
@@ -407,12 +343,7 @@ class Pruning(Callback):
         for logger in trainer.loggers:
             logger.log_hyperparams({"prune/indices": json.dumps(indices)})
         _distributed.log_rank_indices(indices)
-        rank_zero_info(
-            f"Pruning ({self.criterion}, {self.mode}) step {self.steps_done}/{len(self.steps)} at epoch "
-            f"{trainer.current_epoch}: "
-            f"{metrics['prune/params_before']:,} -> {metrics['prune/params_after']:,} parameters; "
-            + ", ".join(f"{name}: {len(idxs)}" for name, idxs in indices.items())
-        )
+        rank_zero_info(result.summary(self.prune_plan, len(self.steps), trainer.current_epoch))
 
     def _start_lora(self, trainer: Trainer, network: torch.nn.Module) -> int:
         """Inject the LoRA adapters (mask mode: their rows/columns of removed units masked too); trainable count."""

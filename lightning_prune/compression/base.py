@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
+from lightning_prune._checks import int_problems
 from lightning_prune.compression.contexts import (
     ONE_SAMPLE_ATTRIBUTE,
     LayerContext,
@@ -28,7 +29,7 @@ from lightning_prune.dycoke.families.base import FamilyAdapter, VideoTokens
 # keep importing the whole interface from here.
 __all__ = [
     "ONE_SAMPLE_ATTRIBUTE", "CompressionMethod", "LayerContext", "LayerCut", "VisualContext", "VisualSelection",
-    "check_fraction", "check_int", "generates_one_sample_at_a_time", "kept_of",
+    "check_fraction", "int_problems", "generates_one_sample_at_a_time", "kept_of",
 ]
 
 
@@ -118,12 +119,6 @@ def check_fraction(name: str, value: Any, low_open: bool = True, high_closed: bo
     if ok:
         ok = (value > 0 if low_open else value >= 0) and (value <= 1 if high_closed else value < 1)
     return [] if ok else [f"`{name}` must be in {low}0, 1{high}, got {value!r}."]
-
-
-def check_int(name: str, value: Any, minimum: int) -> list[str]:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        return [f"`{name}` must be an integer >= {minimum}, got {value!r}."]
-    return []
 
 
 def kept_of(count: int, ratio: float) -> int:

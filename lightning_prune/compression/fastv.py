@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lightning_prune.compression.base import CompressionMethod, LayerContext, LayerCut, check_fraction, check_int
+from lightning_prune.compression.base import CompressionMethod, LayerContext, LayerCut, check_fraction, int_problems
 
 
 def fastv_keep_positions(last_row_attention: torch.Tensor, visual_mask: torch.Tensor,
@@ -65,7 +65,7 @@ class FastVMethod(CompressionMethod):
     ratio: float = 0.5
 
     def problems(self) -> list[str]:
-        return check_int("K", self.K, 1) + check_fraction("ratio", self.ratio)
+        return int_problems("K", self.K, 1) + check_fraction("ratio", self.ratio)
 
     def check_model(self, base, family, num_layers: int) -> None:
         if self.K >= num_layers:

@@ -19,7 +19,7 @@ from lightning_prune.compression.base import (
     VisualContext,
     VisualSelection,
     check_fraction,
-    check_int,
+    int_problems,
 )
 from lightning_prune.dycoke.families.base import VideoTokens
 
@@ -43,7 +43,7 @@ class RandomTokensMethod(CompressionMethod):
     seed: int = 0
 
     def problems(self) -> list[str]:
-        return check_fraction("keep_ratio", self.keep_ratio) + check_int("seed", self.seed, 0)
+        return check_fraction("keep_ratio", self.keep_ratio) + int_problems("seed", self.seed, 0)
 
     @classmethod
     def at_budget(cls, keep: float) -> RandomTokensMethod:

@@ -37,7 +37,7 @@ from lightning_prune.compression.base import (
     VisualContext,
     VisualSelection,
     check_fraction,
-    check_int,
+    int_problems,
 )
 from lightning_prune.dycoke.families.base import VideoTokens
 
@@ -341,9 +341,9 @@ class PruneVidMethod(CompressionMethod):
         for name in ("temporal_segment_ratio", "cluster_ratio", "alpha"):
             problems += check_fraction(name, getattr(self, name))
         if self.selected_layer is not None:
-            problems += check_int("selected_layer", self.selected_layer, 0)
-        problems += check_int("k", self.k, 1)
-        problems += check_int("seed", self.seed, 0)
+            problems += int_problems("selected_layer", self.selected_layer, 0)
+        problems += int_problems("k", self.k, 1)
+        problems += int_problems("seed", self.seed, 0)
         if not isinstance(self.temporal_merging, bool):
             problems.append(f"`temporal_merging` must be True or False, got {self.temporal_merging!r}.")
         return problems

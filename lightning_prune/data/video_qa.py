@@ -27,7 +27,8 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
-from lightning_prune._files import jsonl_records
+from lightning_prune._checks import is_int
+from lightning_prune._files import jsonl_records, write_atomic
 from lightning_prune.data._common import check_at_least, check_choice
 
 _SYNTHETIC_QUESTION = "Which way does the red square move?"
@@ -177,14 +178,13 @@ def write_synthetic_video_qa(folder: str | Path, samples: int = 2, frames: int =
         lines.append({"id": f"synthetic-{index}", "video": f"video_{index}.mp4", "question": _SYNTHETIC_QUESTION,
                       "options": _SYNTHETIC_OPTIONS, "answer": string.ascii_uppercase[index % 4]})
     annotations = folder / "annotations.jsonl"
-    staging = annotations.with_suffix(".jsonl.tmp")
-    staging.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    staging.replace(annotations)  # the JSONL appears last, so its presence means the dataset is complete
+    # Written last and atomically, so its presence means the dataset is complete.
+    write_atomic(annotations, "".join(json.dumps(line) + "\n" for line in lines))
     return annotations
 
 
 def _answer_index(answer: Any, options: list[str], where: str) -> int:
-    if isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < len(options):
+    if is_int(answer, 0) and answer < len(options):
         return answer
     if isinstance(answer, str):
         letter = answer.strip().strip("().").upper()

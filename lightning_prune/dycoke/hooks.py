@@ -25,10 +25,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from lightning_prune._checks import int_problems
 from lightning_prune.dycoke.attention import STATE_KWARG, WRAPPED_IMPLEMENTATIONS, register_attention_functions
 from lightning_prune.dycoke.families import family_of, get_family
 from lightning_prune.dycoke.kv_pruning import SCORE_DTYPES, DecodePruning
-from lightning_prune.dycoke.ttm import VARIANTS, ttm_keep_positions
+from lightning_prune.dycoke.ttm import ttm_keep_positions
+from lightning_prune.dycoke.variant import Variant
 
 
 @dataclass(frozen=True)
@@ -68,25 +70,27 @@ class DyCokeSettings:
         problems = []
         if not 0.0 <= self.merging_ratio < 1.0:
             problems.append(f"`merging_ratio` must be in [0, 1), got {self.merging_ratio}.")
-        if isinstance(self.prune_layer, bool) or not isinstance(self.prune_layer, int) or self.prune_layer < 1:
-            problems.append(f"`prune_layer` must be an integer >= 1, got {self.prune_layer!r}.")
+        problems += int_problems("prune_layer", self.prune_layer, 1)
         if not 0.0 <= self.decode_prune_ratio < 1.0:
             problems.append(f"`decode_prune_ratio` must be in [0, 1), got {self.decode_prune_ratio}.")
-        if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
-            problems.append(f"`window` must be an integer >= 1, got {self.window!r}.")
+        problems += int_problems("window", self.window, 1)
         if self.reuse_threshold is not None and not -1.0 <= self.reuse_threshold <= 1.0:
             problems.append(f"`reuse_threshold` must be in [-1, 1] or None, got {self.reuse_threshold}.")
-        if self.variant not in VARIANTS:
-            problems.append(f"`variant` must be one of {list(VARIANTS)}, got {self.variant!r}.")
-        elif self.variant == "official" and self.window != 4:
-            problems.append(f"`window` must be 4 with variant='official' (the published code's), got {self.window!r}.")
+        variant_problem = Variant.problem(self.variant)
+        problems.append(variant_problem or Variant(self.variant).window_problem(self.window))
         if self.score_dtype is not None and self.score_dtype not in SCORE_DTYPES:
             problems.append(f"`score_dtype` must be one of {list(SCORE_DTYPES)} or None, got {self.score_dtype!r}.")
         if not isinstance(self.carry_state_across_samples, bool):
             problems.append("`carry_state_across_samples` must be true or false, "
                             f"got {self.carry_state_across_samples!r}.")
+        problems = [problem for problem in problems if problem is not None]
         if problems:
             raise ValueError(" ".join(problems))
+
+    @property
+    def rules(self) -> Variant:
+        """The variant as the object that owns its rules (`variant` itself stays the name, as given)."""
+        return Variant(self.variant)
 
 
 @dataclass
@@ -277,7 +281,7 @@ class DyCokeHooks:
             self._shorten_prompt(module, kwargs, original, sources)
         input_ids = kwargs["input_ids"]
         visual_positions = (input_ids == self.video_token_id).nonzero()[:, 1].view(batch, -1)
-        if self.settings.variant == "official":
+        if self.settings.rules.published:
             # As published: neither the last frame token nor the tokens after the frames (the newline) are candidates.
             visual_positions = visual_positions[:, : kept_count - video.trailing - 1]
         self.pruning.start(visual_positions, input_ids.shape[1])

@@ -33,7 +33,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from lightning_prune.dycoke.ttm import check_variant, kept_count
+from lightning_prune.dycoke.ttm import kept_count
+from lightning_prune.dycoke.variant import Variant
 
 #: Where the decode step scores: in float32, or in the model's dtype (as the published code does).
 SCORE_DTYPES = ("model", "float32")
@@ -43,11 +44,6 @@ def check_score_dtype(score_dtype: str) -> None:
     """Raise a `ValueError` naming the choices unless `score_dtype` is one of `SCORE_DTYPES`."""
     if score_dtype not in SCORE_DTYPES:
         raise ValueError(f"`score_dtype` must be one of {list(SCORE_DTYPES)}, got {score_dtype!r}.")
-
-
-def default_score_dtype(variant: str) -> str:
-    """`model` for the `official` variant (as published), `float32` for `refined`."""
-    return "model" if variant == "official" else "float32"
 
 
 def last_query_attention(
@@ -193,8 +189,8 @@ class DecodePruning:
         score_dtype: str | None = None,
         carry_state: bool = False,
     ):
-        check_variant(variant)
-        score_dtype = default_score_dtype(variant) if score_dtype is None else score_dtype
+        variant = Variant.of(variant)
+        score_dtype = variant.default_score_dtype if score_dtype is None else score_dtype
         check_score_dtype(score_dtype)
         self.score_dtype = score_dtype
         self.carry_state = carry_state
@@ -276,7 +272,7 @@ class DecodePruning:
             self._selected = fresh if self._selected is None else torch.where(reuse[:, None], self._selected, fresh)
             self._version += 1
         pruned_length = key.shape[2] - self.visual_positions.shape[1] + self.keep
-        if self.variant == "official":
+        if self.variant.published:
             # Similar samples attend to the full cache at this step; the others to their fresh selection.
             self._unpruned = reuse if bool(reuse.any()) else None
             share = float(reuse.float().mean())

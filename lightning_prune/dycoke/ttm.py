@@ -28,22 +28,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-#: The rule variants: the published code's behaviour, and ours.
-VARIANTS = ("official", "refined")
-_OFFICIAL_WINDOW = 4
-
-
-def check_variant(variant: str) -> None:
-    """Raise a `ValueError` naming the choices unless `variant` is one of `VARIANTS`."""
-    if variant not in VARIANTS:
-        raise ValueError(f"`variant` must be one of {list(VARIANTS)}, got {variant!r}.")
+from lightning_prune._checks import check_int
+from lightning_prune.dycoke.variant import VARIANTS, Variant  # noqa: F401  (VARIANTS: re-exported)
 
 
 def _check_ratio_and_window(ratio: float, window: int) -> None:
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"`ratio` must be in [0, 1), got {ratio}.")
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise ValueError(f"`window` must be an integer >= 1, got {window!r}.")
+    check_int("window", window, 1)
 
 
 def kept_count(num_tokens: int, ratio: float, variant: str = "official") -> int:
@@ -58,11 +50,7 @@ def kept_count(num_tokens: int, ratio: float, variant: str = "official") -> int:
             (so `10 * (1 - 0.9)` = 0.99999... gives 0); `refined`: the same without the float noise (gives 1).
     """
     _check_ratio_and_window(ratio, 1)
-    check_variant(variant)
-    if variant == "official":
-        return int(num_tokens * (1.0 - ratio))
-    # round() first so that e.g. (1 - 0.9) * 10 = 0.9999999999999998 counts as 1, as the formula means
-    return int(round((1.0 - ratio) * num_tokens, 9))
+    return Variant.of(variant).kept_count(num_tokens, ratio)
 
 
 def reference_frames(num_frames: int, window: int = 4) -> torch.Tensor:
@@ -130,16 +118,16 @@ def ttm_keep_indices(
         F). `refined` never returns `None`.
     """
     _check_ratio_and_window(ratio, window)
-    check_variant(variant)
+    variant = Variant.of(variant)
     if frames.dim() != 3:
         raise ValueError(f"`frames` must have shape [F, N, D], got {tuple(frames.shape)}.")
-    if variant == "official":
-        if window != _OFFICIAL_WINDOW:
-            raise ValueError(f"`window` must be {_OFFICIAL_WINDOW} with variant='official' (the published code's), "
-                             f"got {window}. Use variant='refined' for other windows.")
+    problem = variant.window_problem(window)
+    if problem is not None:
+        raise ValueError(problem)
+    if variant.published:
         return _official_keep_indices(frames, ratio)
     num_frames, num_tokens, _ = frames.shape
-    keep = kept_count(num_tokens, ratio, "refined")
+    keep = variant.kept_count(num_tokens, ratio)
     reference = reference_frames(num_frames, window)
     everything = torch.arange(num_tokens, device=frames.device)
     kept: list[torch.Tensor | None] = [everything] * num_frames
@@ -208,9 +196,9 @@ def merged_token_count(
         window: frames per window.
         variant: `official` or `refined`.
     """
-    check_variant(variant)
+    variant = Variant.of(variant)
     keep = kept_count(num_tokens, ratio, variant)
-    if variant == "official":
+    if variant.published:
         if num_frames == 1:
             return num_tokens
         merged = len(dict(_official_merges(num_frames)))

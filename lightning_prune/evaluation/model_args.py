@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from lightning_prune._checks import check_int
 from lightning_prune.callbacks.dycoke import DyCoke
 from lightning_prune.compression.registry import get_method, method_class
 from lightning_prune.data.video_qa import FRAME_SAMPLERS
@@ -154,17 +155,16 @@ def parse_model_args(model_args: dict[str, Any]) -> EvaluationSettings:
         get_method(method, **method_settings)  # the method checks its own values now, before any model is built
     data_args = _mapping(_mapping(raw.get("data")).get("init_args"))
     num_frames = args.get("num_frames", data_args.get("num_frames", 32))
-    _check_positive_int("num_frames", num_frames)
+    check_int("num_frames", num_frames, 1)
     frame_sampling = args.get("frame_sampling", "truncate")
     if frame_sampling not in FRAME_SAMPLERS:
         raise ValueError(f"`frame_sampling` must be one of {list(FRAME_SAMPLERS)}, got {frame_sampling!r}.")
     batch_size = args.get("batch_size", 1)
     if isinstance(batch_size, str) and batch_size.isdigit():
         batch_size = int(batch_size)  # lmms-eval's command line passes it as text
-    _check_positive_int("batch_size", batch_size)
+    check_int("batch_size", batch_size, 1)
     num_workers = args.get("num_workers", data_args.get("num_workers", 0))
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise ValueError(f"`num_workers` must be an integer >= 0, got {num_workers!r}.")
+    check_int("num_workers", num_workers, 0)
     device = str(args.get("device", "auto"))
     if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
         raise ValueError(f"`device` must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}.")
@@ -271,8 +271,3 @@ def _dycoke_settings(raw: dict[str, Any], config: Path, args: dict[str, Any]) ->
 
 def _mapping(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")

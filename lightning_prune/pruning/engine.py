@@ -51,6 +51,20 @@ class StepResult:
     metrics: dict[str, float]
     inexact: list[str]  # mask mode: masked layers whose masking is not exactly removal (a norm spans them)
 
+    def inexact_warning(self) -> str | None:
+        """The line to warn with when some masking is not exactly removal, else None."""
+        if not self.inexact:
+            return None
+        return (f"Pruning: masking {self.inexact} is not exactly removal (a LayerNorm/GroupNorm spans them, as for "
+                "a ViT's embedding dimension and every ConvNeXt channel layer).")
+
+    def summary(self, plan: PrunePlan, total_steps: int, epoch: int) -> str:
+        """The one log line of this step: criterion, mode, step, epoch, parameters and units pruned per layer."""
+        metrics = self.metrics
+        return (f"Pruning ({plan.criterion.name}, {plan.mode}) step {int(metrics['prune/step'])}/{total_steps} at "
+                f"epoch {epoch}: {metrics['prune/params_before']:,} -> {metrics['prune/params_after']:,} parameters; "
+                + ", ".join(f"{name}: {len(idxs)}" for name, idxs in self.state.indices.items()))
+
 
 def pruned_copy(network: torch.nn.Module, example: Any, indices: dict[str, list[int]]) -> torch.nn.Module:
     """A physically pruned deep copy (to count what mask mode saves, or to export it)."""

@@ -12,8 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from lightning_prune._checks import int_problems
 from lightning_prune.pruning.budget import BUDGET_METRICS, budget_problems
-from lightning_prune.pruning.criteria import CRITERIA, option_problems
+from lightning_prune.pruning.criteria import CRITERIA, build_criterion, option_problems
 from lightning_prune.pruning.importance import TAYLOR_VARIANTS
 from lightning_prune.pruning.schedule import ScheduleStep, schedule_problems, schedule_steps
 from lightning_prune.pruning.structure import PruningStructure, check_ratios
@@ -96,6 +97,11 @@ class PrunePlan:
     def prune_epoch(self) -> int:
         return 0 if self.prune_at == "start" else int(self.prune_at_epoch)
 
+    @property
+    def needs_data(self) -> bool:
+        """Whether the criterion reads training batches (`taylor`, `oracle`)."""
+        return build_criterion(self.criterion.name, **self.criterion.options).needs_data
+
     def schedule_dict(self) -> Any:
         return self.schedule.as_dict() if isinstance(self.schedule, Schedule) else self.schedule
 
@@ -126,9 +132,7 @@ class PrunePlan:
         if self.mode not in MODES:
             problems.append(f"`mode` must be one of {list(MODES)}, got {self.mode!r}.")
         problems += self._epoch_problems() + self._layer_problems()
-        batches = self.calibration_batches
-        if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
-            problems.append(f"`calibration_batches` must be an integer >= 1, got {batches!r}.")
+        problems += int_problems("calibration_batches", self.calibration_batches, 1)
         if options.get("reduction", "sum") not in ("sum", "mean") and name == "l1":
             problems.append(f"`l1_reduction` must be one of ['sum', 'mean'], got {options['reduction']!r}.")
         problems += budget_problems(self.budget_dict())
@@ -150,9 +154,7 @@ class PrunePlan:
             return ["`prune_at: start` or `prune_at_epoch: N` must be given, got neither."]
         if prune_at is not None and prune_at != "start":
             return [f"`prune_at` must be 'start' or None, got {prune_at!r}."]
-        if epoch is not None and (not isinstance(epoch, int) or epoch < 0):
-            return [f"`prune_at_epoch` must be an integer >= 0, got {epoch!r}."]
-        return []
+        return [] if epoch is None else int_problems("prune_at_epoch", epoch, 0)
 
     def _layer_problems(self) -> list[str]:
         if self.criterion.name == "explicit":

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from lightning_prune._checks import is_int
 from lightning_prune.pruning.structure import PruningStructure, pruned_count
 from lightning_prune.pruning.transformer import DecoderStructure
 
@@ -35,10 +36,6 @@ class ScheduleStep:
 
     epoch: int
     fraction: float
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _increasing(values: list) -> bool:
@@ -68,7 +65,7 @@ def schedule_problems(schedule: dict | None, criterion: str, budget: dict | None
     if equal:
         for key in ("steps", "every_n_epochs"):
             value = schedule.get(key)
-            if not _is_int(value) or value < 1:
+            if not is_int(value, 1):
                 problems.append(f"`schedule.{key}` must be an integer >= 1, got {value!r}.")
         return problems
     if "at" not in schedule:
@@ -84,7 +81,7 @@ def _pairs_problems(pairs: object) -> list[str]:
         return [f"`schedule.at` must be {shape}, got {pairs!r}."]
     epochs, fractions = [p[0] for p in pairs], [p[1] for p in pairs]
     problems = []
-    if not all(_is_int(e) and e >= 0 for e in epochs) or not _increasing(epochs):
+    if not all(is_int(e, 0) for e in epochs) or not _increasing(epochs):
         problems.append(f"`schedule.at` epochs must be increasing integers >= 0, got {epochs}.")
     numbers = all(isinstance(f, (int, float)) and not isinstance(f, bool) for f in fractions)
     if not numbers or not all(0 < f <= 1 for f in fractions) or not _increasing(fractions):

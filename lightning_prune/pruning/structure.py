@@ -28,6 +28,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from lightning_prune._checks import is_int
 from lightning_prune.pruning.attention import is_head_prunable
 from lightning_prune.pruning.choice import lowest_units
 from lightning_prune.pruning.groups import (
@@ -286,7 +287,7 @@ class PruningStructure:
                     f"`indices` must name prunable layers, got {name!r}; prunable layers: {self._names_list()}."
                 )
             units = self.layers[name].units
-            bad = [i for i in idxs if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < units]
+            bad = [i for i in idxs if not is_int(i, 0) or i >= units]
             if bad:
                 raise ValueError(f"`indices[{name!r}]` must be integers in [0, {units}), got {bad}.")
             if len(set(idxs)) != len(idxs):
