@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from lightning_prune._checks import check_int
+from lightning_prune._files import write_atomic
 
 KINDS = ("appearance", "motion", "order", "flash", "counting")
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 235), "yellow": (235, 215, 40)}
@@ -208,9 +209,7 @@ def write_split(out: str | Path, seed: int, samples: int, frames: int = 16, size
         write_video(out / name, video)
         lines.append({"video": name, **record})
     annotations = out / "annotations.jsonl"
-    staging = annotations.with_suffix(".jsonl.tmp")
-    staging.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    staging.replace(annotations)
+    write_atomic(annotations, "".join(json.dumps(line) + "\n" for line in lines))
     return annotations
 
 

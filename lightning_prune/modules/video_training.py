@@ -76,7 +76,7 @@ def read_trained(checkpoint: str) -> tuple[dict[str, torch.Tensor], dict[str, An
 def write_trained(path: str | Path, model: torch.nn.Module, family: str, tiny_config: dict[str, Any],
                   answer_prefix: str, extra: dict[str, Any] | None = None) -> Path:
     """Write `model`'s weights in half precision with the metadata `read_trained` rebuilds the model from."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from lightning_prune._files import write_atomic
 
@@ -85,11 +85,7 @@ def write_trained(path: str | Path, model: torch.nn.Module, family: str, tiny_co
     metadata = {"format": FORMAT, "family": family, "tiny_config": json.dumps(tiny_config),
                 "answer_prefix": answer_prefix, "extra": json.dumps(extra or {})}
     path = Path(path)
-    staging = path.with_name(f".{path.name}.staging")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(weights, str(staging), metadata=metadata)
-    write_atomic(path, staging.read_bytes())
-    staging.unlink()
+    write_atomic(path, save(weights, metadata=metadata))
     return path
 
 
