@@ -172,9 +172,13 @@ def measure_accuracy(args: argparse.Namespace, config: Path) -> list[dict]:
         callbacks = [] if name == "none" else [CompressionCallback(_method(name, budget))]
         trainer = L.Trainer(accelerator=args.device if args.device == "cpu" else "gpu", devices=1, logger=False,
                             callbacks=callbacks, enable_progress_bar=False, enable_model_summary=False)
-        metrics = trainer.test(module, datamodule=data, verbose=False)[0]
-        rows.append({"config": str(config), "method": name, "budget": budget,
-                     **{key: float(value) for key, value in metrics.items() if key.startswith("test/acc")}})
+        row = {"config": str(config), "method": name, "budget": budget}
+        try:
+            metrics = trainer.test(module, datamodule=data, verbose=False)[0]
+        except ValueError as error:  # a method's own refusal at this budget (FrameFusion: "cost is too small")
+            rows.append({**row, "refused": str(error)})
+            continue
+        rows.append({**row, **{key: float(value) for key, value in metrics.items() if key.startswith("test/acc")}})
     return rows
 
 
@@ -278,8 +282,8 @@ def compact_table(summary: dict) -> str:
     keeps / before), then the accuracy on each trained config when measured."""
     families = sorted({row["family"] for row in summary["latency"]})
     configs = sorted({row["config"] for row in summary.get("accuracy", []) if "config" in row})
-    accuracy = {(row.get("config"), row["method"], row["budget"]): row.get("test/acc")
-                for row in summary.get("accuracy", [])}
+    accuracy = {(row.get("config"), row["method"], row["budget"]):
+                "refused" if "refused" in row else row.get("test/acc") for row in summary.get("accuracy", [])}
     cells: dict[tuple, dict] = {}
     for row in summary["latency"]:
         cells.setdefault((row["method"], row["budget"]), {})[row["family"]] = (
@@ -295,7 +299,8 @@ def compact_table(summary: dict) -> str:
         budget_text = "-" if budget is None else f"{budget:.0%}"
         lines.append(f"| {method} | {budget_text} | " + " | ".join(
             [by_family.get(family, "-") for family in families]
-            + ["-" if score is None else f"{score:.3f}" for score in scores]) + " |")
+            + ["-" if score is None else score if isinstance(score, str) else f"{score:.3f}" for score in scores])
+            + " |")
     return "\n".join(lines)
 
 
@@ -307,6 +312,10 @@ def kinds_table(summary: dict, budget: float) -> str:
     for row in rows:
         name = Path(row.get("config", "")).stem
         budget_text = "-" if row["budget"] is None else f"{row['budget']:.0%}"
+        if "refused" in row:  # the method's own refusal at this budget, e.g. FrameFusion's "cost is too small"
+            lines.append(f"| {name} | {row['method']} | {budget_text} | refused | " + " | ".join("-" for _ in kinds)
+                         + " |")
+            continue
         lines.append(f"| {name} | {row['method']} | {budget_text} | {row['test/acc']:.3f} | "
                      + " | ".join(f"{row.get(f'test/acc_{kind}', float('nan')):.2f}" for kind in kinds) + " |")
     return "\n".join(lines)

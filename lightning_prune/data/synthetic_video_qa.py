@@ -4,19 +4,26 @@ Every split is written once with `lightning_prune.data.synthetic_video.write_spl
 `<root>/synthetic_video_qa/seed<S>-samples<N>-frames<F>-size<P>/`, then decoded once into memory, so training reads
 the same frames `VideoQADataModule` would (the codec's round trip included) without decoding every epoch.
 Batches are `VideoQADataModule`'s: dicts of lists `videos`, `question`, `options`, `answer_index`, `id`, `kind`.
+
+A kind curriculum (`warmup_kinds`, `warmup_epochs`) draws every training batch of the first epochs from some question
+kinds only. The tiny models need it for `motion`: trained on every kind from the start they learn the colour kinds
+first and reach motion (which needs where the square is, not what colour) only late, if at all; after one epoch of
+motion alone they keep it once the other kinds join.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
 from lightning_prune.data._common import EpochRandomSampler, check_at_least, check_choice
-from lightning_prune.data.synthetic_video import check_generator_args, write_split
+from lightning_prune.data.synthetic_video import KINDS, check_generator_args, write_split
 from lightning_prune.data.video_qa import collate_video_qa, read_annotations, read_video_frames
 
 Split = Literal["train", "val", "test"]
@@ -41,6 +48,31 @@ class InMemoryVideoQA(Dataset):
                 "kind": record.get("kind", "")}
 
 
+class KindCurriculumSampler(EpochRandomSampler):
+    """`EpochRandomSampler` whose first `warmup_epochs` epochs draw only from `warmup_indices`.
+
+    A warm-up epoch has the usual length (the Trainer counts batches once): fresh permutations of the warm-up samples,
+    one after another, cut at the dataset's size. The order depends on `(seed, epoch)` alone, so a resumed fit sees the
+    order an uninterrupted one would.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int, warmup_indices: Sequence[int], warmup_epochs: int) -> None:
+        super().__init__(dataset, seed)
+        self.warmup_indices = torch.as_tensor(list(warmup_indices), dtype=torch.long)
+        self.warmup_epochs = warmup_epochs
+
+    def __iter__(self) -> Iterator[int]:
+        if self.epoch >= self.warmup_epochs or not len(self.warmup_indices):
+            yield from super().__iter__()
+            return
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        self.epoch += 1
+        rounds = -(-len(self.data_source) // len(self.warmup_indices))
+        order = torch.cat([self.warmup_indices[torch.randperm(len(self.warmup_indices), generator=generator)]
+                           for _ in range(rounds)])
+        yield from order[: len(self.data_source)].tolist()
+
+
 class SyntheticVideoQADataModule(LightningDataModule):
     """The synthetic temporal video QA (`lightning_prune.data.synthetic_video`) for fit, validate, test and predict.
 
@@ -56,6 +88,9 @@ class SyntheticVideoQADataModule(LightningDataModule):
         test_split: the split `test` and `predict` read ("test" by default).
         test_limit: read only the first N samples of that split (kinds cycle, so any N >= 5 has every kind).
         shuffle_seed: seed of the training order (changes every epoch).
+        warmup_kinds: question kinds (of `KINDS`) that every training batch of the first `warmup_epochs` epochs is
+            drawn from (a curriculum; None: every kind from the start).
+        warmup_epochs: epochs of that warm-up (0: none).
     """
 
     def __init__(
@@ -75,6 +110,8 @@ class SyntheticVideoQADataModule(LightningDataModule):
         test_split: Split = "test",
         test_limit: int | None = None,
         shuffle_seed: int = 0,
+        warmup_kinds: list[str] | None = None,
+        warmup_epochs: int = 0,
     ) -> None:
         super().__init__()
         check_generator_args(1, num_frames, frame_size, family)
@@ -86,6 +123,11 @@ class SyntheticVideoQADataModule(LightningDataModule):
         if test_limit is not None:
             check_at_least("test_limit", test_limit, 1)
         check_choice("test_split", test_split, ("train", "val", "test"))
+        check_at_least("warmup_epochs", warmup_epochs, 0)
+        unknown = [kind for kind in warmup_kinds or () if kind not in KINDS]
+        if unknown or (warmup_epochs and not warmup_kinds):
+            raise ValueError(f"`warmup_kinds` must be a non-empty list of {list(KINDS)} when `warmup_epochs` > 0, "
+                             f"got {warmup_kinds!r} (warmup_epochs={warmup_epochs}).")
         seeds = {"train": train_seed, "val": val_seed, "test": test_seed}
         if len(set(seeds.values())) < 3:
             raise ValueError(f"`train_seed`, `val_seed` and `test_seed` must differ (no shared samples), got {seeds}.")
@@ -125,12 +167,18 @@ class SyntheticVideoQADataModule(LightningDataModule):
                 else None
             self.datasets[split] = InMemoryVideoQA(self.split_files[split], self.hparams.num_frames, limit)
 
+    def _sampler(self, dataset: InMemoryVideoQA) -> EpochRandomSampler:
+        hp = self.hparams
+        if not hp.warmup_epochs:
+            return EpochRandomSampler(dataset, hp.shuffle_seed)
+        warmup = [index for index, record in enumerate(dataset.records) if record.get("kind") in hp.warmup_kinds]
+        return KindCurriculumSampler(dataset, hp.shuffle_seed, warmup, hp.warmup_epochs)
+
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
         hp = self.hparams
         dataset = self.datasets[split]
         return DataLoader(dataset, batch_size=hp.batch_size if shuffle else (hp.eval_batch_size or hp.batch_size),
-                          sampler=EpochRandomSampler(dataset, hp.shuffle_seed) if shuffle else None,
-                          collate_fn=collate_video_qa)
+                          sampler=self._sampler(dataset) if shuffle else None, collate_fn=collate_video_qa)
 
     @override
     def train_dataloader(self) -> DataLoader:

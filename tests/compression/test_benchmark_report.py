@@ -39,3 +39,15 @@ def test_tables_and_plot_from_rows(tmp_path):
     assert full[3].startswith("| qwen2_5_vl | fastv | 25% | 25 / 100 | 1.00 | 10 | 2.00 | 2.00x | 10 |")
     bench.plot(summary, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 1000
+
+
+def test_a_method_refusing_a_budget_is_a_row_that_says_so(tmp_path):
+    bench = _load()
+    refusal = "`cost` is too small for the merging already done: 0.15 of 3 layers."
+    summary = {"latency": [_row("qwen2_5_vl", "none", None, 4.0, 100)],
+               "accuracy": [{"config": "trained_a.yaml", "method": "none", "budget": None, "test/acc": 0.75,
+                             "test/acc_motion": 1.0},
+                            {"config": "trained_a.yaml", "method": "framefusion", "budget": 0.15, "refused": refusal}]}
+    assert bench.kinds_table(summary, 0.15).splitlines()[3] == "| trained_a | framefusion | 15% | refused | - |"
+    assert "| framefusion | 15% | - | refused |" in bench.compact_table(summary).splitlines()
+    bench.plot(summary, tmp_path / "plot.png")  # the refused point is left out, not drawn at 0

@@ -157,3 +157,40 @@ def test_datamodule_refuses_shared_seeds_and_bad_geometry(tmp_path):
         SyntheticVideoQADataModule(root=str(tmp_path), val_seed=1)
     with pytest.raises(ValueError, match=r"`size` must be a multiple of 8"):
         SyntheticVideoQADataModule(root=str(tmp_path), frame_size=36, family="qwen2_5_vl")
+
+
+def test_a_kind_warmup_draws_its_epochs_from_those_kinds_then_every_kind(tmp_path):
+    from lightning_prune.data.synthetic_video_qa import KindCurriculumSampler, SyntheticVideoQADataModule
+
+    data = SyntheticVideoQADataModule(root=str(tmp_path), num_frames=8, frame_size=16, train_samples=12,
+                                      val_samples=1, test_samples=1, batch_size=4, warmup_kinds=["motion", "flash"],
+                                      warmup_epochs=2)
+    data.prepare_data()
+    data.setup("fit")
+    sampler = data.train_dataloader().sampler
+    assert isinstance(sampler, KindCurriculumSampler)
+    kinds = [record["kind"] for record in data.datasets["train"].records]
+    warm = {index for index, kind in enumerate(kinds) if kind in ("motion", "flash")}
+    assert len(warm) == 5  # 12 samples cycle through 5 kinds: motion at 1, 6, 11 and flash at 3, 8
+    epochs = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        epochs.append(list(sampler))
+    for order in epochs[:2]:
+        assert len(order) == 12 and set(order) == warm  # the usual length, from the warm-up kinds only
+        assert sorted(order[:5]) == sorted(warm)  # a full permutation before any sample repeats
+    assert sorted(epochs[2]) == list(range(12))  # then every sample once
+    assert epochs[0] != epochs[1]
+    sampler.set_epoch(1)
+    assert list(sampler) == epochs[1]  # a resumed fit sees the uninterrupted order
+
+
+def test_a_kind_warmup_refuses_unknown_or_missing_kinds(tmp_path):
+    from lightning_prune.data.synthetic_video_qa import SyntheticVideoQADataModule
+
+    with pytest.raises(ValueError, match=r"`warmup_kinds` must be a non-empty list of .*got \['speed'\]"):
+        SyntheticVideoQADataModule(root=str(tmp_path), warmup_kinds=["speed"], warmup_epochs=1)
+    with pytest.raises(ValueError, match=r"`warmup_kinds` must be a non-empty list .*got None \(warmup_epochs=1\)"):
+        SyntheticVideoQADataModule(root=str(tmp_path), warmup_epochs=1)
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        SyntheticVideoQADataModule(root=str(tmp_path), warmup_kinds=["motion"], warmup_epochs=-1)
