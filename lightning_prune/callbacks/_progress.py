@@ -2,7 +2,7 @@
 keys as before this object existed, so older checkpoints load) and the pruning record its checkpoints carry.
 
 The callback keeps its long-standing attributes (`pruned_indices`, `retrain_history`, `steps_done`, `step_records`,
-`pruned_metrics`, `_example`) as `progress_attribute`s that read and write this object.
+`pruned_metrics`) as `progress_attribute`s that read and write this object.
 """
 
 from __future__ import annotations
@@ -11,8 +11,11 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any
 
+import torch
+
 from lightning_prune.callbacks._measure import RetrainRecorder
 from lightning_prune.outcome import MetricNames
+from lightning_prune.pruning.build import build_structure
 from lightning_prune.pruning.checkpoint import RECORD_VERSION
 from lightning_prune.pruning.engine import PruneState
 from lightning_prune.pruning.masks import MaskGuard
@@ -38,6 +41,11 @@ class PruningProgress:
         self.recorder.start(epoch)
         self.step_records.append({"epoch": epoch, "fraction": fraction, "indices": new})
         self.steps_done += 1
+
+    def restore_guard(self, network: torch.nn.Module, example: Any) -> None:
+        """Mask mode, resumed after pruning: guard the recorded units again (`example`: the tracing input)."""
+        structure = build_structure(network, example)
+        self.engine.guard = MaskGuard(network, structure.parameter_masks(self.engine.indices))
 
     def to_dict(self) -> dict[str, Any]:
         """The callback's `state_dict` (its keys are what checkpoints hold under the callback's state key)."""

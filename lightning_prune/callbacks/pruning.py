@@ -1,7 +1,8 @@
 """`Pruning`: one `fit` runs pretrain -> prune -> retrain. The plan, its arguments' checks, the scoring, the choice
 and the pruning itself live in `lightning_prune.pruning` (`arguments.py`, `plan.py`, `engine.py`); this callback
 keeps the hooks and the Trainer-side effects: checks against the Trainer, optimizers and retrain recipes, LoRA,
-best-tracking restarts, measuring on the data loaders (`_measure.py`), logging and checkpoints."""
+best-tracking restarts, measuring on the data loaders (`_measure.py`), logging and checkpoints. What it has done
+so far (its saved state) is one `PruningProgress` (`_progress.py`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
@@ -19,12 +19,10 @@ from lightning_prune.callbacks import _checkpoints, _distributed, _export, _load
 from lightning_prune.callbacks._progress import PruningProgress, progress_attribute
 from lightning_prune.outcome import MetricNames, final_metrics
 from lightning_prune.pruning.arguments import plan_from_arguments
-from lightning_prune.pruning.build import build_structure
 from lightning_prune.pruning.checkpoint import read_record, resolve_target
 from lightning_prune.pruning.criteria import CRITERIA
 from lightning_prune.pruning.engine import check_plan, prune_step
 from lightning_prune.pruning.inputs import to_device
-from lightning_prune.pruning.masks import MaskGuard
 
 CriterionName = Literal[CRITERIA]  # the registry's names (`pruning/criteria.py`), for the config's type check
 
@@ -167,8 +165,7 @@ class Pruning(Callback):
         resolve_target(pl_module, self.target)
         _distributed.check_strategy(trainer.strategy, self.mode)
         raise_if(_schedule.epochs_problem(trainer.max_epochs, self.steps, self.prune_epoch))
-        if any(isinstance(cb, ModelCheckpoint) and cb.save_weights_only for cb in trainer.callbacks):
-            rank_zero_warn("Pruning: `save_weights_only` checkpoints carry no pruning record and cannot be restored.")
+        _checkpoints.warn_weights_only(trainer)
         if _loaders.has_train_data(trainer):  # else (loaders passed to `fit`) the checks wait for on_train_start
             self._check_plan(trainer, pl_module)
 
@@ -182,8 +179,7 @@ class Pruning(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.pruned and self.mode == "mask" and self._guard is None:  # resumed after pruning
             network = resolve_target(pl_module, self.target)
-            structure = build_structure(network, self._example_input(trainer, pl_module))
-            self._guard = MaskGuard(network, structure.parameter_masks(self.pruned_indices))
+            self._progress.restore_guard(network, self._example_input(trainer, pl_module))
 
     @override
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
