@@ -22,3 +22,9 @@ def check_int(arg: str, value: object, minimum: int) -> None:
     problems = int_problems(arg, value, minimum)
     if problems:
         raise ValueError(problems[0])
+
+
+def raise_if(problem: str | None) -> None:
+    """Raise ``ValueError(problem)`` when a check found one (for checks that return their problem or None)."""
+    if problem is not None:
+        raise ValueError(problem)

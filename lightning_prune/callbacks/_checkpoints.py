@@ -1,6 +1,6 @@
 """The checkpoint side of the `Pruning` callback: "best" restarts at pruning, and pruned checkpoints load anywhere.
 
-Three pieces, each called from one of the callback's hooks:
+Three pieces, each called from one of the callback's hooks (and `warn_weights_only`, in `setup`):
 
 - `restart_best_tracking` (at the prune boundary): every `ModelCheckpoint` that monitors a metric forgets its
   best-k models and every `EarlyStopping` its best score and patience, because pre- and post-pruning scores rate
@@ -38,13 +38,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from lightning_prune._files import write_atomic
-from lightning_prune.pruning.checkpoint import (
-    RECORD_VERSION,
-    mismatch_message,
-    read_record,
-    restore_pruning,
-    shape_mismatch,
-)
+from lightning_prune.pruning.checkpoint import mismatch_message, read_record, restore_pruning, shape_mismatch
 
 _WRAPPED = "_lightning_prune_restores_structure"
 
@@ -212,8 +206,7 @@ def restart_best(trainer: Trainer) -> None:
         )
 
 
-def pruning_record(target: str, mode: str, criterion: str, indices: dict[str, list[int]], example: Any,
-                   steps: list[dict[str, Any]], history: dict[str, Any]) -> dict[str, Any]:
-    """What a checkpoint saved after pruning carries for `restore_pruning` (see `pruning/checkpoint.py`)."""
-    return {"version": RECORD_VERSION, "target": target, "mode": mode, "criterion": criterion, "phase": "retrain",
-            "indices": indices, "example_input": example, "steps": steps, **history}
+def warn_weights_only(trainer: Trainer) -> None:
+    """One warning when a `ModelCheckpoint` saves weights only: its files cannot carry the pruning record."""
+    if any(isinstance(cb, ModelCheckpoint) and cb.save_weights_only for cb in trainer.callbacks):
+        rank_zero_warn("Pruning: `save_weights_only` checkpoints carry no pruning record and cannot be restored.")

@@ -201,6 +201,14 @@ def start_lora(network: nn.Module, settings: dict[str, Any], guard: MaskGuard | 
     return adapters, guard
 
 
+def merge_into_checkpoint(adapters: LoraAdapters | None, checkpoint: dict[str, Any], target: str) -> None:
+    """Checkpoints hold merged weights: while the adapters train, a checkpoint about to be saved gets the merged
+    state dict (the network lives under the LightningModule's attribute `target`; `""`: the module itself)."""
+    if adapters is not None and not adapters.merged:
+        prefix = f"{target}." if target else ""
+        checkpoint["state_dict"] = adapters.merged_state_dict(checkpoint["state_dict"], prefix)
+
+
 def merge_lora(adapters: LoraAdapters | None, guard: MaskGuard | None) -> MaskGuard | None:
     """Merge the adapters (once); mask mode: the guard goes back to the base weights' masks. Returns the guard."""
     if adapters is None or adapters.merged:

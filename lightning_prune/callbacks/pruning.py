@@ -1,7 +1,8 @@
 """`Pruning`: one `fit` runs pretrain -> prune -> retrain. The plan, its arguments' checks, the scoring, the choice
 and the pruning itself live in `lightning_prune.pruning` (`arguments.py`, `plan.py`, `engine.py`); this callback
 keeps the hooks and the Trainer-side effects: checks against the Trainer, optimizers and retrain recipes, LoRA,
-best-tracking restarts, measuring on the data loaders (`_measure.py`), logging and checkpoints."""
+best-tracking restarts, measuring on the data loaders (`_measure.py`), logging and checkpoints. What it has done
+so far (its saved state) is one `PruningProgress` (`_progress.py`)."""
 
 from __future__ import annotations
 
@@ -10,35 +11,18 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from lightning_prune.callbacks import _distributed, _loaders, _lora, _schedule
-from lightning_prune.callbacks._checkpoints import (
-    install_structure_restore,
-    plain_hyperparameters,
-    plan_problem,
-    pruning_record,
-    restart_best,
-)
-from lightning_prune.callbacks._export import save_pruned_hf
-from lightning_prune.callbacks._measure import (
-    RetrainRecorder,
-    loss_function,
-    measure,
-    prefixed,
-    start_retrain,
-    warn_unlogged,
-)
+from lightning_prune._checks import raise_if
+from lightning_prune.callbacks import _checkpoints, _distributed, _export, _loaders, _lora, _measure, _schedule
+from lightning_prune.callbacks._progress import PruningProgress, progress_attribute
 from lightning_prune.outcome import MetricNames, final_metrics
 from lightning_prune.pruning.arguments import plan_from_arguments
-from lightning_prune.pruning.build import build_structure
 from lightning_prune.pruning.checkpoint import read_record, resolve_target
 from lightning_prune.pruning.criteria import CRITERIA
-from lightning_prune.pruning.engine import PruneState, check_plan, prune_step
+from lightning_prune.pruning.engine import check_plan, prune_step
 from lightning_prune.pruning.inputs import to_device
-from lightning_prune.pruning.masks import MaskGuard
 
 CriterionName = Literal[CRITERIA]  # the registry's names (`pruning/criteria.py`), for the config's type check
 
@@ -144,43 +128,28 @@ class Pruning(Callback):
         self.criterion, self.mode, self.target, self.measure = criterion, mode, target, measure
         self.layers, self.indices, self.budget = plan.layers, plan.indices, plan.budget_dict()
         self.prune_epoch, self.schedule, self.retrain_recipe = plan.prune_epoch, plan.schedule_dict(), retrain_recipe
-        self.steps, self.steps_done = plan.steps(), 0
-        self.step_records: list[dict[str, Any]] = []  # per step: epoch, fraction, its indices (original numbering)
+        self.steps = plan.steps()
         self.restart_best, self.save_pretrained, self.pad_export = restart_best, save_pretrained, pad_export
         self.allow_plan_change, self.lora_settings = allow_plan_change, _lora.lora_settings(retrain)
-        self.pruned_metrics: dict[str, float] = {}
         self.final_metrics: dict[str, float] = {}
-        self._recorder, self._state = RetrainRecorder(self.names), PruneState()
-        self._example: dict[str, Any] | None = None  # {"shape", "dtype"} of the tracing input
+        self._progress = PruningProgress(_measure.RetrainRecorder(self.names))  # what `state_dict` saves
         self._checked_plan = self._checked_names = self._validated = self._said_hparams = False
         self._lora: _lora.LoraAdapters | None = None
+
+    pruned_indices = progress_attribute(
+        "engine.indices", "`{layer: pruned indices}` so far, cumulative, in the unpruned network's numbering.")
+    retrain_history = progress_attribute(
+        "recorder.history", "Per retrain epoch (from the last step) `{epoch, <split>_acc, <split>_loss, train_loss}`.")
+    pruned_metrics = progress_attribute("pruned_metrics", "The last step's `prune/*`, `budget/*` and `pruned/*`.")
+    steps_done = progress_attribute("steps_done", "Pruning steps taken so far.")
+    step_records = progress_attribute("step_records", "Per step `{epoch, fraction, indices}` (original numbering).")
+    _pruned_at = progress_attribute("recorder.start_epoch", "The last step's epoch (None: not pruned yet).")
+    _guard = progress_attribute("engine.guard", "Mask mode after pruning: keeps the removed units at zero.")
 
     @property
     def pruned(self) -> bool:
         """Whether this run has pruned (also after resuming from a checkpoint taken after pruning)."""
-        return self._recorder.start_epoch is not None
-
-    @property
-    def pruned_indices(self) -> dict[str, list[int]]:
-        """`{layer: pruned indices}` so far, cumulative, in the unpruned network's numbering."""
-        return self._state.indices
-
-    @pruned_indices.setter
-    def pruned_indices(self, indices: dict[str, list[int]]) -> None:
-        self._state.indices = indices
-
-    @property
-    def retrain_history(self) -> list[dict[str, float]]:
-        """Per retrain epoch (from the last step) `{"epoch", "<split>_acc", "<split>_loss", "train_loss"}`."""
-        return self._recorder.history
-
-    @retrain_history.setter
-    def retrain_history(self, history: list[dict[str, float]]) -> None:
-        self._recorder.history = history
-
-    @property
-    def _pruned_at(self) -> int | None:
-        return self._recorder.start_epoch
+        return self._progress.pruned
 
     @property
     @override
@@ -190,14 +159,13 @@ class Pruning(Callback):
     # ----------------------------------------------------------------------------------------------- hooks
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        install_structure_restore(trainer, lambda: self.pruned)
+        _checkpoints.install_structure_restore(trainer, lambda: self.pruned)
         if stage != "fit" or self.pruned:
             return
         resolve_target(pl_module, self.target)
         _distributed.check_strategy(trainer.strategy, self.mode)
-        _raise_if(_schedule.epochs_problem(trainer.max_epochs, self.steps, self.prune_epoch))
-        if any(isinstance(cb, ModelCheckpoint) and cb.save_weights_only for cb in trainer.callbacks):
-            rank_zero_warn("Pruning: `save_weights_only` checkpoints carry no pruning record and cannot be restored.")
+        raise_if(_schedule.epochs_problem(trainer.max_epochs, self.steps, self.prune_epoch))
+        _checkpoints.warn_weights_only(trainer)
         if _loaders.has_train_data(trainer):  # else (loaders passed to `fit`) the checks wait for on_train_start
             self._check_plan(trainer, pl_module)
 
@@ -205,14 +173,13 @@ class Pruning(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self.pruned:
             self._check_plan(trainer, pl_module)
-            _raise_if(_schedule.steps_problem(trainer, self.steps[-1].epoch))
+            raise_if(_schedule.steps_problem(trainer, self.steps[-1].epoch))
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.pruned and self.mode == "mask" and self._state.guard is None:  # resumed after pruning
+        if self.pruned and self.mode == "mask" and self._guard is None:  # resumed after pruning
             network = resolve_target(pl_module, self.target)
-            structure = build_structure(network, self._example_input(trainer, pl_module))
-            self._state.guard = MaskGuard(network, structure.parameter_masks(self.pruned_indices))
+            self._progress.restore_guard(network, self._example_input(trainer, pl_module))
 
     @override
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -223,8 +190,8 @@ class Pruning(Callback):
 
     @override
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
-        if self._state.guard is not None:
-            self._state.guard.reapply()
+        if self._guard is not None:
+            self._guard.reapply()
 
     @override
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -233,61 +200,47 @@ class Pruning(Callback):
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._check_names_logged(trainer)
-        if not self.pruned:
-            return
-        self._recorder.record(trainer)
+        self._progress.recorder.record(trainer)  # nothing before pruning
 
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.retrain_history:
-            self.final_metrics = final_metrics(self._recorder.outcome())
+            self.final_metrics = final_metrics(self._progress.recorder.outcome())
             _log_to_loggers(trainer, self.final_metrics)
-        self._state.guard = _lora.merge_lora(self._lora, self._state.guard)
+        self._guard = _lora.merge_lora(self._lora, self._guard)
         if self.pruned and self.save_pretrained and trainer.is_global_zero:
             example = self._example_input(trainer, pl_module)
-            save_pruned_hf(trainer, resolve_target(pl_module, self.target), example, self.pruned_indices, self.mode,
-                           pad=self.pad_export)
+            _export.save_pruned_hf(trainer, resolve_target(pl_module, self.target), example, self.pruned_indices,
+                                   self.mode, pad=self.pad_export)
 
     @override
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
-        self._said_hparams = plain_hyperparameters(checkpoint, self._said_hparams)
-        if self._lora is not None and not self._lora.merged:  # checkpoints hold merged weights
-            checkpoint["state_dict"] = self._lora.merged_state_dict(checkpoint["state_dict"], _prefix(self.target))
+        self._said_hparams = _checkpoints.plain_hyperparameters(checkpoint, self._said_hparams)
+        _lora.merge_into_checkpoint(self._lora, checkpoint, self.target)
         checkpoint.setdefault("lightning_prune", {})["plan"] = self.plan  # compared when a fit resumes from it
         if self.pruned:
-            checkpoint["lightning_prune"]["pruning"] = pruning_record(
-                self.target, self.mode, self.criterion, self.pruned_indices, self._example, self.step_records,
-                self._state.history)
+            record = self._progress.checkpoint_record(self.target, self.mode, self.criterion)
+            checkpoint["lightning_prune"]["pruning"] = record
 
     @override
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         if not self.allow_plan_change:
-            _raise_if(plan_problem((checkpoint.get("lightning_prune") or {}).get("plan"), self.plan, trainer.ckpt_path))
+            recorded = (checkpoint.get("lightning_prune") or {}).get("plan")
+            raise_if(_checkpoints.plan_problem(recorded, self.plan, trainer.ckpt_path))
         record = read_record(checkpoint)
         if record and record.get("phase") == "retrain":
-            start_retrain(pl_module)  # before the optimizers are built and their state is loaded
+            _measure.start_retrain(pl_module)  # before the optimizers are built and their state is loaded
         if record and record.get("phase") == "retrain" and self.lora_settings and trainer.state.fn == "fit":
-            _raise_if(_lora.resume_problem(self.mode))
+            raise_if(_lora.resume_problem(self.mode))
             self._start_lora(trainer, resolve_target(pl_module, self.target))  # the weights (merged) are in
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "pruned_at": self._pruned_at, "pruned_indices": self.pruned_indices, "example": self._example,
-            "history": self._state.history, "pruned_metrics": self.pruned_metrics,
-            "retrain_history": self.retrain_history, "steps_done": self.steps_done, "step_records": self.step_records,
-        }
+        return self._progress.to_dict()
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._recorder.start(state_dict["pruned_at"])
-        self._recorder.history.extend(state_dict["retrain_history"])
-        self._state.indices, self._state.history = state_dict["pruned_indices"], state_dict["history"]
-        self._example = state_dict["example"]
-        self.pruned_metrics = state_dict["pruned_metrics"]
-        # states saved before schedules existed: one step, done once pruned
-        self.steps_done = state_dict.get("steps_done", int(self._pruned_at is not None))
-        self.step_records = state_dict.get("step_records", [])
+        self._progress = PruningProgress.from_dict(state_dict, self.names, guard=self._guard)  # a guard stays
 
     # ------------------------------------------------------------------------------------------- internals
     def _check_plan(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -306,10 +259,10 @@ class Pruning(Callback):
         """After the first validation epoch: one warning if a named metric was never logged."""
         if not self._checked_names and self._validated:
             self._checked_names = True
-            warn_unlogged("Pruning", self.names, trainer)
+            _measure.warn_unlogged("Pruning", self.names, trainer)
 
     def _example_input(self, trainer: Trainer, pl_module: LightningModule) -> Any:
-        example, self._example = _loaders.example_input(trainer, pl_module, self._example)
+        example, self._progress.example = _loaders.example_input(trainer, pl_module, self._progress.example)
         return to_device(example, pl_module.device)
 
     def _prune(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -318,26 +271,24 @@ class Pruning(Callback):
         first, step = self.steps_done == 0, self.steps[self.steps_done]
         batches = lambda: _loaders.calibration_batches(  # noqa: E731
             trainer, self.prune_plan.calibration_batches, pl_module.device)
-        result = prune_step(network, example, self.prune_plan, self.steps, self.steps_done, self._state, batches,
-                            loss_function(pl_module))
-        self._state, metrics, indices = result.state, result.metrics, result.state.indices
+        result = prune_step(network, example, self.prune_plan, self.steps, self.steps_done, self._progress.engine,
+                            batches, _measure.loss_function(pl_module))
+        self._progress.engine, metrics, indices = result.state, result.metrics, result.state.indices
         if result.inexact_warning():
             rank_zero_warn(result.inexact_warning())
         if self.mode == "physical":
             _distributed.rebuild_wrapper(trainer)  # DDP's buckets hold the replaced parameters
         if first and self.lora_settings:
             metrics["retrain/trainable_params"] = float(self._start_lora(trainer, network))
-        self._recorder.start(trainer.current_epoch)
-        self.step_records.append({"epoch": trainer.current_epoch, "fraction": step.fraction, "indices": result.new})
-        self.steps_done += 1
+        self._progress.step_done(trainer.current_epoch, step.fraction, result.new)
 
         _schedule.next_recipe(trainer, pl_module, first or self.retrain_recipe == "restart", self.mode)
         if self.restart_best:
-            restart_best(trainer)
+            _checkpoints.restart_best(trainer)
 
         if self.measure:
             split = self.names.split
-            metrics.update(prefixed(measure(trainer, network, split, "Pruning", warn=True), "pruned"))
+            metrics.update(_measure.prefixed(_measure.measure(trainer, network, split, "Pruning", warn=True), "pruned"))
         self.pruned_metrics = metrics
         _log_to_loggers(trainer, metrics)
         for logger in trainer.loggers:
@@ -347,18 +298,9 @@ class Pruning(Callback):
 
     def _start_lora(self, trainer: Trainer, network: torch.nn.Module) -> int:
         """Inject the LoRA adapters (mask mode: their rows/columns of removed units masked too); trainable count."""
-        self._lora, self._state.guard = _lora.start_lora(network, self.lora_settings, self._state.guard)
+        self._lora, self._guard = _lora.start_lora(network, self.lora_settings, self._guard)
         _distributed.rebuild_wrapper(trainer)
         return self._lora.trainable_parameters()
-
-
-def _prefix(target: str) -> str:
-    return f"{target}." if target else ""
-
-
-def _raise_if(problem: str | None) -> None:
-    if problem is not None:
-        raise ValueError(problem)
 
 
 def _log_to_loggers(trainer: Trainer, metrics: dict[str, float]) -> None:

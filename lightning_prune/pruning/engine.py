@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from lightning_prune._checks import raise_if
 from lightning_prune.pruning.budget import check_reachable, indices_for_budget
 from lightning_prune.pruning.build import build_structure
 from lightning_prune.pruning.calibration import Batch, LossFn
@@ -79,9 +80,7 @@ def check_plan(network: torch.nn.Module, example: Any, plan: PrunePlan, steps: S
     check_structure(structure, len(steps), plan.layers, plan.mode)
     counts = plan_counts(structure, plan)
     if len(steps) > 1 and plan.criterion.name != "explicit":
-        problem = schedule_step_problem(structure, plan.layers, list(steps))
-        if problem is not None:
-            raise ValueError(problem)
+        raise_if(schedule_step_problem(structure, plan.layers, list(steps)))
     if plan.budget is not None:
         check_reachable(network, example, counts, plan.budget_dict())
 
