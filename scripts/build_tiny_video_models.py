@@ -47,7 +47,9 @@ def evaluate(asset: Path, config: dict, root: str) -> dict[str, float]:
 
 def _fit(config_path: Path, family: str, root: str, runs: str) -> tuple[torch.nn.Module, float | None]:
     cli = LightningPruneCLI(args=["fit", "--config", str(config_path), f"--data.init_args.root={root}",
-                                 f"--trainer.default_root_dir={runs}/{family}", "--trainer.logger=false",
+                                 f"--trainer.default_root_dir={runs}/{family}",
+                                 "--trainer.logger=lightning.pytorch.loggers.CSVLogger",  # curves: <runs>/<family>/
+                                 f"--trainer.logger.init_args.save_dir={runs}/{family}",
                                  "--trainer.enable_checkpointing=false"])
     return cli.model.model, float(cli.trainer.callback_metrics.get("val/acc", float("nan")))
 

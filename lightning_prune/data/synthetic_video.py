@@ -2,8 +2,8 @@
 
     python -m lightning_prune.data.synthetic_video --seed 3 --samples 200 --frames 16 --size 32 --out data/test
 
-writes `annotations.jsonl` (the format `VideoQADataModule` reads, plus `kind`) and one MPEG-4 video per sample
-(PyAV). Samples cycle through five question kinds, each needing a different part of the video:
+writes `annotations.jsonl` (the format `VideoQADataModule` reads, plus `kind`) and one lossless H.264 MP4 per sample
+(PyAV; decoded back bit for bit, see `write_video`). Samples cycle through five question kinds, each needing a different part of the video:
 
 - `appearance`: the colour of a square that moves through the whole clip;
 - `motion`: which way (left/right or up/down) and how fast (slowly: a third of the frame; quickly: edge to edge);
@@ -31,6 +31,8 @@ import numpy as np
 from lightning_prune._checks import check_int
 from lightning_prune._files import write_atomic
 
+# Bumped whenever a seed's videos change (2: lossless H.264 instead of MPEG-4), so no cached split is reused stale.
+GENERATOR_VERSION = 2
 KINDS = ("appearance", "motion", "order", "flash", "counting")
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 235), "yellow": (235, 215, 40)}
 COLOUR_NAMES = tuple(COLOURS)
@@ -206,7 +208,7 @@ def write_split(out: str | Path, seed: int, samples: int, frames: int = 16, size
     for index in range(samples):
         video, record = make_sample(seed, index, frames, size)
         name = f"video_{index}.mp4"
-        write_video(out / name, video)
+        write_video(out / name, video, lossless=True)  # colours exact: `counting` compares them
         lines.append({"video": name, **record})
     annotations = out / "annotations.jsonl"
     write_atomic(annotations, "".join(json.dumps(line) + "\n" for line in lines))

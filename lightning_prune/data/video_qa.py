@@ -153,15 +153,24 @@ def moving_shapes_frames(num_frames: int, size: int, direction: str = "right", s
     return frames
 
 
-def write_video(path: str | Path, frames: np.ndarray, fps: int = 8) -> Path:
-    """Write uint8 `[T, H, W, 3]` RGB frames as an MPEG-4 video with PyAV."""
+def write_video(path: str | Path, frames: np.ndarray, fps: int = 8, lossless: bool = False) -> Path:
+    """Write uint8 `[T, H, W, 3]` RGB frames as an MP4 video with PyAV.
+
+    Args:
+        path: the file (`.mp4`).
+        frames: the RGB frames.
+        fps: frames per second.
+        lossless: H.264 in RGB at quantiser 0 (`libx264rgb`), decoded back bit for bit; else MPEG-4 Part 2 in YUV
+            4:2:0, as most videos are. Questions about exact colours need lossless: MPEG-4's predicted frames shift a
+            still square's colour by ~20 levels every other frame, which a model reads as a colour change.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
+        stream = container.add_stream("libx264rgb" if lossless else "mpeg4", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"qscale": "2"}
+        stream.pix_fmt = "rgb24" if lossless else "yuv420p"
+        stream.options = {"qp": "0"} if lossless else {"qscale": "2"}
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())

@@ -183,3 +183,13 @@ def test_datamodule_requires_annotations_or_the_synthetic_dataset(tmp_path):
     data = VideoQADataModule(annotation_file=str(tmp_path / "missing.jsonl"))
     with pytest.raises(FileNotFoundError, match="Video-QA annotation file not found"):
         data.setup("predict")
+
+
+def test_a_lossless_video_decodes_bit_for_bit_and_the_default_codec_does_not(tmp_path):
+    from lightning_prune.data.synthetic_video import make_sample
+
+    video, _ = make_sample(1, 4)  # a still square changing colour: what MPEG-4's predicted frames smear
+    exact = read_video_frames(write_video(tmp_path / "exact.mp4", video, lossless=True), len(video)).numpy()
+    np.testing.assert_array_equal(exact, video)
+    lossy = read_video_frames(write_video(tmp_path / "lossy.mp4", video), len(video)).numpy()
+    assert np.abs(lossy.astype(int) - video).max() > 10
