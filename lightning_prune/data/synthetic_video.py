@@ -3,7 +3,8 @@
     python -m lightning_prune.data.synthetic_video --seed 3 --samples 200 --frames 16 --size 32 --out data/test
 
 writes `annotations.jsonl` (the format `VideoQADataModule` reads, plus `kind`) and one lossless H.264 MP4 per sample
-(PyAV; decoded back bit for bit, see `write_video`). Samples cycle through five question kinds, each needing a different part of the video:
+(PyAV; decoded back bit for bit, see `write_video`). Samples cycle through five question kinds, each needing a
+different part of the video:
 
 - `appearance`: the colour of a square that moves through the whole clip;
 - `motion`: which way (left/right or up/down) and how fast (slowly: a third of the frame; quickly: edge to edge);
