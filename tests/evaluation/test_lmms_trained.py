@@ -2,7 +2,7 @@
 
 The task's questions are the synthetic test split (seed 3, never used in training); greedy answers "Answer: <letter>"
 are parsed by the task's own `process_results`. DyCoke on means the published settings (K 0.7, L 3, P 0.8). The task
-data here keeps the kinds the shipped models answer (appearance, order, flash: 12 questions of the first 20).
+data here is the split's first 20 questions, four of every kind.
 """
 
 import os
@@ -15,12 +15,11 @@ from lightning_prune.evaluation.lmms_model import LightningPruneVideoLLM, evalua
 from lightning_prune.evaluation.tiny_task import write_tiny_task_data
 
 TRAINED_CONFIGS = sorted(CONFIGS.glob("trained_*.yaml"))
-QUESTIONS = 12
-FLOOR = 0.9
-# With DyCoke at the published settings the decoded (MPEG-4) videos lose some `order` answers (the benchmark: LLaVA-OV
-# order 100 -> 80 at K 0.7, P 0.8); measured here: 10 of 12 for LLaVA-OV. A broken merge, position or cache falls to
-# chance (about a quarter), far below this floor.
-FLOOR_DYCOKE = 0.75
+QUESTIONS = 20
+FLOOR = 0.9  # DyCoke off; a broken merge, position or cache falls towards chance (a quarter)
+# DyCoke on: LLaVA-OV answers half (the published code renumbers its 1-D positions after merging; see
+# tests/dycoke/test_trained_models.py), Qwen2.5-VL keeps its answers.
+FLOOR_DYCOKE = {"trained_llava_onevision": 0.4, "trained_qwen2_5_vl": 0.9}
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +28,7 @@ def answered_task_folder(tmp_path_factory):
     previous = Path.cwd()
     os.chdir(folder)
     try:
-        write_tiny_task_data("data", samples=20, frames=16, size=32, kinds=["appearance", "order", "flash"])
+        write_tiny_task_data("data", samples=QUESTIONS, frames=16, size=32)
     finally:
         os.chdir(previous)
     return folder
@@ -52,6 +51,6 @@ def test_trained_model_answers_the_tiny_task(config, dycoke, in_answered_folder)
     results = evaluate_video_tasks(lm, [TASK], limit=QUESTIONS, include_default_tasks=False)
     responses = [sample["resps"] for sample in results["samples"][TASK]]
     assert len(responses) == QUESTIONS
-    assert results["results"][TASK]["accuracy,none"] >= (FLOOR_DYCOKE if dycoke else FLOOR), responses
+    assert results["results"][TASK]["accuracy,none"] >= (FLOOR_DYCOKE[config.stem] if dycoke else FLOOR), responses
     kept = [row["visual_tokens_after"] / row["visual_tokens_before"] for row in lm.efficiency_rows]
     assert (max(kept) < 0.6) if dycoke else (min(kept) == 1.0)
