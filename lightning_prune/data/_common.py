@@ -46,10 +46,14 @@ class EpochRandomSampler(RandomSampler):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __iter__(self) -> Iterator[int]:
+    def epoch_generator(self) -> torch.Generator:
+        """The generator of the epoch about to run, drawn from `(seed, epoch)` alone; moves on to the next epoch."""
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         self.epoch += 1
-        yield from torch.randperm(len(self.data_source), generator=generator).tolist()
+        return generator
+
+    def __iter__(self) -> Iterator[int]:
+        yield from torch.randperm(len(self.data_source), generator=self.epoch_generator()).tolist()
 
 
 def sample_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int) -> DataLoader:

@@ -66,8 +66,7 @@ class KindCurriculumSampler(EpochRandomSampler):
         if self.epoch >= self.warmup_epochs or not len(self.warmup_indices):
             yield from super().__iter__()
             return
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        self.epoch += 1
+        generator = self.epoch_generator()
         rounds = -(-len(self.data_source) // len(self.warmup_indices))
         order = torch.cat([self.warmup_indices[torch.randperm(len(self.warmup_indices), generator=generator)]
                            for _ in range(rounds)])
