@@ -5,14 +5,11 @@ are parsed by the task's own `process_results`. DyCoke on means the published se
 data here is the split's first 20 questions, four of every kind.
 """
 
-import os
-from pathlib import Path
-
 import pytest
+from _support.lmms_task import enter_task_folder, write_task_folder
 from lmms_helpers import CONFIGS, TASK
 
 from lightning_prune.evaluation.lmms_model import LightningPruneVideoLLM, evaluate_video_tasks
-from lightning_prune.evaluation.tiny_task import write_tiny_task_data
 
 TRAINED_CONFIGS = sorted(CONFIGS.glob("trained_*.yaml"))
 QUESTIONS = 20
@@ -24,23 +21,12 @@ FLOOR_DYCOKE = {"trained_llava_onevision": 0.4, "trained_qwen2_5_vl": 0.9}
 
 @pytest.fixture(scope="module")
 def answered_task_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("lmms_trained")
-    previous = Path.cwd()
-    os.chdir(folder)
-    try:
-        write_tiny_task_data("data", samples=QUESTIONS, frames=16, size=32)
-    finally:
-        os.chdir(previous)
-    return folder
+    return write_task_folder(tmp_path_factory, "lmms_trained", samples=QUESTIONS)
 
 
 @pytest.fixture
 def in_answered_folder(answered_task_folder, monkeypatch):
-    monkeypatch.chdir(answered_task_folder)
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(answered_task_folder / "hf_home"))
-    monkeypatch.setenv("LMMS_EVAL_DATASETS_CACHE", str(answered_task_folder / "datasets_cache"))
-    return answered_task_folder
+    return enter_task_folder(answered_task_folder, monkeypatch)
 
 
 @pytest.mark.slow  # an lmms-eval harness run (simple_evaluate)
