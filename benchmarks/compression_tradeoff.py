@@ -5,13 +5,16 @@
 
 For each shipped trained family (`VideoLLM(checkpoint=<family>)`) and the synthetic test split (seed 3, never used in
 training; the first `--samples` questions, kinds in turn): the uncompressed model, then DyCoke with L = 3 and every
-K in {0, 0.3, 0.5, 0.7, 0.9} x P in {0, 0.5, 0.7, 0.8, 0.9}, variants `official` and `refined`. The answer is the
-option letter after the greedy "Answer:" prefix, so the letter is decoded with the pruned cache (P acts on it).
+K in {0, 0.3, 0.5, 0.7, 0.9} x P in {0, 0.5, 0.7, 0.8, 0.9}, variants `official` and `refined` (both with the
+published position rule), and `official` with `positions: original` (kept tokens keep their whole-prompt positions).
+The answer is the option letter after the greedy "Answer:" prefix, so the letter is decoded with the pruned cache (P
+acts on it).
 Reported per setting: accuracy overall and per question kind, visual tokens kept after merging (per sample), visual
 tokens the layers >= L attend to at the letter's step, prefill seconds and decode seconds per token (per batch of
 `--batch-size`, medians over the batches), peak RSS while generating (the process's; on a CPU the libraries and
 weights dominate it) and the KV cache the merged prompt needs. The plot: accuracy against visual tokens kept, one
-line per P (official variant), the published setting (K 0.7, P 0.8) marked.
+line per P (official variant, published positions), P = 0.8 with `positions: original` dashed, the published setting
+(K 0.7, P 0.8) marked.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from lightning_prune.modules.video_training import ASSETS
 K_VALUES = (0.0, 0.3, 0.5, 0.7, 0.9)
 P_VALUES = (0.0, 0.5, 0.7, 0.8, 0.9)
 PUBLISHED = (0.7, 0.8)
+ARMS = (("official", "published"), ("refined", "published"), ("official", "original"))  # (variant, positions)
 
 
 def _kv_bytes(model: torch.nn.Module, tokens: int) -> int:
@@ -97,12 +101,15 @@ def run_family(family: str, samples: int, batch_size: int, root: str, k_values=K
     baseline.update(visual_tokens_kept=video_tokens, visual_tokens_attended_at_answer=video_tokens,
                     kv_cache_mb=_kv_bytes(module.model, tokens.shape[1]) / 2**20)
     grid = []
-    for variant in ("official", "refined"):
+    for variant, positions in ARMS:
         for k in k_values:
             for p in p_values:
-                settings = DyCokeSettings(merging_ratio=k, prune_layer=3, decode_prune_ratio=p, variant=variant)
-                grid.append({"variant": variant, "K": k, "L": 3, "P": p, **run_setting(module, batches, settings)})
-                print(f"{family} {variant} K={k} P={p}: acc {grid[-1]['accuracy']:.3f}", flush=True)  # noqa: T201
+                settings = DyCokeSettings(merging_ratio=k, prune_layer=3, decode_prune_ratio=p, variant=variant,
+                                          positions=positions)
+                grid.append({"variant": variant, "positions": positions, "K": k, "L": 3, "P": p,
+                             **run_setting(module, batches, settings)})
+                print(f"{family} {variant} positions={positions} K={k} P={p}: "  # noqa: T201
+                      f"acc {grid[-1]['accuracy']:.3f}", flush=True)
     return {"samples": samples, "batch_size": batch_size, "video_tokens": video_tokens, "uncompressed": baseline,
             "grid": grid, "seconds": round(time.perf_counter() - started, 1)}
 
@@ -117,11 +124,17 @@ def plot(results: dict, path: Path) -> None:
     figure, axes = plt.subplots(1, len(families), figsize=(5.5 * len(families), 4.2), squeeze=False)
     for axis, family in zip(axes[0], families, strict=True):
         found = results["families"][family]
-        rows = [row for row in found["grid"] if row["variant"] == "official"]
+        rows = [row for row in found["grid"] if row["variant"] == "official" and row["positions"] == "published"]
         for p in sorted({row["P"] for row in rows}):
             line = sorted((row for row in rows if row["P"] == p), key=lambda row: row["visual_tokens_kept"])
             axis.plot([row["visual_tokens_kept"] for row in line], [100 * row["accuracy"] for row in line],
                       marker="o", label=f"P = {p}")
+        original = sorted((row for row in found["grid"] if row["variant"] == "official"
+                           and row["positions"] == "original" and row["P"] == PUBLISHED[1]),
+                          key=lambda row: row["visual_tokens_kept"])
+        if original:
+            axis.plot([row["visual_tokens_kept"] for row in original], [100 * row["accuracy"] for row in original],
+                      marker="s", linestyle="--", color="black", label=f"P = {PUBLISHED[1]}, positions original")
         for published in [row for row in rows if (row["K"], row["P"]) == PUBLISHED]:
             axis.scatter([published["visual_tokens_kept"]], [100 * published["accuracy"]], s=220, marker="*",
                          color="black", zorder=5, label="published (K 0.7, P 0.8)")

@@ -16,7 +16,7 @@ from typing import Literal
 
 from lightning_prune.callbacks.compression import CompressionCallback
 from lightning_prune.compression.dycoke import DyCokeMethod
-from lightning_prune.dycoke.hooks import DyCokeSettings
+from lightning_prune.dycoke.hooks import POSITION_RULES, DyCokeSettings
 from lightning_prune.dycoke.variant import VARIANTS
 
 
@@ -40,6 +40,11 @@ class DyCoke(CompressionCallback):
         carry_state_across_samples: carry the last decode step's attention vector over to the next generation, as
             the published runs do (batch size 1, in dataset order); it survives between predict/test runs of this
             callback. False (default): every generation starts afresh.
+        positions: position ids of the merged prompt. `published` (default) as the published code: the shorter
+            prompt is numbered as if the merged tokens had never been there (on the 1-D RoPE families, LLaVA-*, every
+            token after the first merged one moves). `original`: each kept token keeps its position in the whole
+            prompt and decoding continues from the whole prompt's length (see the README: on the trained tiny
+            LLaVA-OneVision it is worth 26 points at the published K, L, P).
     """
 
     def __init__(
@@ -53,8 +58,9 @@ class DyCoke(CompressionCallback):
         variant: Literal[VARIANTS] = "official",  # the choices of `dycoke.variant.Variant`
         score_dtype: Literal["model", "float32"] | None = None,
         carry_state_across_samples: bool = False,
+        positions: Literal[POSITION_RULES] = "published",
     ) -> None:
         settings = DyCokeSettings(merging_ratio, prune_layer, decode_prune_ratio, window, reuse_threshold, variant,
-                                  score_dtype, carry_state_across_samples)  # checks every value, names the argument
+                                  score_dtype, carry_state_across_samples, positions)  # checks each, naming it
         super().__init__(DyCokeMethod(**dataclasses.asdict(settings)), log_prefix)
         self.settings = settings

@@ -23,8 +23,9 @@ class DyCokeMethod(CompressionMethod):
     """DyCoke's settings (`lightning_prune.dycoke.hooks.DyCokeSettings`: the same names, defaults and checks).
 
     `score_dtype` (`model`, `float32`, or None for the variant's default) and `carry_state_across_samples` (the last
-    decode step's attention vector survives from one generation to the next, batch 1: the published runs) are
-    forwarded exactly as the `DyCoke` callback forwards them.
+    decode step's attention vector survives from one generation to the next, batch 1: the published runs) and
+    `positions` (`published` renumbering of the merged prompt, or `original`) are forwarded exactly as the `DyCoke`
+    callback forwards them.
     """
 
     name = "dycoke"
@@ -37,6 +38,7 @@ class DyCokeMethod(CompressionMethod):
     variant: str = "official"
     score_dtype: str | None = None
     carry_state_across_samples: bool = False
+    positions: str = "published"
 
     def problems(self) -> list[str]:
         try:

@@ -309,7 +309,7 @@ class CompressionHooks:
                              f"{past} cached (assisted or chunked generation is not supported).")
         prefill = self._prefill
         if prefill.kept_columns is not None:
-            self.family.decode_positions(kwargs, prefill.removed)
+            self.family.decode_positions(kwargs, prefill.removed, past)
             mask = kwargs.get("attention_mask")
             if mask is not None:
                 first = self._layer_positions.get(0)  # layer 0's cache sets `past`; a cut may have shortened it

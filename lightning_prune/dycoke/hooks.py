@@ -32,6 +32,9 @@ from lightning_prune.dycoke.kv_pruning import SCORE_DTYPES, DecodePruning
 from lightning_prune.dycoke.ttm import ttm_keep_positions
 from lightning_prune.dycoke.variant import Variant
 
+# The merged prompt's position ids: `published` renumbers it (the published code), `original` keeps each token's.
+POSITION_RULES = ("published", "original")
+
 
 @dataclass(frozen=True)
 class DyCokeSettings:
@@ -52,6 +55,11 @@ class DyCokeSettings:
         carry_state_across_samples: keep the last decode step's attention vector from one generation to the next,
             as the published model does across a run (reproduces published runs for batch 1 in dataset order); False
             (default): every generation starts afresh.
+        positions: the merged prompt's position ids. `published` (default): as the published code, the shorter
+            prompt is numbered as if the dropped tokens had never been there (1-D RoPE families renumber every token
+            after the first dropped one; the Qwen-VL families keep their (t, h, w) ids). `original`: every kept token
+            keeps the position it had in the whole prompt and decoding continues the whole prompt's numbering, as
+            FastV's kept tokens do.
 
     K = 0 turns merging off in both variants (the published code turns DyCoke off as a whole instead; run at K = 0 it
     would still reorder tokens and drop an odd last frame), so K = 0 and P = 0 reproduce the model without DyCoke.
@@ -65,6 +73,7 @@ class DyCokeSettings:
     variant: str = "official"
     score_dtype: str | None = None
     carry_state_across_samples: bool = False
+    positions: str = "published"
 
     def __post_init__(self) -> None:
         problems = []
@@ -83,6 +92,8 @@ class DyCokeSettings:
         if not isinstance(self.carry_state_across_samples, bool):
             problems.append("`carry_state_across_samples` must be true or false, "
                             f"got {self.carry_state_across_samples!r}.")
+        if self.positions not in POSITION_RULES:
+            problems.append(f"`positions` must be one of {list(POSITION_RULES)}, got {self.positions!r}.")
         problems = [problem for problem in problems if problem is not None]
         if problems:
             raise ValueError(" ".join(problems))
@@ -308,7 +319,8 @@ class DyCokeHooks:
             if not (isinstance(mask, torch.Tensor) and mask.dim() == 2):
                 raise ValueError("DyCoke needs a 2-D `attention_mask` [batch, sequence] (or none).")
             kwargs["attention_mask"] = mask.gather(1, columns)
-        self.family.merged_positions(module, kwargs, original, sources, self._merged.removed)
+        self.family.merged_positions(module, kwargs, original, sources, self._merged.removed,
+                                     renumber=self.settings.positions == "published")
 
     def _decode(self, kwargs: dict, past: int) -> None:
         tokens = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs.get("inputs_embeds")
@@ -319,7 +331,7 @@ class DyCokeHooks:
             )
         if self._merged is not None:
             removed = self._merged.removed
-            self.family.decode_positions(kwargs, removed)
+            self.family.decode_positions(kwargs, removed, past, renumber=self.settings.positions == "published")
             mask = kwargs.get("attention_mask")
             if mask is not None:
                 if mask.dim() != 2 or mask.shape[1] != past + 1 + removed:

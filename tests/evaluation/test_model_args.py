@@ -24,9 +24,11 @@ def test_model_args_take_the_model_frames_and_dycoke_from_the_config():
 
 
 def test_model_args_override_dycoke_with_the_papers_letters_or_the_callbacks_names():
-    settings = parse_model_args({"config": SEVEN_B, "K": 0.5, "L": 2, "P": 0.6, "window": 2, "variant": "refined"})
+    settings = parse_model_args({"config": SEVEN_B, "K": 0.5, "L": 2, "P": 0.6, "window": 2, "variant": "refined",
+                                 "positions": "original"})
     assert settings.dycoke == {"merging_ratio": 0.5, "prune_layer": 2, "decode_prune_ratio": 0.6, "window": 2,
-                               "reuse_threshold": 0.9, "variant": "refined"}
+                               "reuse_threshold": 0.9, "variant": "refined", "positions": "original"}
+    assert settings.build_dycoke().settings.positions == "original"
     tiny = parse_model_args({"config": TINY, "dycoke": True, "num_frames": 8, "batch_size": "2", "device": "cpu",
                              "report": "out"})
     assert tiny.dycoke == {}  # not in the config: the callback's own defaults
@@ -62,6 +64,8 @@ def test_model_args_reject_an_unknown_key_listing_the_valid_ones():
         ({"config": TINY, "dycoke": "yes"}, r"`dycoke` must be true or false, got 'yes'"),
         ({"config": TINY, "K": 0.5}, r"DyCoke settings \['merging_ratio'\] were given with DyCoke off"),
         ({"config": TINY, "dycoke": True, "K": 1.5}, r"`merging_ratio` must be in \[0, 1\), got 1.5"),
+        ({"config": TINY, "dycoke": True, "positions": "renumbered"},
+         r"`positions` must be one of \['published', 'original'\], got 'renumbered'"),
         ({"config": TINY, "num_frames": 0}, r"`num_frames` must be an integer >= 1, got 0"),
         ({"config": TINY, "batch_size": "auto"}, r"`batch_size` must be an integer >= 1, got 'auto'"),
         ({"config": TINY, "num_workers": -1}, r"`num_workers` must be an integer >= 0, got -1"),

@@ -127,7 +127,8 @@ class FamilyAdapter:
     # had never been there, which is what the published code does (it builds the shorter sequence).
 
     def merged_positions(
-        self, base: nn.Module, kwargs: dict, original: dict, sources: torch.Tensor, removed: int
+        self, base: nn.Module, kwargs: dict, original: dict, sources: torch.Tensor, removed: int,
+        renumber: bool = True,
     ) -> None:
         """Set `kwargs["position_ids"]` for the shortened prompt (`kwargs` already shortened).
 
@@ -138,14 +139,29 @@ class FamilyAdapter:
             sources: `[B, S']` for each position of the shortened prompt, the column of the original prompt whose
                 token now sits there (merged video tokens may come in another order than their columns).
             removed: S - S', the same for every sample.
+            renumber: True (the published DyCoke code): number the shorter prompt 0, 1, ... as if the dropped tokens
+                had never been there. False: every kept token keeps the position it had in the whole prompt.
         """
-        if kwargs.get("position_ids") is not None:
-            kwargs["position_ids"] = contiguous_positions(kwargs.get("attention_mask"), sources)
+        if renumber:
+            if kwargs.get("position_ids") is not None:
+                kwargs["position_ids"] = contiguous_positions(kwargs.get("attention_mask"), sources)
+            return
+        given = original.get("position_ids")
+        # Without position ids the model numbers the whole prompt 0..S-1 (padding included): a token's is its column.
+        kwargs["position_ids"] = sources if given is None else given.gather(1, sources)
 
-    def decode_positions(self, kwargs: dict, removed: int) -> None:
-        """Map `generate`'s decode-step `position_ids` (which still count the dropped tokens) onto the merged prompt."""
-        if kwargs.get("position_ids") is not None:
-            kwargs["position_ids"] = kwargs["position_ids"] - removed
+    def decode_positions(self, kwargs: dict, removed: int, past: int, renumber: bool = True) -> None:
+        """Map `generate`'s decode-step `position_ids` (which still count the dropped tokens) onto the merged prompt
+        (`renumber`), or keep them counting the whole prompt (`renumber=False`; `past` is the shortened cache's
+        length, from which the model would count when no ids come)."""
+        positions = kwargs.get("position_ids")
+        if renumber:
+            if positions is not None:
+                kwargs["position_ids"] = positions - removed
+            return
+        if positions is None:
+            tokens = kwargs["input_ids"] if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]
+            kwargs["position_ids"] = (torch.arange(tokens.shape[1], device=tokens.device) + past + removed)[None]
 
     def tiny_model(self, overrides: dict[str, Any], seed: int) -> tuple[nn.Module, Any]:
         """A small random model of the family and a matching processor, built offline (tests, quick examples)."""

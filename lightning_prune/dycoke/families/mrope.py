@@ -7,7 +7,8 @@
 - Positions: 3-D (temporal, height, width) position ids from the model's `get_rope_index`. Kept video tokens keep
   their original (t, h, w) ids and the text after the video keeps its original ids, so RoPE still tells the LLM
   where and when each kept token was; decoding continues the original numbering. Only the plain 1-D row that
-  `generate` adds in front (used for masks) is renumbered over the shorter prompt.
+  `generate` adds in front (used for masks) is renumbered over the shorter prompt (DyCoke's `positions: original`
+  keeps that row original too).
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ class MultimodalRopeAdapter(FamilyAdapter):
         return type(video.output)(pooler_output=_per_video(video.output.pooler_output, kept))
 
     def merged_positions(
-        self, base: nn.Module, kwargs: dict, original: dict, sources: torch.Tensor, removed: int
+        self, base: nn.Module, kwargs: dict, original: dict, sources: torch.Tensor, removed: int,
+        renumber: bool = True,
     ) -> None:
         positions = original.get("position_ids")
         if positions is None:
@@ -76,13 +78,14 @@ class MultimodalRopeAdapter(FamilyAdapter):
             text_row, positions = positions[:1], positions[1:]
         kept = positions.gather(2, sources[None].expand(positions.shape[0], -1, -1))
         if text_row is not None:
-            renumbered = contiguous_positions(kwargs.get("attention_mask"), sources)
-            kept = torch.cat([renumbered[None].to(kept.dtype), kept])
+            text = (contiguous_positions(kwargs.get("attention_mask"), sources)[None].to(kept.dtype) if renumber
+                    else text_row.gather(2, sources[None]))
+            kept = torch.cat([text, kept])
         kwargs["position_ids"] = kept
 
-    def decode_positions(self, kwargs: dict, removed: int) -> None:
+    def decode_positions(self, kwargs: dict, removed: int, past: int, renumber: bool = True) -> None:
         positions = kwargs.get("position_ids")
-        if positions is not None and positions.dim() == 3 and positions.shape[0] == 4:
+        if renumber and positions is not None and positions.dim() == 3 and positions.shape[0] == 4:
             positions = positions.clone()
             positions[0] -= removed  # the (t, h, w) rows continue the original numbering
             kwargs["position_ids"] = positions
