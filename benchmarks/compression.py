@@ -56,6 +56,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
+    parser.add_argument("--positions", default="published", choices=["published", "original"],
+                        help="position rule of the methods that shorten the prompt before the LLM (DyCoke included)")
     parser.add_argument("--trained", nargs="*", type=Path, default=[], help="trained configs: adds accuracy")
     parser.add_argument("--data-args", nargs="*", default=[], metavar="KEY=VALUE",
                         help="overrides of the trained configs' data init_args (e.g. test_limit=125)")
@@ -75,10 +77,17 @@ def _variants(args) -> list[tuple[str, float | None]]:
     return [("none", None)] + [(name, budget) for name in args.methods for budget in args.budgets]
 
 
-def _method(name: str, budget: float):
+def _method(name: str, budget: float, positions: str = "published"):
+    """The method at `budget`; `positions` goes to the methods that shorten the prompt before the LLM (the others
+    keep their kept tokens' positions anyway)."""
+    import dataclasses
+
     from lightning_prune.compression import method_class
 
-    return method_class(name).at_budget(budget)
+    method = method_class(name).at_budget(budget)
+    if "positions" in method.settings():
+        method = dataclasses.replace(method, positions=positions)
+    return method
 
 
 def measure_family(args: argparse.Namespace, family: str) -> list[dict]:
@@ -103,7 +112,7 @@ def measure_family(args: argparse.Namespace, family: str) -> list[dict]:
     info: dict[tuple, dict] = {}
     for _ in range(args.repeats):
         for name, budget in runs:
-            hooks = None if name == "none" else _method(name, budget).make_hooks(model).install()
+            hooks = None if name == "none" else _method(name, budget, args.positions).make_hooks(model).install()
             if device.type == "cuda":
                 torch.cuda.synchronize()
             loaded = torch.cuda.memory_allocated(device) if device.type == "cuda" else resident_memory_bytes()
@@ -117,7 +126,7 @@ def measure_family(args: argparse.Namespace, family: str) -> list[dict]:
                 stats = hooks.pop_stats()[-1]
                 hooks.remove()
                 info[(name, budget)] = {
-                    "settings": hooks_settings(name, budget),
+                    "settings": hooks_settings(name, budget, args.positions),
                     "visual_tokens_before": stats.visual_tokens_before,
                     "visual_tokens_after": stats.visual_tokens_after,
                     "llm_prompt_tokens": stats.prompt_tokens_after,
@@ -144,8 +153,8 @@ def measure_family(args: argparse.Namespace, family: str) -> list[dict]:
     return rows
 
 
-def hooks_settings(name: str, budget: float) -> dict:
-    return _method(name, budget).settings()
+def hooks_settings(name: str, budget: float, positions: str = "published") -> dict:
+    return _method(name, budget, positions).settings()
 
 
 def measure_accuracy(args: argparse.Namespace, config: Path) -> list[dict]:
@@ -156,23 +165,28 @@ def measure_accuracy(args: argparse.Namespace, config: Path) -> list[dict]:
     import yaml
 
     from lightning_prune.callbacks.compression import CompressionCallback
+    from lightning_prune.modules.video_llm import VideoLLM
 
     raw = yaml.safe_load(config.read_text())
 
-    def build(section: dict):
+    def build(section: dict, expected: type):
         module_name, _, class_name = section["class_path"].rpartition(".")
-        return getattr(importlib.import_module(module_name), class_name)(**(section.get("init_args") or {}))
+        found = getattr(importlib.import_module(module_name), class_name, None)
+        if not (isinstance(found, type) and issubclass(found, expected)):  # a config never calls a function
+            raise SystemExit(f"{config}: `class_path` must name a subclass of {expected.__name__}, "
+                             f"got {section['class_path']!r}.")
+        return found(**(section.get("init_args") or {}))
 
     L.seed_everything(raw.get("seed_everything", 0))
     overrides = {key: yaml.safe_load(value) for key, _, value in (item.partition("=") for item in args.data_args)}
     raw["data"]["init_args"] = {**(raw["data"].get("init_args") or {}), **overrides}
-    module, data = build(raw["model"]), build(raw["data"])
+    module, data = build(raw["model"], VideoLLM), build(raw["data"], L.LightningDataModule)
     rows = []
     for name, budget in _variants(args):
-        callbacks = [] if name == "none" else [CompressionCallback(_method(name, budget))]
+        callbacks = [] if name == "none" else [CompressionCallback(_method(name, budget, args.positions))]
         trainer = L.Trainer(accelerator=args.device if args.device == "cpu" else "gpu", devices=1, logger=False,
                             callbacks=callbacks, enable_progress_bar=False, enable_model_summary=False)
-        row = {"config": str(config), "method": name, "budget": budget}
+        row = {"config": str(config), "method": name, "budget": budget, "positions": args.positions}
         try:
             metrics = trainer.test(module, datamodule=data, verbose=False)[0]
         except ValueError as error:  # a method's own refusal at this budget (FrameFusion: "cost is too small")

@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from lightning_prune.data.synthetic_video_qa import SyntheticVideoQADataModule, split_batches
-from lightning_prune.dycoke.hooks import POSITION_RULES, DyCokeHooks, DyCokeSettings
+from lightning_prune.dycoke.families.base import POSITION_RULES
+from lightning_prune.dycoke.hooks import DyCokeHooks, DyCokeSettings
 from lightning_prune.modules.video_llm import VideoLLM
 from lightning_prune.modules.video_training import ASSETS
 

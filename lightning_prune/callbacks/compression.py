@@ -10,6 +10,7 @@ memory) to every logger. Two compression callbacks (DyCoke included) in one run 
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Literal
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -20,6 +21,7 @@ from lightning_prune.compression.base import CompressionMethod
 from lightning_prune.compression.fastv import FastVMethod
 from lightning_prune.compression.floors import RandomTokensMethod, UniformSpatialMethod, UniformTemporalMethod
 from lightning_prune.compression.visionzip import VisionZipMethod
+from lightning_prune.dycoke.families.base import POSITION_RULES
 from lightning_prune.dycoke.hooks import GenerationStats
 from lightning_prune.dycoke.probe import GenerationTimer, peak_memory_bytes, reset_peak_memory
 
@@ -204,24 +206,30 @@ class FastV(CompressionCallback):
 
 
 class RandomTokens(CompressionCallback):
-    """Floor: `keep_ratio` of the frame tokens drawn at random (seeded) before the LLM."""
+    """Floor: `keep_ratio` of the frame tokens drawn at random (seeded) before the LLM. `positions`: `published`
+    (the shorter prompt is renumbered) or `original` (kept tokens keep their whole-prompt positions)."""
 
-    def __init__(self, keep_ratio: float = 0.25, seed: int = 0, log_prefix: str = "random") -> None:
-        super().__init__(RandomTokensMethod(keep_ratio=keep_ratio, seed=seed), log_prefix)
+    def __init__(self, keep_ratio: float = 0.25, seed: int = 0, log_prefix: str = "random",
+                 positions: Literal[POSITION_RULES] = "published") -> None:
+        super().__init__(RandomTokensMethod(keep_ratio=keep_ratio, seed=seed, positions=positions), log_prefix)
 
 
 class UniformSpatial(CompressionCallback):
-    """Floor: the same evenly spaced `keep_ratio` of every frame's tokens before the LLM."""
+    """Floor: the same evenly spaced `keep_ratio` of every frame's tokens before the LLM (`positions`: as
+    `RandomTokens`)."""
 
-    def __init__(self, keep_ratio: float = 0.25, log_prefix: str = "uniform_spatial") -> None:
-        super().__init__(UniformSpatialMethod(keep_ratio=keep_ratio), log_prefix)
+    def __init__(self, keep_ratio: float = 0.25, log_prefix: str = "uniform_spatial",
+                 positions: Literal[POSITION_RULES] = "published") -> None:
+        super().__init__(UniformSpatialMethod(keep_ratio=keep_ratio, positions=positions), log_prefix)
 
 
 class UniformTemporal(CompressionCallback):
-    """Floor: every token of `keep_ratio` of the frames, evenly spaced, before the LLM."""
+    """Floor: every token of `keep_ratio` of the frames, evenly spaced, before the LLM (`positions`: as
+    `RandomTokens`)."""
 
-    def __init__(self, keep_ratio: float = 0.25, log_prefix: str = "uniform_temporal") -> None:
-        super().__init__(UniformTemporalMethod(keep_ratio=keep_ratio), log_prefix)
+    def __init__(self, keep_ratio: float = 0.25, log_prefix: str = "uniform_temporal",
+                 positions: Literal[POSITION_RULES] = "published") -> None:
+        super().__init__(UniformTemporalMethod(keep_ratio=keep_ratio, positions=positions), log_prefix)
 
 
 class VisionZip(CompressionCallback):
@@ -234,9 +242,11 @@ class VisionZip(CompressionCallback):
         scoring: `cls` (the published rule; CLIP towers), `mean_query` (HoliTom's SigLIP port), `merge_group`
             (LightCompress's Qwen2.5-VL port), `auto` (default): the one the model's tower takes.
         log_prefix: prefix of the logged metric names.
+        positions: `published` (default: the shorter prompt is renumbered, as the published code's LLM sees it) or
+            `original` (kept tokens keep their whole-prompt positions).
     """
 
     def __init__(self, keep_ratio: float = 64 / 576, dominant_ratio: float = 54 / 64, scoring: str = "auto",
-                 log_prefix: str = "visionzip") -> None:
-        super().__init__(VisionZipMethod(keep_ratio=keep_ratio, dominant_ratio=dominant_ratio, scoring=scoring),
-                         log_prefix)
+                 log_prefix: str = "visionzip", positions: Literal[POSITION_RULES] = "published") -> None:
+        super().__init__(VisionZipMethod(keep_ratio=keep_ratio, dominant_ratio=dominant_ratio, scoring=scoring,
+                                         positions=positions), log_prefix)

@@ -16,7 +16,8 @@ from typing import Literal
 
 from lightning_prune.callbacks.compression import CompressionCallback
 from lightning_prune.compression.dycoke import DyCokeMethod
-from lightning_prune.dycoke.hooks import POSITION_RULES, DyCokeSettings
+from lightning_prune.dycoke.families.base import POSITION_RULES
+from lightning_prune.dycoke.hooks import DyCokeSettings
 from lightning_prune.dycoke.variant import VARIANTS
 
 

@@ -6,12 +6,15 @@ method's published parameters (checked there, before any batch) and the maths li
 
 from __future__ import annotations
 
+from typing import Literal
+
 from lightning.pytorch import LightningModule, Trainer
 from typing_extensions import override
 
 from lightning_prune.callbacks.compression import CompressionCallback
 from lightning_prune.compression.framefusion import FrameFusionMethod
 from lightning_prune.compression.prunevid import PruneVidMethod
+from lightning_prune.dycoke.families.base import POSITION_RULES
 
 
 class _OnePromptAtATime(CompressionCallback):
@@ -69,11 +72,15 @@ class PruneVid(_OnePromptAtATime):
         seed: seed of DPC-KNN's tie-breaking noise.
         temporal_merging: False skips stage 1 (refinement; the published code always merges).
         log_prefix: prefix of the logged metric names.
+        positions: `published` (default: the merged prompt is renumbered, as the published code's LLM sees it) or
+            `original` (each token keeps its representative's whole-prompt position).
     """
 
     def __init__(self, tau: float = 0.8, temporal_segment_ratio: float = 0.25, cluster_ratio: float = 0.5,
                  alpha: float = 0.4, selected_layer: int | None = None, k: int = 7, seed: int = 0,
-                 temporal_merging: bool = True, log_prefix: str = "prunevid") -> None:
+                 temporal_merging: bool = True, log_prefix: str = "prunevid",
+                 positions: Literal[POSITION_RULES] = "published") -> None:
         super().__init__(PruneVidMethod(
             tau=tau, temporal_segment_ratio=temporal_segment_ratio, cluster_ratio=cluster_ratio, alpha=alpha,
-            selected_layer=selected_layer, k=k, seed=seed, temporal_merging=temporal_merging), log_prefix)
+            selected_layer=selected_layer, k=k, seed=seed, temporal_merging=temporal_merging, positions=positions),
+            log_prefix)

@@ -23,13 +23,14 @@ from lightning_prune.compression.contexts import (
     generates_one_sample_at_a_time,
 )
 from lightning_prune.compression.hooks import CompressionHooks
-from lightning_prune.dycoke.families.base import FamilyAdapter, VideoTokens
+from lightning_prune.dycoke.families.base import POSITION_RULES, FamilyAdapter, VideoTokens, positions_problems
 
 # The context objects live in `contexts` (the installer imports them without importing this module back); methods
 # keep importing the whole interface from here.
 __all__ = [
     "ONE_SAMPLE_ATTRIBUTE", "CompressionMethod", "LayerContext", "LayerCut", "VisualContext", "VisualSelection",
-    "check_fraction", "int_problems", "generates_one_sample_at_a_time", "kept_of",
+    "check_fraction", "int_problems", "generates_one_sample_at_a_time", "kept_of", "POSITION_RULES",
+    "positions_problems",
 ]
 
 
@@ -71,6 +72,12 @@ class CompressionMethod:
     def at_budget(cls, keep: float) -> CompressionMethod:
         """The method set to retain the share `keep` in (0, 1] of the visual tokens (the benchmark's budgets)."""
         raise NotImplementedError(f"{cls.__name__} has no budget mapping.")
+
+    @property
+    def position_rule(self) -> str:
+        """How a prompt shortened before the LLM is numbered: the method's `positions` when it has one (the methods
+        that drop tokens before the LLM), else `published` (renumbered)."""
+        return getattr(self, "positions", "published")
 
     def settings(self) -> dict[str, Any]:
         return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}

@@ -6,6 +6,8 @@
 - `uniform_temporal`: every token of `max(1, int(F * keep_ratio))` evenly spaced frames (frame `floor(j * F / m)`).
 
 Video tokens after the frames (LLaVA-OneVision's newline) are always kept; kept tokens stay in their original order.
+Each takes `positions` (`published`: the shorter prompt is renumbered, as a method that drops tokens before the LLM
+does; `original`: kept tokens keep their whole-prompt positions).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from lightning_prune.compression.base import (
     VisualSelection,
     check_fraction,
     int_problems,
+    positions_problems,
 )
 from lightning_prune.dycoke.families.base import VideoTokens
 
@@ -41,9 +44,11 @@ class RandomTokensMethod(CompressionMethod):
     name = "random"
     keep_ratio: float = 0.25
     seed: int = 0
+    positions: str = "published"
 
     def problems(self) -> list[str]:
-        return check_fraction("keep_ratio", self.keep_ratio) + int_problems("seed", self.seed, 0)
+        return (check_fraction("keep_ratio", self.keep_ratio) + int_problems("seed", self.seed, 0)
+                + positions_problems(self.positions))
 
     @classmethod
     def at_budget(cls, keep: float) -> RandomTokensMethod:
@@ -63,9 +68,10 @@ class UniformSpatialMethod(CompressionMethod):
 
     name = "uniform_spatial"
     keep_ratio: float = 0.25
+    positions: str = "published"
 
     def problems(self) -> list[str]:
-        return check_fraction("keep_ratio", self.keep_ratio)
+        return check_fraction("keep_ratio", self.keep_ratio) + positions_problems(self.positions)
 
     @classmethod
     def at_budget(cls, keep: float) -> UniformSpatialMethod:
@@ -84,9 +90,10 @@ class UniformTemporalMethod(CompressionMethod):
 
     name = "uniform_temporal"
     keep_ratio: float = 0.25
+    positions: str = "published"
 
     def problems(self) -> list[str]:
-        return check_fraction("keep_ratio", self.keep_ratio)
+        return check_fraction("keep_ratio", self.keep_ratio) + positions_problems(self.positions)
 
     @classmethod
     def at_budget(cls, keep: float) -> UniformTemporalMethod:

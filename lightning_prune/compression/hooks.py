@@ -300,7 +300,8 @@ class CompressionHooks:
             if not (isinstance(mask, torch.Tensor) and mask.dim() == 2):
                 raise ValueError(f"{self.method.name} needs a 2-D `attention_mask` [batch, sequence] (or none).")
             kwargs["attention_mask"] = mask.gather(1, columns)
-        self.family.merged_positions(module, kwargs, original, sources, removed)
+        self.family.merged_positions(module, kwargs, original, sources, removed,
+                                     renumber=self.method.position_rule == "published")
 
     def _decode(self, kwargs: dict, past: int) -> None:
         tokens = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs.get("inputs_embeds")
@@ -309,7 +310,8 @@ class CompressionHooks:
                              f"{past} cached (assisted or chunked generation is not supported).")
         prefill = self._prefill
         if prefill.kept_columns is not None:
-            self.family.decode_positions(kwargs, prefill.removed, past)
+            self.family.decode_positions(kwargs, prefill.removed, past,
+                                         renumber=self.method.position_rule == "published")
             mask = kwargs.get("attention_mask")
             if mask is not None:
                 first = self._layer_positions.get(0)  # layer 0's cache sets `past`; a cut may have shortened it

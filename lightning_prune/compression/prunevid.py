@@ -39,7 +39,7 @@ from lightning_prune.compression.base import (
     check_fraction,
     int_problems,
 )
-from lightning_prune.dycoke.families.base import VideoTokens
+from lightning_prune.dycoke.families.base import VideoTokens, positions_problems
 
 #: Segment sizes above which tokens are clustered, and the spatial clustering's neighbours (published constants).
 CLUSTER_MIN_TOKENS = 14
@@ -311,6 +311,8 @@ class PruneVidMethod(CompressionMethod):
         seed: seed of the generator DPC-KNN's tie-breaking noise comes from (the published code: the global one).
         temporal_merging: False skips stage 1 and scores every frame as a segment of dynamic tokens (a refinement:
             the published code always merges); with `alpha = 1` the model is then unchanged.
+        positions: `published` (the merged prompt is renumbered, as the published code's LLM sees it) or
+            `original` (a kept or merged token keeps its representative's whole-prompt position).
 
     Wiring (`CompressionHooks`): stage 1 in `select_visual` (the frames as the family adapter gives them: Qwen's
     temporal patches count as frames; LLaVA-OneVision's newline stays, after the video); a merged token takes the
@@ -329,6 +331,7 @@ class PruneVidMethod(CompressionMethod):
     k: int = 7
     seed: int = 0
     temporal_merging: bool = True
+    positions: str = "published"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -346,7 +349,7 @@ class PruneVidMethod(CompressionMethod):
         problems += int_problems("seed", self.seed, 0)
         if not isinstance(self.temporal_merging, bool):
             problems.append(f"`temporal_merging` must be True or False, got {self.temporal_merging!r}.")
-        return problems
+        return problems + positions_problems(self.positions)
 
     @classmethod
     def at_budget(cls, keep: float) -> PruneVidMethod:

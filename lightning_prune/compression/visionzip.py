@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from lightning_prune.compression.base import CompressionMethod, VisualContext, VisualSelection, check_fraction
-from lightning_prune.dycoke.families.base import VideoTokens
+from lightning_prune.dycoke.families.base import VideoTokens, positions_problems
 
 SCORINGS = ("auto", "cls", "mean_query", "merge_group")
 # What each family's tower offers, and the substitute a tower without CLS takes (`scoring="auto"`).
@@ -96,6 +96,8 @@ class VisionZipMethod(CompressionMethod):
         dominant_ratio: share of those that are dominant, in [0, 1); default 54 / 64 (published: 54 + 10).
         scoring: `cls` (published; needs a CLS token), `mean_query` (HoliTom's SigLIP port), `merge_group`
             (LightCompress's Qwen2.5-VL port), or `auto`: the one the family's tower takes.
+        positions: `published` (the shorter prompt is renumbered, as the published code's LLM sees it) or
+            `original` (kept tokens keep their whole-prompt positions).
     """
 
     name = "visionzip"
@@ -103,9 +105,10 @@ class VisionZipMethod(CompressionMethod):
     keep_ratio: float = 64 / 576
     dominant_ratio: float = 54 / 64
     scoring: str = "auto"
+    positions: str = "published"
 
     def problems(self) -> list[str]:
-        problems = check_fraction("keep_ratio", self.keep_ratio)
+        problems = check_fraction("keep_ratio", self.keep_ratio) + positions_problems(self.positions)
         if not (isinstance(self.dominant_ratio, (int, float)) and 0 <= self.dominant_ratio < 1):
             problems.append(f"`dominant_ratio` must be in [0, 1), got {self.dominant_ratio!r}.")
         if self.scoring not in SCORINGS:

@@ -28,12 +28,10 @@ from torch import nn
 from lightning_prune._checks import int_problems
 from lightning_prune.dycoke.attention import STATE_KWARG, WRAPPED_IMPLEMENTATIONS, register_attention_functions
 from lightning_prune.dycoke.families import family_of, get_family
+from lightning_prune.dycoke.families.base import positions_problems
 from lightning_prune.dycoke.kv_pruning import SCORE_DTYPES, DecodePruning
 from lightning_prune.dycoke.ttm import ttm_keep_positions
 from lightning_prune.dycoke.variant import Variant
-
-# The merged prompt's position ids: `published` renumbers it (the published code), `original` keeps each token's.
-POSITION_RULES = ("published", "original")
 
 
 @dataclass(frozen=True)
@@ -92,8 +90,7 @@ class DyCokeSettings:
         if not isinstance(self.carry_state_across_samples, bool):
             problems.append("`carry_state_across_samples` must be true or false, "
                             f"got {self.carry_state_across_samples!r}.")
-        if self.positions not in POSITION_RULES:
-            problems.append(f"`positions` must be one of {list(POSITION_RULES)}, got {self.positions!r}.")
+        problems += positions_problems(self.positions)
         problems = [problem for problem in problems if problem is not None]
         if problems:
             raise ValueError(" ".join(problems))

@@ -5,6 +5,7 @@ of attention instead of dropped (same position ids), must give the same logits a
 import pytest
 import torch
 from _support.video_families import padded_family_batch
+from _support.video_positions import greedy_steps, recorded_positions
 from dycoke_fakes import generate
 
 from lightning_prune.dycoke import ttm_keep_positions
@@ -16,23 +17,6 @@ ONE_D_FAMILIES = [name for name in FAMILY_NAMES if not isinstance(get_family(nam
                   and name.startswith("llava")]
 MROPE_FAMILIES = [name for name in FAMILY_NAMES if isinstance(get_family(name), MultimodalRopeAdapter)]
 K = 0.5
-
-
-def _greedy_steps(model, inputs: dict, mask: torch.Tensor, steps: int = 3) -> list[torch.Tensor]:
-    """Last-token logits of a prefill and `steps - 1` greedy decode steps, with explicit `generate`-style positions
-    (counted over the whole prompt's non-padding tokens) and the given prompt mask."""
-    positions = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-    with torch.inference_mode():
-        out = model(**{**inputs, "attention_mask": mask}, position_ids=positions, use_cache=True)
-        logits = [out.logits[:, -1].float()]
-        for _ in range(steps - 1):
-            positions = positions[:, -1:] + 1
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            token = logits[-1].argmax(-1, keepdim=True)
-            out = model(input_ids=token, attention_mask=mask, position_ids=positions,
-                        past_key_values=out.past_key_values, use_cache=True)
-            logits.append(out.logits[:, -1].float())
-    return logits
 
 
 def _merged_away(adapter, model, inputs: dict) -> torch.Tensor:
@@ -58,11 +42,11 @@ def _mask_without_merged_tokens(adapter, model, inputs: dict) -> torch.Tensor:
 @pytest.mark.parametrize("family", ONE_D_FAMILIES)
 def test_original_positions_equal_masking_out_the_merged_tokens(family):
     adapter, model, inputs = padded_family_batch(family)
-    reference = _greedy_steps(model, inputs, _mask_without_merged_tokens(adapter, model, inputs))
+    reference = greedy_steps(model, inputs, _mask_without_merged_tokens(adapter, model, inputs))
     settings = DyCokeSettings(merging_ratio=K, decode_prune_ratio=0.0, variant="refined", window=4,
                               positions="original")
     with DyCokeHooks(model, settings) as hooks:
-        merged = _greedy_steps(model, inputs, inputs["attention_mask"])
+        merged = greedy_steps(model, inputs, inputs["attention_mask"])
     assert hooks.stats[0].prompt_tokens_after < hooks.stats[0].prompt_tokens_before  # merging did shorten it
     for step, (got, want) in enumerate(zip(merged, reference, strict=True)):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4, msg=f"step {step}")
@@ -72,36 +56,21 @@ def test_original_positions_equal_masking_out_the_merged_tokens(family):
 def test_published_positions_differ_from_masking_out(family):
     """The published renumbering is a different model input: the check above can fail."""
     adapter, model, inputs = padded_family_batch(family)
-    reference = _greedy_steps(model, inputs, _mask_without_merged_tokens(adapter, model, inputs))
+    reference = greedy_steps(model, inputs, _mask_without_merged_tokens(adapter, model, inputs))
     settings = DyCokeSettings(merging_ratio=K, decode_prune_ratio=0.0, variant="refined", window=4)
     with DyCokeHooks(model, settings):
-        merged = _greedy_steps(model, inputs, inputs["attention_mask"])
+        merged = greedy_steps(model, inputs, inputs["attention_mask"])
     assert not torch.allclose(merged[0], reference[0], atol=1e-4, rtol=1e-4)
-
-
-def _recorded_positions(model, inputs, hooks):
-    seen = []
-    handle = model.model.language_model.register_forward_pre_hook(
-        lambda module, args, kwargs: seen.append(kwargs["position_ids"].clone()), with_kwargs=True)
-    try:
-        if hooks is None:
-            generate(model, inputs, new_tokens=3)
-        else:
-            with hooks:
-                generate(model, inputs, new_tokens=3)
-    finally:
-        handle.remove()
-    return seen
 
 
 @pytest.mark.parametrize("family", MROPE_FAMILIES)
 def test_mrope_original_positions_keep_every_row(family):
     """Qwen-VL: the (t, h, w) rows are original under both rules; `original` keeps generate's 1-D text row too."""
     adapter, model, inputs = padded_family_batch(family)
-    plain = _recorded_positions(model, inputs, None)
-    hooks = DyCokeHooks(model, DyCokeSettings(merging_ratio=K, decode_prune_ratio=0.0, variant="refined",
-                                              positions="original"))
-    merged = _recorded_positions(model, inputs, hooks)
+    plain = recorded_positions(model, lambda: generate(model, inputs, new_tokens=3))
+    settings = DyCokeSettings(merging_ratio=K, decode_prune_ratio=0.0, variant="refined", positions="original")
+    with DyCokeHooks(model, settings):
+        merged = recorded_positions(model, lambda: generate(model, inputs, new_tokens=3))
     kept = ~_merged_away(adapter, model, inputs)
     kept_columns = kept.nonzero()[:, 1].view(kept.shape[0], -1)  # refined: the kept tokens in column order
     assert kept_columns.shape[1] < inputs["input_ids"].shape[1]

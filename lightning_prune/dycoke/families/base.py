@@ -181,6 +181,18 @@ def published_prompt_refusal(family: str) -> str:
             f"{published_prompt_families()}, got family {family!r}; use prompt 'chat_template'.")
 
 
+# Position ids of a prompt shortened before the LLM: `published` renumbers it (the published DyCoke / VisionZip /
+# PruneVid code: the LLM just gets a shorter prompt), `original` keeps each kept token's whole-prompt position.
+POSITION_RULES = ("published", "original")
+
+
+def positions_problems(value: object) -> list[str]:
+    """`["`positions` must be one of [...], got <value>."]` unless `value` is a position rule, else `[]`."""
+    if value in POSITION_RULES:
+        return []
+    return [f"`positions` must be one of {list(POSITION_RULES)}, got {value!r}."]
+
+
 def contiguous_positions(mask: torch.Tensor | None, columns: torch.Tensor) -> torch.Tensor:
     """`[B, S']` positions 0, 1, ... over the non-padding tokens (0 on padding), as `generate` numbers a prompt."""
     if mask is not None:
