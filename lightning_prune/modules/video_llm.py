@@ -153,6 +153,10 @@ class VideoLLM(LightningModule):
             if dtype in _DTYPES:
                 self.model.to(_DTYPES[dtype])
         self.processor.tokenizer.padding_side = "left"  # generation continues every prompt at the right end
+        if self.hparams.get("family") != self.family.name:
+            # Record the family found (a trained checkpoint's, a Hub config's): loggers merge the initial hparams
+            # with a data module's, which names its family too.
+            self.hparams["family"] = self._hparams_initial["family"] = self.family.name
         self.max_new_tokens = max_new_tokens
         self.prompt_template = prompt_template
         self.prompt = prompt

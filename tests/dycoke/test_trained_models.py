@@ -5,11 +5,14 @@ Fixed questions of the test split (seed 3, never used in training), greedy answe
 changes these answers and fails here.
 """
 
+import csv
 import re
+from pathlib import Path
 
 import pytest
 import torch
 
+from lightning_prune.cli import main
 from lightning_prune.data.synthetic_video import KINDS, make_sample
 from lightning_prune.dycoke.hooks import DyCokeHooks, DyCokeSettings
 from lightning_prune.modules.video_llm import VideoLLM
@@ -86,3 +89,42 @@ def test_trained_model_answers_with_decode_pruning_alone(trained):
     assert _accuracy(letters, batch) >= FLOOR_DECODE_ONLY, letters
     assert generation.visual_tokens_after == generation.visual_tokens_before  # no merging
     assert min(generation.attended_kv_lengths) < generation.full_kv_lengths[0]  # the pruned cache answered
+
+
+# With `positions: original` the merged tokens keep their whole-prompt positions: LLaVA-OV's answers come back at the
+# published K, L, P (measured on these 20: LLaVA-OV 16, Qwen2.5-VL 19).
+ORIGINAL = DyCokeSettings(merging_ratio=0.7, prune_layer=3, decode_prune_ratio=0.8, variant="official",
+                          positions="original")
+FLOOR_ORIGINAL = 0.75
+
+
+def test_trained_model_answers_with_dycoke_keeping_original_positions(trained):
+    module, batch, family = trained
+    with DyCokeHooks(module.model, ORIGINAL):
+        letters = _greedy_letters(module, batch)
+    assert _accuracy(letters, batch) >= FLOOR_ORIGINAL, letters
+    with DyCokeHooks(module.model, PUBLISHED):
+        published = _greedy_letters(module, batch)
+    if family == "llava_onevision":  # the 1-D RoPE family: the rule is what its answers depend on
+        assert _accuracy(letters, batch) > _accuracy(published, batch) + 0.2
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_trained_config_tests_through_the_cli_with_the_dycoke_callback(tmp_path, monkeypatch, family):
+    """`lightning-prune test --config configs/dycoke/trained_<family>.yaml` with DyCoke added, a logger on."""
+    config = Path(__file__).resolve().parents[2] / "configs" / "dycoke" / f"trained_{family}.yaml"
+    monkeypatch.chdir(tmp_path)
+    main(["test", "--config", str(config), "--trainer.callbacks+=lightning_prune.callbacks.DyCoke",
+          "--trainer.callbacks.positions=original", f"--data.init_args.root={tmp_path / 'data'}",
+          "--data.init_args.test_samples=10", "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+          f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}"])
+    (path,) = list((tmp_path / "logs").rglob("metrics.csv"))
+    with path.open() as handle:
+        rows = list(csv.DictReader(handle))
+    accuracy = [float(row["test/acc"]) for row in rows if row.get("test/acc")]
+    assert len(accuracy) == 1 and accuracy[0] >= 0.5  # 10 questions, 2 per kind (chance: a quarter)
+    merged = [row for row in rows if row.get("dycoke/visual_tokens_after")]
+    assert merged and all(float(row["dycoke/visual_tokens_after"]) < float(row["dycoke/visual_tokens_before"])
+                          for row in merged)
+    (hparams,) = list((tmp_path / "logs").rglob("hparams.yaml"))
+    assert f"family: {family}" in hparams.read_text()  # the checkpoint's family, merged with the data module's
