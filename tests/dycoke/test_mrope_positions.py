@@ -4,6 +4,7 @@ keeps its original ids, decoding continues the original numbering; frame counts 
 import numpy as np
 import pytest
 import torch
+from _support.video_positions import recorded_positions
 from dycoke_fakes import generate
 
 from lightning_prune.dycoke import ttm_keep_positions
@@ -27,18 +28,13 @@ def _inputs(adapter, processor, frames=8):
 
 def _recorded_positions(model, inputs, hooks=None):
     """The (t, h, w) position ids the text model gets at the prefill and at each decode step."""
-    seen = []
-    handle = model.model.language_model.register_forward_pre_hook(
-        lambda module, args, kwargs: seen.append(kwargs["position_ids"][-3:].clone()), with_kwargs=True)
-    try:
+    def run():
         if hooks is None:
             generate(model, inputs, new_tokens=3)
         else:
             with hooks:
                 generate(model, inputs, new_tokens=3)
-    finally:
-        handle.remove()
-    return seen
+    return [positions[-3:] for positions in recorded_positions(model, run)]
 
 
 @pytest.mark.parametrize("family", MROPE_FAMILIES)

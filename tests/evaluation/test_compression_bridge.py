@@ -20,7 +20,10 @@ def test_method_takes_its_own_parameters_and_replaces_the_configs_dycoke():
     callback = settings.build_compression()
     assert callback.method.describe() == "fastv(K=2, ratio=0.25)"
     floor = parse_model_args({"config": str(TINY), "method": "uniform_temporal"})
-    assert floor.compression == {"method": "uniform_temporal", "settings": {"keep_ratio": 0.25, "positions": "published"}}
+    assert floor.compression == {"method": "uniform_temporal",
+                                 "settings": {"keep_ratio": 0.25, "positions": "published"}}
+    kept = parse_model_args({"config": str(TINY), "method": "visionzip", "positions": "original"})
+    assert kept.build_compression().method.positions == "original"
     dycoke = parse_model_args({"config": str(TINY), "method": "dycoke", "K": 0.5})
     assert dycoke.method is None and dycoke.dycoke == {"merging_ratio": 0.5}
     assert {"K", "ratio", "config", "method"} <= set(valid_keys("fastv"))
