@@ -1,6 +1,6 @@
 """Every token-compression method x family at equal retained-visual-token budgets: latency, memory, kept tokens.
 
-    python benchmarks/compression.py --json benchmarks/results/compression_cpu.json --frames 8 --new-tokens 8
+    python benchmarks/compression.py --json benchmarks/results/compression_cpu.json --frames 32 --threads 2
     python benchmarks/compression.py --json out.json --families qwen2_5_vl --methods fastv random --budgets 0.25
     python benchmarks/compression.py --json out.json --trained configs/dycoke/trained_qwen2_5_vl.yaml  # + accuracy
     python benchmarks/compression.py --plot README_compression.png --from-json out.json  # the plot alone

@@ -14,7 +14,7 @@ from lightning_prune.evaluation.model_args import parse_model_args
     ("framefusion", {"cost": 0.5}, {"cost": 0.5, "similarity_lower_bound": 0.6, "ratio_lower_bound": 0.1}),
     ("prunevid", {"selected_layer": 1}, {"tau": 0.8, "temporal_segment_ratio": 0.25, "cluster_ratio": 0.5,
                                          "alpha": 0.4, "selected_layer": 1, "k": 7, "seed": 0,
-                                         "temporal_merging": True}),
+                                         "temporal_merging": True, "positions": "published"}),
 ])
 @pytest.mark.slow  # an lmms-eval harness run (simple_evaluate)
 def test_merging_methods_run_the_tiny_task_and_the_report_names_them(in_task_folder, method, settings, expected):
