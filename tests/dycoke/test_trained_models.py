@@ -21,15 +21,18 @@ from lightning_prune.modules.video_training import ASSETS
 FAMILIES = sorted(path.stem for path in ASSETS.glob("*.safetensors"))
 # the first four questions of every kind in the test split (kinds cycle: sample i has kind KINDS[i % 5])
 SAMPLES = list(range(4 * len(KINDS)))
-FLOOR = 0.9  # share of correct greedy answers required without DyCoke (measured: LLaVA-OV 19, Qwen2.5-VL 20 of 20)
+# Shares of correct greedy answers required, per family. Without DyCoke (measured: LLaVA-OV 19, Qwen2.5-VL 20 of 20;
+# LLaVA-NeXT-Video 17 of 20: 90.4% on the whole split, its counting is weak; Qwen3-VL 19 of 20).
+FLOOR = {"llava_onevision": 0.9, "llava_next_video": 0.8, "qwen2_5_vl": 0.9, "qwen3_vl": 0.9}
 PUBLISHED = DyCokeSettings(merging_ratio=0.7, prune_layer=3, decode_prune_ratio=0.8, variant="official")
 # With DyCoke at the published settings. Qwen2.5-VL keeps its answers (20 of 20): merged tokens keep their
 # (t, h, w) positions. LLaVA-OV answers 10 of 20: the published code renumbers the merged prompt's 1-D positions and
 # this tiny model reads where things are from them (motion falls to chance; see the README's trade-off), so its floor
 # only says "well above chance (a quarter)"; its cache path is held to a high floor by the decode-only test below.
-FLOOR_PUBLISHED = {"llava_onevision": 0.4, "qwen2_5_vl": 0.9}
+# LLaVA-NeXT-Video, also 1-D RoPE, answers 12 of 20; Qwen3-VL 15 of 20 (its decode pruning costs counting).
+FLOOR_PUBLISHED = {"llava_onevision": 0.4, "llava_next_video": 0.5, "qwen2_5_vl": 0.9, "qwen3_vl": 0.7}
 DECODE_ONLY = DyCokeSettings(merging_ratio=0.0, prune_layer=3, decode_prune_ratio=0.8, variant="official")
-FLOOR_DECODE_ONLY = 0.8  # measured: LLaVA-OV 17 of 20, Qwen2.5-VL 19 of 20
+FLOOR_DECODE_ONLY = 0.8  # measured: LLaVA-OV 17, LLaVA-NeXT-Video 16, Qwen2.5-VL 19, Qwen3-VL 18 of 20
 
 
 def _batch() -> dict:
@@ -63,9 +66,9 @@ def test_shipped_assets_exist_for_both_rope_kinds():
 
 
 def test_trained_model_answers_without_dycoke(trained):
-    module, batch, _ = trained
+    module, batch, family = trained
     letters = _greedy_letters(module, batch)
-    assert _accuracy(letters, batch) >= FLOOR, letters
+    assert _accuracy(letters, batch) >= FLOOR[family], letters
     with torch.inference_mode():  # the scored letter after the greedy prefix agrees with the free answer
         assert ["ABCD"[i] for i in module.answer_indices(batch).tolist()] == letters
 
@@ -92,17 +95,17 @@ def test_trained_model_answers_with_decode_pruning_alone(trained):
 
 
 # With `positions: original` the merged tokens keep their whole-prompt positions: LLaVA-OV's answers come back at the
-# published K, L, P (measured on these 20: LLaVA-OV 16, Qwen2.5-VL 20).
+# published K, L, P (measured on these 20: LLaVA-OV 16, LLaVA-NeXT-Video 13, Qwen2.5-VL 20, Qwen3-VL 15).
 ORIGINAL = DyCokeSettings(merging_ratio=0.7, prune_layer=3, decode_prune_ratio=0.8, variant="official",
                           positions="original")
-FLOOR_ORIGINAL = 0.75
+FLOOR_ORIGINAL = {"llava_onevision": 0.75, "llava_next_video": 0.6, "qwen2_5_vl": 0.9, "qwen3_vl": 0.7}
 
 
 def test_trained_model_answers_with_dycoke_keeping_original_positions(trained):
     module, batch, family = trained
     with DyCokeHooks(module.model, ORIGINAL):
         letters = _greedy_letters(module, batch)
-    assert _accuracy(letters, batch) >= FLOOR_ORIGINAL, letters
+    assert _accuracy(letters, batch) >= FLOOR_ORIGINAL[family], letters
     with DyCokeHooks(module.model, PUBLISHED):
         published = _greedy_letters(module, batch)
     if family == "llava_onevision":  # the 1-D RoPE family: the rule is what its answers depend on

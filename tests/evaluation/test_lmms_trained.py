@@ -13,10 +13,13 @@ from lightning_prune.evaluation.lmms_model import LightningPruneVideoLLM, evalua
 
 TRAINED_CONFIGS = sorted(CONFIGS.glob("trained_*.yaml"))
 QUESTIONS = 20
-FLOOR = 0.9  # DyCoke off; a broken merge, position or cache falls towards chance (a quarter)
-# DyCoke on: LLaVA-OV answers half (the published code renumbers its 1-D positions after merging; see
-# tests/dycoke/test_trained_models.py), Qwen2.5-VL keeps its answers.
-FLOOR_DYCOKE = {"trained_llava_onevision": 0.4, "trained_qwen2_5_vl": 0.9}
+# DyCoke off; a broken merge, position or cache falls towards chance (a quarter). LLaVA-NeXT-Video's counting is weak.
+FLOOR = {"trained_llava_onevision": 0.9, "trained_llava_next_video": 0.8, "trained_qwen2_5_vl": 0.9,
+         "trained_qwen3_vl": 0.9}
+# DyCoke on: the LLaVA families answer about half (the published code renumbers their 1-D positions after merging;
+# see tests/dycoke/test_trained_models.py), Qwen2.5-VL keeps its answers, Qwen3-VL's decode pruning costs counting.
+FLOOR_DYCOKE = {"trained_llava_onevision": 0.4, "trained_llava_next_video": 0.5, "trained_qwen2_5_vl": 0.9,
+                "trained_qwen3_vl": 0.7}
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +40,6 @@ def test_trained_model_answers_the_tiny_task(config, dycoke, in_answered_folder)
     results = evaluate_video_tasks(lm, [TASK], limit=QUESTIONS, include_default_tasks=False)
     responses = [sample["resps"] for sample in results["samples"][TASK]]
     assert len(responses) == QUESTIONS
-    assert results["results"][TASK]["accuracy,none"] >= (FLOOR_DYCOKE[config.stem] if dycoke else FLOOR), responses
+    assert results["results"][TASK]["accuracy,none"] >= (FLOOR_DYCOKE if dycoke else FLOOR)[config.stem], responses
     kept = [row["visual_tokens_after"] / row["visual_tokens_before"] for row in lm.efficiency_rows]
     assert (max(kept) < 0.6) if dycoke else (min(kept) == 1.0)
