@@ -43,3 +43,13 @@ def test_trained_model_answers_the_tiny_task(config, dycoke, in_answered_folder)
     assert results["results"][TASK]["accuracy,none"] >= (FLOOR_DYCOKE if dycoke else FLOOR)[config.stem], responses
     kept = [row["visual_tokens_after"] / row["visual_tokens_before"] for row in lm.efficiency_rows]
     assert (max(kept) < 0.6) if dycoke else (min(kept) == 1.0)
+
+
+@pytest.mark.slow  # an lmms-eval harness run (simple_evaluate)
+def test_trained_llava_keeps_its_answers_with_original_positions_through_lmms_eval(in_answered_folder):
+    """`positions=original` in `--model_args`: LLaVA-OV answers again at the published K, L, P (16 of 20 in process)."""
+    config = next(path for path in TRAINED_CONFIGS if path.stem == "trained_llava_onevision")
+    lm = LightningPruneVideoLLM(config=str(config), dycoke=True, positions="original", device="cpu", batch_size=5)
+    results = evaluate_video_tasks(lm, [TASK], limit=QUESTIONS, include_default_tasks=False)
+    assert results["results"][TASK]["accuracy,none"] >= 0.75  # published positions: about half (FLOOR_DYCOKE)
+    assert lm.settings.dycoke["positions"] == "original"
