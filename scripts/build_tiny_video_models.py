@@ -73,7 +73,7 @@ def build(family: str, root: str, runs: str, out: Path, ckpt: Path | None = None
     extra = {"trained_with": str(config_path), "train_seconds": round(seconds, 1) if ckpt is None else None,
              "num_frames": config["data"]["init_args"]["num_frames"],
              "frame_size": config["data"]["init_args"]["frame_size"],
-             "final_val_acc": val_acc}
+             "augmentation": init.get("augmentation"), "final_val_acc": val_acc}
     asset = write_trained(out / f"{family}.safetensors", model, family, init["tiny_config"],
                           init.get("answer_prefix", ""), extra)
     print(f"{family}: trained in {seconds:.0f} s, wrote {asset} ({asset.stat().st_size / 1e6:.2f} MB)")  # noqa: T201

@@ -27,8 +27,9 @@ from lightning_prune.compression.base import generates_one_sample_at_a_time
 from lightning_prune.dycoke.families import FAMILY_NAMES, family_for_model_type, get_family
 from lightning_prune.dycoke.families.base import published_prompt_refusal
 from lightning_prune.dycoke.families.llava_onevision import TINY_DEFAULTS  # noqa: F401  (re-exported)
+from lightning_prune.modules.video_augment import AugmentedForward, LayoutAugmentation
 from lightning_prune.modules.video_training import answer_labels, answer_text, read_trained, word_tokenizer
-from lightning_prune.pruning.lm_loss import causal_lm_loss
+from lightning_prune.pruning.lm_loss import IGNORE_INDEX, causal_lm_loss
 
 DEFAULT_PROMPT = "{question}\n{options}\nAnswer with the option's letter from the given choices directly."
 PROMPTS = ("chat_template", "published")
@@ -77,6 +78,8 @@ class VideoLLM(LightningModule):
         lr_scheduler: its schedule, or None.
         lr_scheduler_interval: step `lr_scheduler` once per `epoch` (default) or once per optimizer `step` (for a
             warm-up then cosine schedule such as `OneCycleLR`, whose `total_steps` counts optimizer steps).
+        augmentation: `fit` only: varied visual layouts and partial visual context at the answer
+            (`lightning_prune.modules.video_augment.LayoutAugmentation`); None: none.
     """
 
     def __init__(
@@ -96,6 +99,7 @@ class VideoLLM(LightningModule):
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
+        augmentation: LayoutAugmentation | None = None,
     ) -> None:
         super().__init__()
         problems = []
@@ -123,8 +127,11 @@ class VideoLLM(LightningModule):
             problems.append(f"`prompt` must be one of {list(PROMPTS)}, got {prompt!r}.")
         elif prompt == "published" and family in FAMILY_NAMES and get_family(family).published_conversation is None:
             problems.append(published_prompt_refusal(family))
+        if augmentation is not None and not isinstance(augmentation, LayoutAugmentation):
+            problems.append(f"`augmentation` must be a LayoutAugmentation or None, got {type(augmentation).__name__}.")
         if problems:
             raise ValueError(" ".join(problems))
+        self.augmentation = augmentation
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self._optimizer, self._lr_scheduler = optimizer, lr_scheduler
         weights, trained = (None, {}) if checkpoint is None else read_trained(checkpoint)
@@ -262,10 +269,21 @@ class VideoLLM(LightningModule):
         length = len(self.processor.tokenizer.encode(targets[0], add_special_tokens=False))
         return inputs, answer_labels(inputs["input_ids"], length)
 
+    def training_logits(self, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        """Logits `[B, S', V]` of a training forward, through this step's `augmentation` when one is set (dropped
+        visual tokens shorten the sequence: the answer tokens stay its last `S'` columns' labels)."""
+        if self.augmentation is None or not self.augmentation.enabled(self.current_epoch):
+            return self.model(**inputs, use_cache=False).logits
+        answer_length = int((labels[0] != IGNORE_INDEX).sum())
+        with AugmentedForward(self.model, self.family.name, self.augmentation, self.global_step, answer_length,
+                              self.family.video_token_id(self.family.find_base(self.model))):
+            return self.model(**inputs, use_cache=False).logits
+
     @override
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         inputs, labels = self.training_inputs(batch)
-        loss = causal_lm_loss(self.model(**inputs, use_cache=False), labels)
+        logits = self.training_logits(inputs, labels)
+        loss = causal_lm_loss(logits, labels[:, labels.shape[1] - logits.shape[1]:])
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(labels))
         return loss
 
