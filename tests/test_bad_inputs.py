@@ -139,6 +139,8 @@ PREDICT_VALUES = [
      "`--trainer.callbacks.init_args.variant` must be one of [official, refined], got 'fancy'."),
     ("flash-attention", ["--model.init_args.attn_implementation", "flash_attention_2"],
      "`--model.init_args.attn_implementation` must be one of [sdpa, eager], got 'flash_attention_2'."),
+    ("augmentation-keep", ["--model.init_args.augmentation.visual_keep_min", "2"],
+     "LayoutAugmentation: `visual_keep_min` must be in (0, 1], got 2.0."),
 ]
 
 
