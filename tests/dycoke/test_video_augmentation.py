@@ -4,8 +4,8 @@ the answer tokens, checked against the model's own 4-D attention-mask path."""
 import pytest
 import torch
 import torch.nn.functional as F
+from _support.synthetic_batches import synthetic_batch
 
-from lightning_prune.data.synthetic_video import make_sample
 from lightning_prune.modules.video_augment import AugmentedForward, LayoutAugmentation
 from lightning_prune.modules.video_llm import VideoLLM
 
@@ -19,11 +19,7 @@ def module():
 
 
 def _batch(count=2, frames=8):
-    samples = [make_sample(9, index, frames=frames) for index in range(count)]
-    return {"videos": [torch.from_numpy(video) for video, _ in samples],
-            "question": [r["question"] for _, r in samples], "options": [r["options"] for _, r in samples],
-            "answer_index": ["ABCD".index(r["answer"]) for _, r in samples], "id": [r["id"] for _, r in samples],
-            "kind": [r["kind"] for _, r in samples]}
+    return synthetic_batch(9, range(count), frames=frames)
 
 
 def _step_with(augmentation, dropout_above):

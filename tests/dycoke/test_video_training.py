@@ -3,8 +3,8 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from _support.synthetic_batches import synthetic_batch
 
-from lightning_prune.data.synthetic_video import make_sample
 from lightning_prune.modules.video_llm import VideoLLM
 from lightning_prune.modules.video_training import BUILD_SCRIPT, read_trained, write_trained
 
@@ -17,11 +17,7 @@ def module():
 
 
 def _batch(count=2, frames=8):
-    samples = [make_sample(9, index, frames=frames) for index in range(count)]
-    return {"videos": [torch.from_numpy(video) for video, _ in samples],
-            "question": [r["question"] for _, r in samples], "options": [r["options"] for _, r in samples],
-            "answer_index": ["ABCD".index(r["answer"]) for _, r in samples], "id": [r["id"] for _, r in samples],
-            "kind": [r["kind"] for _, r in samples]}
+    return synthetic_batch(9, range(count), frames=frames)
 
 
 def test_word_tokenizer_keeps_special_ids_and_spells_a_prompt_in_words(module):
