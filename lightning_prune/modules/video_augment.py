@@ -28,6 +28,7 @@ from torch import nn
 
 from lightning_prune.compression.floors import RandomTokensMethod
 from lightning_prune.compression.hooks import decoder_layers
+from lightning_prune.dycoke.families import get_family
 
 
 @dataclass(frozen=True)
@@ -72,9 +73,13 @@ class LayoutAugmentation:
         return (epoch >= self.start_epoch and self.probability > 0
                 and (self.visual_keep_min < 1.0 or self.answer_visual_dropout > 0.0))
 
+    def step_seed(self, step: int) -> int:
+        """The seed of training step `step`'s draws."""
+        return self.seed * 1_000_003 + step
+
     def for_step(self, step: int) -> tuple[float, float, torch.Generator]:
         """This step's `(keep_ratio, dropout_rate, generator)`; 1.0 / 0.0 where the step is not augmented."""
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        generator = torch.Generator().manual_seed(self.step_seed(step))
         draws = torch.rand(4, generator=generator).tolist()
         keep = 1.0
         if draws[0] < self.probability and self.visual_keep_min < 1.0:
@@ -86,30 +91,32 @@ class LayoutAugmentation:
 
 
 class AugmentedForward:
-    """Context manager around one training forward of `model` (a family's model) with this step's augmentation.
+    """Context manager around one training forward of `model` (a model of `family`) with this step's augmentation.
 
     `answer_length` is the number of target tokens at the end of every row. On exit the hooks are gone.
     """
 
     def __init__(self, model: nn.Module, family: str, augmentation: LayoutAugmentation, step: int,
-                 answer_length: int, video_token_id: int) -> None:
+                 answer_length: int) -> None:
+        adapter = get_family(family)
         self.model, self.family, self.answer_length = model, family, answer_length
+        self.base = adapter.find_base(model)
+        self.video_token_id = adapter.video_token_id(self.base)
         self.keep, self.dropout, self.generator = augmentation.for_step(step)
-        self.from_layer, self.video_token_id = augmentation.dropout_from_layer, video_token_id
-        self.seed = augmentation.seed * 1_000_003 + step
+        self.from_layer, self.seed = augmentation.dropout_from_layer, augmentation.step_seed(step) % 2**31
         self._hooks = None
         self._handles: list = []
         self._hidden: torch.Tensor | None = None  # [B, S] True where an answer query may not look (visual keys)
+        self._blocked: torch.Tensor | None = None  # [B, 1, S, S] the same, as (query, key) pairs
 
     def __enter__(self) -> AugmentedForward:
         if self.keep < 1.0:
-            method = RandomTokensMethod(keep_ratio=self.keep, seed=self.seed % (2**31))
+            method = RandomTokensMethod(keep_ratio=self.keep, seed=self.seed)
             self._hooks = method.make_hooks(self.model, family=self.family).install()
         if self.dropout > 0.0:
-            base = self._base()
             # Registered after the compression hook: sees the prompt it shortened.
-            self._handles.append(base.register_forward_pre_hook(self._capture, with_kwargs=True))
-            for layer in list(decoder_layers(base))[self.from_layer:]:
+            self._handles.append(self.base.register_forward_pre_hook(self._capture, with_kwargs=True))
+            for layer in list(decoder_layers(self.base))[self.from_layer:]:
                 self._handles.append(layer.register_forward_pre_hook(self._mask_layer, with_kwargs=True))
         return self
 
@@ -121,11 +128,6 @@ class AugmentedForward:
             self._hooks.remove()
             self._hooks = None
 
-    def _base(self) -> nn.Module:
-        from lightning_prune.dycoke.families import get_family
-
-        return get_family(self.family).find_base(self.model)
-
     def _capture(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         input_ids = kwargs.get("input_ids")
         if input_ids is None:
@@ -133,9 +135,12 @@ class AugmentedForward:
         visual = input_ids == self.video_token_id
         draws = torch.rand(visual.shape, generator=self.generator).to(visual.device)
         self._hidden = visual & (draws < self.dropout)
+        rows = torch.zeros(input_ids.shape[1], dtype=torch.bool, device=input_ids.device)
+        rows[-self.answer_length:] = True
+        self._blocked = rows[None, None, :, None] & self._hidden[:, None, None, :]  # once, for every layer
 
     def _mask_layer(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-        if self._hidden is None:
+        if self._blocked is None:
             return None
         hidden_states = args[0] if args else kwargs["hidden_states"]
         batch, length = hidden_states.shape[:2]
@@ -143,12 +148,10 @@ class AugmentedForward:
         if mask is None:  # causal, no padding: make it explicit
             mask = torch.ones(length, length, dtype=torch.bool, device=hidden_states.device).tril()
             mask = mask.expand(batch, 1, length, length)
-        if mask.dim() != 4 or mask.shape[-1] != length:
-            raise ValueError(f"`answer_visual_dropout` needs a [B, 1, S, S] attention mask in the decoder layers, "
-                             f"got shape {tuple(mask.shape)}.")
-        rows = torch.zeros(length, dtype=torch.bool, device=mask.device)
-        rows[-self.answer_length:] = True
-        blocked = rows[None, None, :, None] & self._hidden[:, None, None, :].to(mask.device)  # [B, 1, S, S]
+        if mask.dim() != 4 or mask.shape[-1] != length or self._blocked.shape[-1] != length:
+            raise ValueError(f"`answer_visual_dropout` needs a [B, 1, S, S] attention mask in the decoder layers "
+                             f"(S = {self._blocked.shape[-1]}), got shape {tuple(mask.shape)}.")
+        blocked = self._blocked.to(mask.device)
         if mask.dtype == torch.bool:
             mask = mask & ~blocked
         else:

@@ -275,8 +275,7 @@ class VideoLLM(LightningModule):
         if self.augmentation is None or not self.augmentation.enabled(self.current_epoch):
             return self.model(**inputs, use_cache=False).logits
         answer_length = int((labels[0] != IGNORE_INDEX).sum())
-        with AugmentedForward(self.model, self.family.name, self.augmentation, self.global_step, answer_length,
-                              self.family.video_token_id(self.family.find_base(self.model))):
+        with AugmentedForward(self.model, self.family.name, self.augmentation, self.global_step, answer_length):
             return self.model(**inputs, use_cache=False).logits
 
     @override

@@ -65,7 +65,7 @@ def test_hidden_visual_keys_match_the_models_own_4d_mask(module):
     video = module.model.config.video_token_id
     with torch.no_grad():
         plain = module.model(**inputs, use_cache=False).logits
-        with AugmentedForward(module.model, "llava_onevision", augmentation, step, ANSWER_TOKENS, video) as forward:
+        with AugmentedForward(module.model, "llava_onevision", augmentation, step, ANSWER_TOKENS) as forward:
             ours = module.model(**inputs, use_cache=False).logits
         hidden = forward._hidden
         # Independent: the causal, padding-aware boolean mask with the answer rows cut off from the hidden columns,
@@ -92,8 +92,7 @@ def test_hiding_from_a_layer_past_the_last_changes_nothing_and_hooks_come_off(mo
     step = _step_with(augmentation, dropout_above=0.5)
     with torch.no_grad():
         plain = module.model(**inputs, use_cache=False).logits
-        with AugmentedForward(module.model, "llava_onevision", augmentation, step, ANSWER_TOKENS,
-                              module.model.config.video_token_id):
+        with AugmentedForward(module.model, "llava_onevision", augmentation, step, ANSWER_TOKENS):
             late = module.model(**inputs, use_cache=False).logits
         after = module.model(**inputs, use_cache=False).logits
     torch.testing.assert_close(late, plain)
@@ -112,8 +111,7 @@ def test_dropped_visual_tokens_shorten_the_prompt_and_the_loss_stays_on_the_answ
     trained.model.load_state_dict(module.model.state_dict())
     with torch.no_grad():
         loss = trained.training_step(batch, 0)
-        with AugmentedForward(trained.model, "llava_onevision", augmentation, 0, ANSWER_TOKENS,
-                              trained.model.config.video_token_id):
+        with AugmentedForward(trained.model, "llava_onevision", augmentation, 0, ANSWER_TOKENS):
             logits = trained.model(**inputs, use_cache=False).logits
         full = module.model(**inputs, use_cache=False).logits
     frame_tokens = 8 * 16  # 8 frames of 16 tokens; the newline after them is always kept
