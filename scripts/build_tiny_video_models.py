@@ -57,7 +57,9 @@ def _fit(config_path: Path, family: str, root: str, runs: str) -> tuple[torch.nn
 def _from_checkpoint(ckpt: Path, init: dict) -> tuple[torch.nn.Module, float | None]:
     from lightning_prune.modules.video_llm import VideoLLM
 
-    module = VideoLLM(tiny_config=init["tiny_config"], family=init["family"])
+    # the training-only head of `patch_position_loss` is in the checkpoint too (the asset leaves it out)
+    module = VideoLLM(tiny_config=init["tiny_config"], family=init["family"],
+                      patch_position_loss=init.get("patch_position_loss", 0.0))
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     module.load_state_dict(state)
     return module.model, None
@@ -73,7 +75,8 @@ def build(family: str, root: str, runs: str, out: Path, ckpt: Path | None = None
     extra = {"trained_with": str(config_path), "train_seconds": round(seconds, 1) if ckpt is None else None,
              "num_frames": config["data"]["init_args"]["num_frames"],
              "frame_size": config["data"]["init_args"]["frame_size"],
-             "augmentation": init.get("augmentation"), "final_val_acc": val_acc}
+             "augmentation": init.get("augmentation"), "patch_position_loss": init.get("patch_position_loss", 0.0),
+             "final_val_acc": val_acc}
     asset = write_trained(out / f"{family}.safetensors", model, family, init["tiny_config"],
                           init.get("answer_prefix", ""), extra)
     print(f"{family}: trained in {seconds:.0f} s, wrote {asset} ({asset.stat().st_size / 1e6:.2f} MB)")  # noqa: T201

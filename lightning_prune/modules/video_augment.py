@@ -15,8 +15,15 @@ written for. Two knobs, each drawn afresh per training batch from a seeded gener
   prompt, the positions a decode step runs) cannot attend to a uniformly random fraction in `[0,
   answer_visual_dropout]` of the visual tokens, per sample, in the LLM layers `>= dropout_from_layer`. 0.0 turns it
   off.
+- `position_shuffle`: with this probability the batch's frame tokens are given the RoPE positions of their frame in
+  a random order (each run of `tokens_per_frame` visual tokens: a frame, when nothing was dropped), so a position
+  still says which frame a token is in but no longer where in the frame. A 1-D RoPE model trained on one layout reads
+  the square's place from the token's position, so a method that drops tokens and renumbers the rest (the published
+  DyCoke code does) leaves it blind to motion; shuffled, it has to read the place from the token itself (see
+  `VideoLLM`'s `patch_position_loss`, which keeps it there). 0.0 turns it off. Families whose frame size comes from
+  the video (Qwen) do not offer it.
 
-Validation and test never see either.
+Validation and test never see any of them.
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ class LayoutAugmentation:
         seed: seed of the draws (the global step is added).
         start_epoch: first training epoch that is augmented (a model that has first learned the task on the fixed
             layout; from scratch, LLaVA-OneVision learned too slowly under augmentation).
+        position_shuffle: chance that a batch's frame tokens get their frame's positions in a random order, in
+            [0, 1]; 0.0: off.
     """
 
     visual_keep_min: float = 1.0
@@ -51,6 +60,7 @@ class LayoutAugmentation:
     probability: float = 0.5
     seed: int = 0
     start_epoch: int = 0
+    position_shuffle: float = 0.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -65,20 +75,24 @@ class LayoutAugmentation:
             problems.append(f"`start_epoch` must be an int >= 0, got {self.start_epoch!r}.")
         if not 0.0 <= self.probability <= 1.0:
             problems.append(f"`probability` must be in [0, 1], got {self.probability!r}.")
+        if not 0.0 <= self.position_shuffle <= 1.0:
+            problems.append(f"`position_shuffle` must be in [0, 1], got {self.position_shuffle!r}.")
         if problems:
             raise ValueError("LayoutAugmentation: " + " ".join(problems))
 
     def enabled(self, epoch: int = 0) -> bool:
         """Whether training `epoch` is augmented at all."""
-        return (epoch >= self.start_epoch and self.probability > 0
-                and (self.visual_keep_min < 1.0 or self.answer_visual_dropout > 0.0))
+        return epoch >= self.start_epoch and (
+            (self.probability > 0 and (self.visual_keep_min < 1.0 or self.answer_visual_dropout > 0.0))
+            or self.position_shuffle > 0)
 
     def step_seed(self, step: int) -> int:
         """The seed of training step `step`'s draws."""
         return self.seed * 1_000_003 + step
 
-    def for_step(self, step: int) -> tuple[float, float, torch.Generator]:
-        """This step's `(keep_ratio, dropout_rate, generator)`; 1.0 / 0.0 where the step is not augmented."""
+    def for_step(self, step: int) -> tuple[float, float, bool, torch.Generator]:
+        """This step's `(keep_ratio, dropout_rate, shuffle, generator)`; 1.0 / 0.0 / False where the step is not
+        augmented that way."""
         generator = torch.Generator().manual_seed(self.step_seed(step))
         draws = torch.rand(4, generator=generator).tolist()
         keep = 1.0
@@ -87,7 +101,9 @@ class LayoutAugmentation:
         dropout = 0.0
         if draws[2] < self.probability and self.answer_visual_dropout > 0.0:
             dropout = self.answer_visual_dropout * draws[3]
-        return keep, dropout, generator
+        # Drawn only when asked for: a setting without it draws exactly what it drew before the knob existed.
+        shuffle = self.position_shuffle > 0 and float(torch.rand(1, generator=generator)) < self.position_shuffle
+        return keep, dropout, shuffle, generator
 
 
 class AugmentedForward:
@@ -102,22 +118,29 @@ class AugmentedForward:
         self.model, self.family, self.answer_length = model, family, answer_length
         self.base = adapter.find_base(model)
         self.video_token_id = adapter.video_token_id(self.base)
-        self.keep, self.dropout, self.generator = augmentation.for_step(step)
+        self.keep, self.dropout, self.shuffle, self.generator = augmentation.for_step(step)
+        self.frame_length = (frame_length(adapter, self.base, "position_shuffle")
+                             if augmentation.position_shuffle > 0 else 0)
         self.from_layer, self.seed = augmentation.dropout_from_layer, augmentation.step_seed(step) % 2**31
         self._hooks = None
         self._handles: list = []
         self._hidden: torch.Tensor | None = None  # [B, S] True where an answer query may not look (visual keys)
         self._blocked: torch.Tensor | None = None  # [B, 1, S, S] the same, as (query, key) pairs
+        self._input_ids: torch.Tensor | None = None  # the prompt the LLM gets (after any dropping)
 
     def __enter__(self) -> AugmentedForward:
         if self.keep < 1.0:
             method = RandomTokensMethod(keep_ratio=self.keep, seed=self.seed)
             self._hooks = method.make_hooks(self.model, family=self.family).install()
-        if self.dropout > 0.0:
+        if self.dropout > 0.0 or self.shuffle:
             # Registered after the compression hook: sees the prompt it shortened.
             self._handles.append(self.base.register_forward_pre_hook(self._capture, with_kwargs=True))
+        if self.dropout > 0.0:
             for layer in list(decoder_layers(self.base))[self.from_layer:]:
                 self._handles.append(layer.register_forward_pre_hook(self._mask_layer, with_kwargs=True))
+        if self.shuffle:
+            self._handles.append(self.base.language_model.register_forward_pre_hook(self._shuffle_positions,
+                                                                                    with_kwargs=True))
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -131,7 +154,11 @@ class AugmentedForward:
     def _capture(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         input_ids = kwargs.get("input_ids")
         if input_ids is None:
-            raise ValueError("`answer_visual_dropout` needs `input_ids` (with the video placeholder tokens).")
+            raise ValueError("`answer_visual_dropout` and `position_shuffle` need `input_ids` (with the video "
+                             "placeholder tokens).")
+        self._input_ids = input_ids
+        if self.dropout == 0.0:
+            return
         visual = input_ids == self.video_token_id
         draws = torch.rand(visual.shape, generator=self.generator).to(visual.device)
         self._hidden = visual & (draws < self.dropout)
@@ -157,3 +184,28 @@ class AugmentedForward:
         else:
             mask = mask.masked_fill(blocked, torch.finfo(mask.dtype).min)
         return args, {**kwargs, "attention_mask": mask}
+
+    def _shuffle_positions(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """The language model's `position_ids` with every run of `frame_length` visual tokens' positions permuted."""
+        input_ids = self._input_ids
+        batch, length = input_ids.shape
+        positions = kwargs.get("position_ids")
+        if positions is None:  # the text model would number the prompt 0..S-1 (padding included)
+            positions = torch.arange(length, device=input_ids.device).expand(batch, length)
+        positions = positions.clone()  # [B, S], or [..., B, S] for multimodal RoPE
+        for row in range(batch):
+            visual = (input_ids[row] == self.video_token_id).nonzero().squeeze(1)
+            for start in range(0, len(visual), self.frame_length):
+                run = visual[start:start + self.frame_length]
+                order = run[torch.randperm(len(run), generator=self.generator).to(run.device)]
+                positions[..., row, run] = positions[..., row, order]
+        return args, {**kwargs, "position_ids": positions}
+
+
+def frame_length(adapter, base: nn.Module, argument: str) -> int:
+    """Visual tokens per frame of a family whose frame size its config fixes; `argument` is refused otherwise."""
+    tokens_per_frame = getattr(adapter, "tokens_per_frame", None)
+    if tokens_per_frame is None:
+        raise ValueError(f"`{argument}` needs a fixed number of tokens per frame; {adapter.name}'s comes from each "
+                         f"video's size. Leave it off for {adapter.name}.")
+    return tokens_per_frame(base)

@@ -27,7 +27,7 @@ from lightning_prune.compression.base import generates_one_sample_at_a_time
 from lightning_prune.dycoke.families import FAMILY_NAMES, family_for_model_type, get_family
 from lightning_prune.dycoke.families.base import published_prompt_refusal
 from lightning_prune.dycoke.families.llava_onevision import TINY_DEFAULTS  # noqa: F401  (re-exported)
-from lightning_prune.modules.video_augment import AugmentedForward, LayoutAugmentation
+from lightning_prune.modules.video_augment import AugmentedForward, LayoutAugmentation, frame_length
 from lightning_prune.modules.video_training import answer_labels, answer_text, read_trained, word_tokenizer
 from lightning_prune.pruning.lm_loss import IGNORE_INDEX, causal_lm_loss
 
@@ -80,6 +80,11 @@ class VideoLLM(LightningModule):
             warm-up then cosine schedule such as `OneCycleLR`, whose `total_steps` counts optimizer steps).
         augmentation: `fit` only: varied visual layouts and partial visual context at the answer
             (`lightning_prune.modules.video_augment.LayoutAugmentation`); None: none.
+        patch_position_loss: `fit` only: weight of a self-supervised loss on the frame tokens the LLM gets: a linear
+            head predicts each token's place in its frame from the token alone (the "where is this patch" pretext
+            task of self-supervised vision), added to the answer loss; 0.0: off. A pretrained vision tower brings
+            this for free; a tiny tower trained from scratch on the answers alone leaves the place to the LLM's
+            token positions, which token dropping renumbers. Needs a fixed number of tokens per frame (not Qwen).
     """
 
     def __init__(
@@ -100,6 +105,7 @@ class VideoLLM(LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
         augmentation: LayoutAugmentation | None = None,
+        patch_position_loss: float = 0.0,
     ) -> None:
         super().__init__()
         problems = []
@@ -129,9 +135,13 @@ class VideoLLM(LightningModule):
             problems.append(published_prompt_refusal(family))
         if augmentation is not None and not isinstance(augmentation, LayoutAugmentation):
             problems.append(f"`augmentation` must be a LayoutAugmentation or None, got {type(augmentation).__name__}.")
+        if isinstance(patch_position_loss, bool) or not isinstance(patch_position_loss, (int, float)) \
+                or not patch_position_loss >= 0:
+            problems.append(f"`patch_position_loss` must be a number >= 0, got {patch_position_loss!r}.")
         if problems:
             raise ValueError(" ".join(problems))
         self.augmentation = augmentation
+        self.patch_position_loss = float(patch_position_loss)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self._optimizer, self._lr_scheduler = optimizer, lr_scheduler
         weights, trained = (None, {}) if checkpoint is None else read_trained(checkpoint)
@@ -167,6 +177,13 @@ class VideoLLM(LightningModule):
         self.max_new_tokens = max_new_tokens
         self.prompt_template = prompt_template
         self.prompt = prompt
+        if augmentation is not None and augmentation.position_shuffle > 0:  # refused now, not at a random step
+            frame_length(self.family, self.family.find_base(self.model), "augmentation.position_shuffle")
+        self.patch_position_head = None
+        if self.patch_position_loss > 0:  # a training-only head: the shipped assets hold `self.model` alone
+            base = self.family.find_base(self.model)
+            width = self.model.config.get_text_config().hidden_size
+            self.patch_position_head = torch.nn.Linear(width, frame_length(self.family, base, "patch_position_loss"))
 
     def prompts(self, batch: dict[str, Any]) -> list[str]:
         """The chat-formatted prompt of every sample (one video placeholder, then the question and options)."""
@@ -278,12 +295,30 @@ class VideoLLM(LightningModule):
         with AugmentedForward(self.model, self.family.name, self.augmentation, self.global_step, answer_length):
             return self.model(**inputs, use_cache=False).logits
 
+    def with_patch_position_loss(self, inputs: dict[str, torch.Tensor]) -> tuple[dict[str, Any], torch.Tensor]:
+        """`inputs` with the video encoded once (`mm_encoder_outputs` instead of pixels) and the mean cross-entropy
+        of `patch_position_head` predicting each frame token's index in its frame from the token."""
+        video = self.family.encode_video(self.family.find_base(self.model), inputs)
+        tokens = torch.cat(video.frames)  # [frames in the batch, N, D]
+        logits = self.patch_position_head(tokens.to(self.patch_position_head.weight.dtype))
+        places = torch.arange(tokens.shape[1], device=tokens.device).expand(tokens.shape[0], -1)
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), places.flatten())
+        encoded = {key: value for key, value in inputs.items() if key != self.family.pixel_key}
+        encoded["mm_encoder_outputs"] = {self.family.encoder_key: video.output}
+        return encoded, loss
+
     @override
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         inputs, labels = self.training_inputs(batch)
+        if self.patch_position_head is not None:
+            inputs, position_loss = self.with_patch_position_loss(inputs)
+            self.log("train/patch_position_loss", position_loss, on_step=False, on_epoch=True,
+                     batch_size=len(labels))
         logits = self.training_logits(inputs, labels)
         loss = causal_lm_loss(logits, labels[:, labels.shape[1] - logits.shape[1]:])
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        if self.patch_position_head is not None:
+            loss = loss + self.patch_position_loss * position_loss
         return loss
 
     @override

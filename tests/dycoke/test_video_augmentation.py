@@ -1,5 +1,8 @@
-"""`LayoutAugmentation`: the training-time draws, visual tokens dropped before the LLM, and visual keys hidden from
-the answer tokens, checked against the model's own 4-D attention-mask path."""
+"""`LayoutAugmentation`: the training-time draws, visual tokens dropped before the LLM, visual keys hidden from the
+answer tokens (checked against the model's own 4-D attention-mask path) and frame positions shuffled (checked against
+the model given those positions); `VideoLLM`'s `patch_position_loss` against a cross-entropy by hand."""
+
+import re
 
 import pytest
 import torch
@@ -47,6 +50,7 @@ def test_draws_are_seeded_in_range_and_follow_the_probability():
     ({"dropout_from_layer": -1}, "`dropout_from_layer` must be an int >= 0, got -1"),
     ({"probability": 1.5}, "`probability` must be in [0, 1], got 1.5"),
     ({"start_epoch": -2}, "`start_epoch` must be an int >= 0, got -2"),
+    ({"position_shuffle": -0.1}, "`position_shuffle` must be in [0, 1], got -0.1"),
 ])
 def test_bad_values_are_one_message_each(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
@@ -121,3 +125,88 @@ def test_dropped_visual_tokens_shorten_the_prompt_and_the_loss_stays_on_the_answ
                             for row in range(len(logits))]).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert not torch.allclose(full[:, -ANSWER_TOKENS:], logits[:, -ANSWER_TOKENS:], atol=1e-4)
+
+
+def test_position_shuffle_draws_follow_its_probability_and_leave_the_other_draws_alone():
+    shuffled = LayoutAugmentation(visual_keep_min=0.4, answer_visual_dropout=0.8, position_shuffle=0.3, seed=3)
+    plain = LayoutAugmentation(visual_keep_min=0.4, answer_visual_dropout=0.8, seed=3)
+    draws = [shuffled.for_step(step) for step in range(600)]
+    assert [draw[:2] for draw in draws] == [plain.for_step(step)[:2] for step in range(600)]
+    assert 140 < sum(draw[2] for draw in draws) < 220  # about 30% of 600
+    assert not any(plain.for_step(step)[2] for step in range(600))
+    # a setting without the knob draws from its generator exactly what it drew before the knob existed
+    assert torch.equal(plain.for_step(7)[3].get_state(), _four_draws(plain.step_seed(7)).get_state())
+    assert LayoutAugmentation(position_shuffle=0.5).enabled() and not LayoutAugmentation(position_shuffle=0.0).enabled()
+
+
+def _four_draws(seed):
+    generator = torch.Generator().manual_seed(seed)
+    torch.rand(4, generator=generator)
+    return generator
+
+
+def test_shuffled_positions_permute_each_frame_and_are_what_the_model_runs_with(module):
+    batch = _batch()
+    inputs, _ = module.training_inputs(batch)
+    augmentation = LayoutAugmentation(position_shuffle=1.0)
+    base = module.model.model
+    seen = []
+    handle = base.language_model.register_forward_hook(  # after the forward: the kwargs the pre-hooks made
+        lambda _, args, kwargs, output: seen.append(kwargs["position_ids"]), with_kwargs=True)
+    try:
+        with torch.no_grad(), AugmentedForward(module.model, "llava_onevision", augmentation, 0, ANSWER_TOKENS):
+            logits = module.model(**inputs, use_cache=False).logits
+    finally:
+        handle.remove()
+    positions = seen[0]
+    length = inputs["input_ids"].shape[1]
+    visual = inputs["input_ids"] == base.config.video_token_id
+    for row in range(len(positions)):
+        columns = visual[row].nonzero().squeeze(1)
+        assert len(columns) == 8 * 16 + 1  # 8 frames of 16 tokens and the newline
+        for start in range(0, 8 * 16, 16):  # each frame: its own columns' positions, in another order
+            frame = columns[start:start + 16]
+            assert sorted(positions[row, frame].tolist()) == frame.tolist()
+        assert positions[row, ~visual[row]].tolist() == torch.arange(length)[~visual[row]].tolist()
+        assert positions[row, columns[:-1]].tolist() != columns[:-1].tolist()
+    with torch.no_grad():
+        given = module.model(**inputs, position_ids=positions, use_cache=False).logits
+        plain = module.model(**inputs, use_cache=False).logits
+    torch.testing.assert_close(logits, given)
+    assert not torch.allclose(logits[:, -ANSWER_TOKENS:], plain[:, -ANSWER_TOKENS:], atol=1e-4)
+
+
+def test_patch_position_loss_is_a_cross_entropy_on_the_frame_tokens_and_changes_no_logit(module):
+    batch = _batch()
+    trained = VideoLLM(tiny_config=TINY_WORDS, family="llava_onevision", answer_prefix="Answer: ",
+                       patch_position_loss=0.25)
+    trained.model.load_state_dict(module.model.state_dict())
+    inputs, labels = trained.training_inputs(batch)
+    with torch.no_grad():
+        encoded, position_loss = trained.with_patch_position_loss(inputs)
+        torch.testing.assert_close(trained.model(**encoded, use_cache=False).logits,
+                                   module.model(**inputs, use_cache=False).logits)
+        # by hand: the model's own video features, 8 frames of 16 tokens (and the newline) per sample
+        features = module.model.model.get_video_features(
+            pixel_values_videos=inputs["pixel_values_videos"], vision_feature_layer=-1,
+            vision_feature_select_strategy="full", return_dict=True).pooler_output
+        tokens = features[:, :128].reshape(-1, 16, features.shape[-1])
+        head = trained.patch_position_head
+        expected = F.cross_entropy((tokens @ head.weight.T + head.bias).reshape(-1, 16), torch.arange(16).repeat(
+            len(tokens)))
+        assert position_loss.item() == pytest.approx(expected.item(), rel=1e-5)
+        answer_loss = module.training_step(batch, 0)
+        assert trained.training_step(batch, 0).item() == pytest.approx(
+            answer_loss.item() + 0.25 * expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"patch_position_loss": -1.0}, "`patch_position_loss` must be a number >= 0, got -1.0"),
+    ({"patch_position_loss": 0.1, "family": "qwen2_5_vl"},
+     "`patch_position_loss` needs a fixed number of tokens per frame; qwen2_5_vl's comes from each video's size"),
+    ({"augmentation": LayoutAugmentation(position_shuffle=0.5), "family": "qwen2_5_vl"},
+     "`augmentation.position_shuffle` needs a fixed number of tokens per frame; qwen2_5_vl's"),
+])
+def test_layout_knobs_refused_where_they_cannot_work(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        VideoLLM(tiny_config=TINY_WORDS, **{"family": "llava_onevision", **kwargs})
