@@ -1,10 +1,9 @@
 """Choose among trained tiny video models on a development split, never on the test split.
 
     python benchmarks/trained_dev_split.py --asset llava_onevision
-    python benchmarks/trained_dev_split.py --config configs/video/train_tiny_llava_onevision.yaml \
-        --ckpt runs/<run>/lightning_logs/version_0/checkpoints/<last>.ckpt
+    python benchmarks/trained_dev_split.py --ckpt runs/<run>/lightning_logs/version_0/checkpoints/<last>.ckpt
 
-For a shipped asset or a fit's checkpoint (with the training config it was fitted with): accuracy overall and per
+For a shipped asset or a fit's checkpoint: accuracy overall and per
 question kind on the synthetic split of seed 4 (250 questions; train is 1, validation 2, test 3), uncompressed, at
 DyCoke's published setting (K 0.7, L 3, P 0.8, the published position rule) and with `positions="original"`; and how
 well a linear probe reads each frame token's place in its frame from the token alone (the LLM's input tokens of the
@@ -19,21 +18,16 @@ import json
 from pathlib import Path
 
 import torch
-import yaml
 
 DEV_SEED = 4
 
 
-def load(asset: str | None, config: Path | None, ckpt: Path | None):
+def load(asset: str | None, ckpt: Path | None):
     from lightning_prune.modules import VideoLLM
 
     if asset is not None:
         return VideoLLM(checkpoint=asset, max_new_tokens=10)
-    init = yaml.safe_load(config.read_text())["model"]["init_args"]
-    module = VideoLLM(tiny_config=init["tiny_config"], family=init["family"], max_new_tokens=10,
-                      answer_prefix=init.get("answer_prefix", ""),
-                      patch_position_loss=init.get("patch_position_loss", 0.0))
-    module.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"])
+    module = VideoLLM.load_from_checkpoint(ckpt, map_location="cpu", max_new_tokens=10)
     module.model.half().float()  # what the shipped half-precision asset will answer
     return module
 
@@ -99,17 +93,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--asset", help="a shipped trained model (llava_onevision, qwen2_5_vl, ...)")
-    source.add_argument("--ckpt", type=Path, help="a fit's checkpoint (give --config too)")
-    parser.add_argument("--config", type=Path, help="the training config the checkpoint was fitted with")
+    source.add_argument("--ckpt", type=Path, help="a fit's Lightning checkpoint")
     parser.add_argument("--root", default="data", help="data folder of the synthetic splits (default: data)")
     parser.add_argument("--probe-batches", type=int, default=4, help="batches of 25 videos for the place probe")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
-    if args.ckpt is not None and args.config is None:
-        parser.error("--ckpt needs --config (the training config it was fitted with)")
     torch.set_num_threads(args.threads)
-    module = load(args.asset, args.config, args.ckpt).eval()
+    module = load(args.asset, args.ckpt).eval()
     results = {"model": args.asset or str(args.ckpt), "split_seed": DEV_SEED,
                "accuracy": accuracies(module, args.root), "place_probe": place_probe(module, args.root,
                                                                                        args.probe_batches)}

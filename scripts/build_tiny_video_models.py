@@ -54,15 +54,11 @@ def _fit(config_path: Path, family: str, root: str, runs: str) -> tuple[torch.nn
     return cli.model.model, float(cli.trainer.callback_metrics.get("val/acc", float("nan")))
 
 
-def _from_checkpoint(ckpt: Path, init: dict) -> tuple[torch.nn.Module, float | None]:
+def _from_checkpoint(ckpt: Path) -> tuple[torch.nn.Module, float | None]:
     from lightning_prune.modules.video_llm import VideoLLM
 
-    # the training-only head of `patch_position_loss` is in the checkpoint too (the asset leaves it out)
-    module = VideoLLM(tiny_config=init["tiny_config"], family=init["family"],
-                      patch_position_loss=init.get("patch_position_loss", 0.0))
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-    module.load_state_dict(state)
-    return module.model, None
+    # the fit's own hyperparameters rebuild the module (its training-only heads included); the asset keeps the model
+    return VideoLLM.load_from_checkpoint(ckpt, map_location="cpu").model, None
 
 
 def build(family: str, root: str, runs: str, out: Path, ckpt: Path | None = None) -> Path:
@@ -70,7 +66,7 @@ def build(family: str, root: str, runs: str, out: Path, ckpt: Path | None = None
     config = yaml.safe_load(config_path.read_text())
     init = config["model"]["init_args"]
     started = time.perf_counter()
-    model, val_acc = _fit(config_path, family, root, runs) if ckpt is None else _from_checkpoint(ckpt, init)
+    model, val_acc = _fit(config_path, family, root, runs) if ckpt is None else _from_checkpoint(ckpt)
     seconds = time.perf_counter() - started
     extra = {"trained_with": str(config_path), "train_seconds": round(seconds, 1) if ckpt is None else None,
              "num_frames": config["data"]["init_args"]["num_frames"],
