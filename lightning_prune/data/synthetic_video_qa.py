@@ -9,7 +9,8 @@ A kind curriculum (`warmup_kinds`, `warmup_epochs`) draws every training batch o
 kinds only. The tiny models need it for `motion`: trained on every kind from the start they learn the colour kinds
 first and reach motion (which needs where the square is, not what colour) only late, if at all. Alone, motion is
 learned abruptly, after 150 to 300+ batches depending on the data order (seed 0's order took longer than one epoch of
-313 batches for LLaVA-OV, seeds 1 and 2 about 250), hence the shipped configs' two warm-up epochs.
+313 batches for LLaVA-OV, seeds 1 and 2 about 250), hence the shipped configs' two warm-up epochs. After the
+warm-up, `kind_weights` draws some kinds more often than the others (a kind learned last, such as `counting`).
 """
 
 from __future__ import annotations
@@ -50,27 +51,37 @@ class InMemoryVideoQA(Dataset):
 
 
 class KindCurriculumSampler(EpochRandomSampler):
-    """`EpochRandomSampler` whose first `warmup_epochs` epochs draw only from `warmup_indices`.
+    """`EpochRandomSampler` whose first `warmup_epochs` epochs draw only from `warmup_indices`, and whose later epochs
+    draw some samples more often than others (`repeats`).
 
-    A warm-up epoch has the usual length (the Trainer counts batches once): fresh permutations of the warm-up samples,
-    one after another, cut at the dataset's size. The order depends on `(seed, epoch)` alone, so a resumed fit sees the
-    order an uninterrupted one would.
+    Every epoch has the usual length (the Trainer counts batches once). A warm-up epoch is fresh permutations of the
+    warm-up samples, one after another, cut at the dataset's size. A later epoch is a permutation of the dataset with
+    sample `i` in it `repeats[i]` times, cut at the dataset's size (all ones: exactly `EpochRandomSampler`'s order).
+    The order depends on `(seed, epoch)` alone, so a resumed fit sees the order an uninterrupted one would.
     """
 
-    def __init__(self, dataset: Dataset, seed: int, warmup_indices: Sequence[int], warmup_epochs: int) -> None:
+    def __init__(self, dataset: Dataset, seed: int, warmup_indices: Sequence[int], warmup_epochs: int,
+                 repeats: Sequence[int] | None = None) -> None:
         super().__init__(dataset, seed)
         self.warmup_indices = torch.as_tensor(list(warmup_indices), dtype=torch.long)
         self.warmup_epochs = warmup_epochs
+        self.repeats = None if repeats is None or all(count == 1 for count in repeats) \
+            else torch.as_tensor(list(repeats), dtype=torch.long)
 
     def __iter__(self) -> Iterator[int]:
-        if self.epoch >= self.warmup_epochs or not len(self.warmup_indices):
+        if self.epoch < self.warmup_epochs and len(self.warmup_indices):
+            yield from self._cut(self.warmup_indices, self.epoch_generator())
+        elif self.repeats is None:
             yield from super().__iter__()
-            return
-        generator = self.epoch_generator()
-        rounds = -(-len(self.data_source) // len(self.warmup_indices))
-        order = torch.cat([self.warmup_indices[torch.randperm(len(self.warmup_indices), generator=generator)]
-                           for _ in range(rounds)])
-        yield from order[: len(self.data_source)].tolist()
+        else:
+            pool = torch.repeat_interleave(torch.arange(len(self.repeats)), self.repeats)
+            yield from pool[torch.randperm(len(pool), generator=self.epoch_generator())][: len(self.data_source)] \
+                .tolist()
+
+    def _cut(self, indices: torch.Tensor, generator: torch.Generator) -> list[int]:
+        rounds = -(-len(self.data_source) // len(indices))
+        order = torch.cat([indices[torch.randperm(len(indices), generator=generator)] for _ in range(rounds)])
+        return order[: len(self.data_source)].tolist()
 
 
 class SyntheticVideoQADataModule(LightningDataModule):
@@ -91,6 +102,9 @@ class SyntheticVideoQADataModule(LightningDataModule):
         warmup_kinds: question kinds (of `KINDS`) that every training batch of the first `warmup_epochs` epochs is
             drawn from (a curriculum; None: every kind from the start).
         warmup_epochs: epochs of that warm-up (0: none).
+        kind_weights: how many times as often as the others a question kind is drawn after the warm-up, e.g.
+            `{counting: 2}` (positive integers; kinds not named: 1). Each epoch keeps its length, so the other kinds
+            are drawn less often.
     """
 
     def __init__(
@@ -112,6 +126,7 @@ class SyntheticVideoQADataModule(LightningDataModule):
         shuffle_seed: int = 0,
         warmup_kinds: list[str] | None = None,
         warmup_epochs: int = 0,
+        kind_weights: dict[str, int] | None = None,
     ) -> None:
         super().__init__()
         check_generator_args(1, num_frames, frame_size, family)
@@ -128,6 +143,10 @@ class SyntheticVideoQADataModule(LightningDataModule):
         if unknown or (warmup_epochs and not warmup_kinds):
             raise ValueError(f"`warmup_kinds` must be a non-empty list of {list(KINDS)} when `warmup_epochs` > 0, "
                              f"got {warmup_kinds!r} (warmup_epochs={warmup_epochs}).")
+        for kind, weight in (kind_weights or {}).items():
+            if kind not in KINDS or isinstance(weight, bool) or not isinstance(weight, int) or weight < 1:
+                raise ValueError(f"`kind_weights` maps question kinds of {list(KINDS)} to positive integers, got "
+                                 f"{kind!r}: {weight!r}.")
         seeds = {"train": train_seed, "val": val_seed, "test": test_seed}
         if len(set(seeds.values())) < 3:
             raise ValueError(f"`train_seed`, `val_seed` and `test_seed` must differ (no shared samples), got {seeds}.")
@@ -169,10 +188,13 @@ class SyntheticVideoQADataModule(LightningDataModule):
 
     def _sampler(self, dataset: InMemoryVideoQA) -> EpochRandomSampler:
         hp = self.hparams
-        if not hp.warmup_epochs:
+        weights = hp.get("kind_weights") or {}
+        if not hp.warmup_epochs and not weights:
             return EpochRandomSampler(dataset, hp.shuffle_seed)
-        warmup = [index for index, record in enumerate(dataset.records) if record.get("kind") in hp.warmup_kinds]
-        return KindCurriculumSampler(dataset, hp.shuffle_seed, warmup, hp.warmup_epochs)
+        kinds = [record.get("kind") for record in dataset.records]
+        warmup = [index for index, kind in enumerate(kinds) if kind in (hp.warmup_kinds or ())]
+        return KindCurriculumSampler(dataset, hp.shuffle_seed, warmup, hp.warmup_epochs,
+                                     [weights.get(kind, 1) for kind in kinds])
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
         hp = self.hparams

@@ -187,6 +187,45 @@ def test_a_kind_warmup_draws_its_epochs_from_those_kinds_then_every_kind(tmp_pat
     assert list(sampler) == epochs[1]  # a resumed fit sees the uninterrupted order
 
 
+def test_kind_weights_draw_a_kind_that_many_times_as_often_after_the_warmup(tmp_path):
+    from collections import Counter
+
+    from lightning_prune.data._common import EpochRandomSampler
+    from lightning_prune.data.synthetic_video_qa import SyntheticVideoQADataModule
+
+    def sampler(**kwargs):
+        data = SyntheticVideoQADataModule(root=str(tmp_path), num_frames=8, frame_size=16, train_samples=50,
+                                          val_samples=1, test_samples=1, batch_size=4, **kwargs)
+        data.prepare_data()
+        data.setup("fit")
+        return data.train_dataloader().sampler, [record["kind"] for record in data.datasets["train"].records]
+
+    weighted, kinds = sampler(kind_weights={"counting": 3}, warmup_kinds=["motion"], warmup_epochs=1)
+    plain, _ = sampler(shuffle_seed=0)
+    draws = Counter()
+    for epoch in range(1, 201):
+        weighted.set_epoch(epoch)
+        order = list(weighted)
+        assert len(order) == 50 and len(set(order)) > 1
+        draws.update(kinds[index] for index in order)
+    # 10 samples per kind: a pool of 40 others + 30 counting, cut to 50 draws an epoch
+    assert abs(draws["counting"] / draws["motion"] - 3) < 0.15
+    weighted.set_epoch(0)
+    assert {kinds[index] for index in weighted} == {"motion"}  # the warm-up comes first
+    weighted.set_epoch(7)
+    first = list(weighted)
+    weighted.set_epoch(7)
+    assert list(weighted) == first  # a resumed fit sees the uninterrupted order
+    same, _ = sampler(kind_weights={"counting": 1})
+    plain.set_epoch(4)
+    same.set_epoch(4)
+    assert type(plain) is EpochRandomSampler and list(same) == list(plain)  # weights of 1: the plain order
+    with pytest.raises(ValueError, match=r"`kind_weights` maps question kinds of .*got 'speed': 2"):
+        SyntheticVideoQADataModule(root=str(tmp_path), kind_weights={"speed": 2})
+    with pytest.raises(ValueError, match=r"`kind_weights` .*got 'counting': 0"):
+        SyntheticVideoQADataModule(root=str(tmp_path), kind_weights={"counting": 0})
+
+
 def test_a_kind_warmup_refuses_unknown_or_missing_kinds(tmp_path):
     from lightning_prune.data.synthetic_video_qa import SyntheticVideoQADataModule
 
