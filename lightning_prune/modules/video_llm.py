@@ -14,7 +14,6 @@ the shipped asset, see `lightning_prune.modules.video_training`). `fit` trains w
 
 from __future__ import annotations
 
-import math
 import string
 from collections import defaultdict
 from typing import Any, Literal
@@ -28,7 +27,6 @@ from lightning_prune.compression.base import generates_one_sample_at_a_time
 from lightning_prune.dycoke.families import FAMILY_NAMES, family_for_model_type, get_family
 from lightning_prune.dycoke.families.base import published_prompt_refusal
 from lightning_prune.dycoke.families.llava_onevision import TINY_DEFAULTS  # noqa: F401  (re-exported)
-from lightning_prune.modules import video_pretext as pretext
 from lightning_prune.modules.video_augment import AugmentedForward, LayoutAugmentation, frame_length
 from lightning_prune.modules.video_training import answer_labels, answer_text, read_trained, word_tokenizer
 from lightning_prune.pruning.lm_loss import IGNORE_INDEX, causal_lm_loss
@@ -87,13 +85,6 @@ class VideoLLM(LightningModule):
             task of self-supervised vision), added to the answer loss; 0.0: off. A pretrained vision tower brings
             this for free; a tiny tower trained from scratch on the answers alone leaves the place to the LLM's
             token positions, which token dropping renumbers. Needs a fixed number of tokens per frame (not Qwen).
-        frame_change_loss: `fit` only: weight of a self-supervised loss on the LLM's hidden states: a linear head
-            predicts, from a frame token's hidden state after LLM layer `frame_change_layer`, whether its patch of
-            the frame changed since the previous frame (labels from the pixels), added to the answer loss; 0.0: off.
-            Teaches the comparison with the previous frame that counting changes needs (trained on answers alone,
-            a tiny LLaVA counted the distinct colours instead). Skipped on batches whose visual tokens an
-            `augmentation` dropped. Needs a fixed square grid of tokens per frame (not Qwen).
-        frame_change_layer: the LLM layer (1 = after the first decoder layer) whose hidden states that head reads.
     """
 
     def __init__(
@@ -115,8 +106,6 @@ class VideoLLM(LightningModule):
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
         augmentation: LayoutAugmentation | None = None,
         patch_position_loss: float = 0.0,
-        frame_change_loss: float = 0.0,
-        frame_change_layer: int = 2,
     ) -> None:
         super().__init__()
         problems = []
@@ -146,16 +135,13 @@ class VideoLLM(LightningModule):
             problems.append(published_prompt_refusal(family))
         if augmentation is not None and not isinstance(augmentation, LayoutAugmentation):
             problems.append(f"`augmentation` must be a LayoutAugmentation or None, got {type(augmentation).__name__}.")
-        for name, weight in (("patch_position_loss", patch_position_loss), ("frame_change_loss", frame_change_loss)):
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
-                problems.append(f"`{name}` must be a number >= 0, got {weight!r}.")
-        if isinstance(frame_change_layer, bool) or not isinstance(frame_change_layer, int) or frame_change_layer < 1:
-            problems.append(f"`frame_change_layer` must be an LLM layer number >= 1, got {frame_change_layer!r}.")
+        if isinstance(patch_position_loss, bool) or not isinstance(patch_position_loss, (int, float)) \
+                or not patch_position_loss >= 0:
+            problems.append(f"`patch_position_loss` must be a number >= 0, got {patch_position_loss!r}.")
         if problems:
             raise ValueError(" ".join(problems))
         self.augmentation = augmentation
         self.patch_position_loss = float(patch_position_loss)
-        self.frame_change_loss, self.frame_change_layer = float(frame_change_loss), frame_change_layer
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self._optimizer, self._lr_scheduler = optimizer, lr_scheduler
         weights, trained = (None, {}) if checkpoint is None else read_trained(checkpoint)
@@ -198,20 +184,6 @@ class VideoLLM(LightningModule):
             base = self.family.find_base(self.model)
             width = self.model.config.get_text_config().hidden_size
             self.patch_position_head = torch.nn.Linear(width, frame_length(self.family, base, "patch_position_loss"))
-        self.frame_change_head = None
-        if self.frame_change_loss > 0:  # training-only, as `patch_position_head`
-            self.frame_change_head = torch.nn.Linear(self.model.config.get_text_config().hidden_size, 1)
-            self._check_frame_change_geometry()
-
-    def _check_frame_change_geometry(self) -> None:
-        per_frame = frame_length(self.family, self.family.find_base(self.model), "frame_change_loss")
-        layers = self.model.config.get_text_config().num_hidden_layers
-        if math.isqrt(per_frame) ** 2 != per_frame:
-            raise ValueError(f"`frame_change_loss` needs a square grid of tokens per frame, {self.family.name}'s "
-                             f"has {per_frame}.")
-        if self.frame_change_layer > layers:
-            raise ValueError(f"`frame_change_layer` must be at most the LLM's {layers} layers, got "
-                             f"{self.frame_change_layer}.")
 
     def prompts(self, batch: dict[str, Any]) -> list[str]:
         """The chat-formatted prompt of every sample (one video placeholder, then the question and options)."""
@@ -314,60 +286,39 @@ class VideoLLM(LightningModule):
         length = len(self.processor.tokenizer.encode(targets[0], add_special_tokens=False))
         return inputs, answer_labels(inputs["input_ids"], length)
 
-    def training_forward(self, inputs: dict[str, torch.Tensor], labels: torch.Tensor,
-                         hidden_states: bool = False) -> Any:
-        """The model's output (logits `[B, S', V]`, and every layer's hidden states when asked) of a training forward,
-        through this step's `augmentation` when one is set (dropped visual tokens shorten the sequence: the answer
-        tokens stay its last `S'` columns' labels)."""
-        kwargs = {"use_cache": False, "output_hidden_states": hidden_states}
+    def training_logits(self, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        """Logits `[B, S', V]` of a training forward, through this step's `augmentation` when one is set (dropped
+        visual tokens shorten the sequence: the answer tokens stay its last `S'` columns' labels)."""
         if self.augmentation is None or not self.augmentation.enabled(self.current_epoch):
-            return self.model(**inputs, **kwargs)
+            return self.model(**inputs, use_cache=False).logits
         answer_length = int((labels[0] != IGNORE_INDEX).sum())
         with AugmentedForward(self.model, self.family.name, self.augmentation, self.global_step, answer_length):
-            return self.model(**inputs, **kwargs)
+            return self.model(**inputs, use_cache=False).logits
 
     def with_patch_position_loss(self, inputs: dict[str, torch.Tensor]) -> tuple[dict[str, Any], torch.Tensor]:
         """`inputs` with the video encoded once (`mm_encoder_outputs` instead of pixels) and the mean cross-entropy
         of `patch_position_head` predicting each frame token's index in its frame from the token."""
         video = self.family.encode_video(self.family.find_base(self.model), inputs)
-        loss = pretext.patch_position_loss(self.patch_position_head, torch.cat(video.frames))
+        tokens = torch.cat(video.frames)  # [frames in the batch, N, D]
+        logits = self.patch_position_head(tokens.to(self.patch_position_head.weight.dtype))
+        places = torch.arange(tokens.shape[1], device=tokens.device).expand(tokens.shape[0], -1)
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), places.flatten())
         encoded = {key: value for key, value in inputs.items() if key != self.family.pixel_key}
         encoded["mm_encoder_outputs"] = {self.family.encoder_key: video.output}
         return encoded, loss
 
-    def frame_change_targets(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """`[B, F - 1, N]`: whether each frame token's patch changed since the previous frame (from the pixels)."""
-        per_frame = frame_length(self.family, self.family.find_base(self.model), "frame_change_loss")
-        return pretext.frame_change_labels(inputs[self.family.pixel_key], math.isqrt(per_frame))
-
-    def frame_change_loss_of(self, output: Any, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
-        """`frame_change_head`'s loss on this forward's hidden states, or None when it dropped visual tokens."""
-        hidden = output.hidden_states[self.frame_change_layer]
-        if hidden.shape[1] != input_ids.shape[1]:
-            return None
-        base = self.family.find_base(self.model)
-        states = pretext.frame_token_states(hidden, input_ids, self.family.video_token_id(base), labels.shape[1] + 1,
-                                    labels.shape[2])
-        return pretext.frame_change_loss(self.frame_change_head, states, labels)
-
     @override
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         inputs, labels = self.training_inputs(batch)
-        size = len(labels)
-        changes = self.frame_change_targets(inputs) if self.frame_change_head is not None else None
         if self.patch_position_head is not None:
             inputs, position_loss = self.with_patch_position_loss(inputs)
-            self.log("train/patch_position_loss", position_loss, on_step=False, on_epoch=True, batch_size=size)
-        output = self.training_forward(inputs, labels, hidden_states=changes is not None)
-        logits = output.logits
+            self.log("train/patch_position_loss", position_loss, on_step=False, on_epoch=True,
+                     batch_size=len(labels))
+        logits = self.training_logits(inputs, labels)
         loss = causal_lm_loss(logits, labels[:, labels.shape[1] - logits.shape[1]:])
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=size)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(labels))
         if self.patch_position_head is not None:
             loss = loss + self.patch_position_loss * position_loss
-        change_loss = None if changes is None else self.frame_change_loss_of(output, inputs["input_ids"], changes)
-        if change_loss is not None:
-            self.log("train/frame_change_loss", change_loss, on_step=False, on_epoch=True, batch_size=size)
-            loss = loss + self.frame_change_loss * change_loss
         return loss
 
     @override
