@@ -75,8 +75,8 @@ class KindCurriculumSampler(EpochRandomSampler):
             yield from super().__iter__()
         else:
             pool = torch.repeat_interleave(torch.arange(len(self.repeats)), self.repeats)
-            yield from pool[torch.randperm(len(pool), generator=self.epoch_generator())][: len(self.data_source)] \
-                .tolist()
+            order = torch.randperm(len(pool), generator=self.epoch_generator())
+            yield from pool[order][: len(self.data_source)].tolist()
 
     def _cut(self, indices: torch.Tensor, generator: torch.Generator) -> list[int]:
         rounds = -(-len(self.data_source) // len(indices))
