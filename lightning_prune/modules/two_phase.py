@@ -54,6 +54,12 @@ class TwoPhaseModule(LightningModule):
         self.log("phase", float(self.phase == "retrain"), on_step=False, on_epoch=True)
 
     @override
+    def on_fit_start(self) -> None:
+        # transformers' from_pretrained hands the network over in eval mode and Lightning (>= 2.2) keeps each
+        # module's mode: without this a pretrained model would train with its dropout off.
+        self.train()
+
+    @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint.setdefault("lightning_prune", {})["phase"] = self.phase
 

@@ -308,6 +308,10 @@ class VideoLLM(LightningModule):
         return encoded, loss
 
     @override
+    def on_fit_start(self) -> None:
+        self.train()  # the family builders and from_pretrained give eval mode; Lightning keeps modules' modes
+
+    @override
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         inputs, labels = self.training_inputs(batch)
         if self.patch_position_head is not None:

@@ -113,8 +113,17 @@ def test_a_step_interval_schedule_moves_the_learning_rate_every_optimizer_step(t
                       lr_scheduler_interval="step")
     trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    assert not module.model.training  # the family builder hands the model over in eval mode
+    modes = []
+
+    class RecordModes(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            modes.append({name for name, part in pl_module.named_modules() if not part.training})
+
+    trainer.callbacks.append(RecordModes())
     trainer.fit(module, DataLoader(batches, batch_size=None))
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.1 * 0.5 ** 3)  # 3 steps, 3 halvings
+    assert modes == [set()] * 3  # every module trains in train mode (dropout on where a config has it)
 
 
 def test_lr_scheduler_interval_must_be_epoch_or_step():

@@ -85,3 +85,22 @@ def test_globally_pruned_llama_reloads_from_its_lightning_checkpoint(tmp_path):
     assert [layer.mlp.down_proj.in_features for layer in reloaded.model.model.layers] == sizes
     with torch.no_grad():
         torch.testing.assert_close(reloaded(ids), module.eval()(ids))
+
+
+def test_a_pretrained_folder_trains_in_train_mode(tmp_path):
+    from lightning.pytorch import Callback
+
+    tiny_llama().save_pretrained(tmp_path / "m")
+    module = CausalLM(model=str(tmp_path / "m"))
+    assert not module.model.training  # from_pretrained hands it over in eval mode
+    modes = []
+
+    class RecordModes(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            modes.append({name for name, part in pl_module.named_modules() if not part.training})
+
+    ids = torch.randint(0, 64, (4, 9), generator=torch.Generator().manual_seed(0))
+    trainer = Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+                      enable_checkpointing=False, max_epochs=1, callbacks=[RecordModes()], default_root_dir=tmp_path)
+    trainer.fit(module, DataLoader(TensorDataset(ids, ids.clone()), batch_size=2))
+    assert modes == [set(), set()]  # dropout (where the config has any) is on while training
