@@ -1,7 +1,7 @@
 """Train the tiny video LLMs shipped in `lightning_prune/data/assets/tiny_video/<family>.safetensors`.
 
-For each family this runs `lightning-prune fit --config configs/video/train_tiny_<family>.yaml` in-process (seed 0:
-the config's `seed_everything`; the synthetic splits come from their own seeds, train 1, validation 2, test 3),
+For each family this runs `lightning-prune fit --config configs/video/train_tiny_<family>.yaml` in-process (the
+config's `seed_everything`; the synthetic splits come from their own seeds, train 1, validation 2, test 3),
 writes the trained weights in half precision with the metadata `VideoLLM(checkpoint=...)` rebuilds the model from,
 then loads the written file back and prints its accuracy on the test split (overall and per question kind).
 Training runs on one CPU thread: the same seed and thread count give the same file. Run from the repository root:
