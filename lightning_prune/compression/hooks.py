@@ -33,6 +33,7 @@ from torch import nn
 
 from lightning_prune.compression.attention import TAP_ATTRIBUTE, WRAPPED_IMPLEMENTATIONS, register_attention_functions
 from lightning_prune.compression.contexts import ONE_SAMPLE_ATTRIBUTE, LayerContext, LayerCut, VisualContext
+from lightning_prune.compression.sequence import decoder_layers, gather_sequence
 from lightning_prune.dycoke.families import family_of, get_family
 from lightning_prune.dycoke.hooks import GenerationStats
 from lightning_prune.dycoke.kv_pruning import gather_positions, last_query_attention
@@ -60,11 +61,6 @@ class _Prefill:
     rows: dict[int, torch.Tensor] = field(default_factory=dict)
     version: int = 0
     sliced: dict[tuple[int, int], object] = field(default_factory=dict)
-
-
-def decoder_layers(base: nn.Module) -> nn.ModuleList:
-    """The LLM decoder layers of a family's base model (every served family names them `language_model.layers`)."""
-    return base.language_model.layers
 
 
 class CompressionHooks:
@@ -405,7 +401,7 @@ class CompressionHooks:
                 continue
             key = (id(value), prefill.version)
             if key not in prefill.sliced:
-                prefill.sliced[key] = (value, _gather_sequence(name, value, positions))
+                prefill.sliced[key] = (value, gather_sequence(name, value, positions))
             kwargs[name] = prefill.sliced[key][1]
 
     def _slice_decode(self, kwargs: dict, positions: torch.Tensor) -> None:
@@ -436,25 +432,6 @@ class CompressionHooks:
             elif layer >= pruning.prune_layer:
                 return pruning.prune(layer, key, value, attention_mask)
         return key, value, attention_mask
-
-
-def _gather_sequence(name: str, value, positions: torch.Tensor):
-    """`value` at `positions` along its sequence dimension(s)."""
-    if name == "position_embeddings":
-        return tuple(_gather_sequence("rope", part, positions) for part in value)
-    if name == "attention_mask":
-        if value.dim() != 4:
-            raise ValueError(f"Expected a 4-D attention mask [batch, 1, query, key], got shape {tuple(value.shape)}.")
-        mask = value.expand(positions.shape[0], *value.shape[1:])
-        return gather_positions(gather_positions(mask, positions, 2), positions, 3)
-    # RoPE cos / sin `[..., B, S, d]` or position ids `[..., B, S]`: the batch dimension comes right before S.
-    sequence_dim = value.dim() - 2 if name == "rope" else value.dim() - 1
-    index = positions.view(*([1] * (sequence_dim - 1)), *positions.shape, *([1] * (value.dim() - sequence_dim - 1)))
-    shape = list(value.shape)
-    shape[sequence_dim] = positions.shape[1]
-    shape[sequence_dim - 1] = positions.shape[0]
-    expanded = value.expand(*value.shape[:sequence_dim - 1], positions.shape[0], *value.shape[sequence_dim:])
-    return expanded.gather(sequence_dim, index.expand(shape))
 
 
 def _with_features(output, features: list[torch.Tensor]):

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from lightning_prune.compression.floors import RandomTokensMethod
-from lightning_prune.compression.hooks import decoder_layers
+from lightning_prune.compression.sequence import decoder_layers
 from lightning_prune.dycoke.families import get_family
 
 
